@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set up and run kachery-jupyter on a fresh machine.
+#   bash dev.sh start   set up .venv, then run the quickstart on the embedded default
+#   bash dev.sh test    set up .venv, then run the whole test suite (extra args go to pytest)
+#   bash dev.sh setup   only set up
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+
+pick_python() {
+    for py in "${PYTHON:-}" python3.11 python3.12 python3.13 python3.10 python3; do
+        [ -n "$py" ] || continue
+        if command -v "$py" >/dev/null 2>&1 &&
+            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            echo "$py"
+            return
+        fi
+    done
+    echo "kachery-jupyter needs Python 3.10 or newer on PATH" >&2
+    exit 1
+}
+
+setup() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV"
+        "$(pick_python)" -m venv "$VENV"
+    fi
+    # Reinstall only when the dependency list changed.
+    local stamp="$VENV/.kachery-setup-stamp"
+    local want
+    want=$(sha1sum pyproject.toml | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        echo "==> installing kachery-jupyter and its test dependencies into $VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q -e ".[hub,jupyter,test]"
+        echo "$want" >"$stamp"
+    fi
+}
+
+cmd=${1:-start}
+shift || true
+case "$cmd" in
+setup)
+    setup
+    ;;
+start)
+    setup
+    exec "$VENV/bin/python" notebooks/quickstart.py "$@"
+    ;;
+test)
+    setup
+    exec "$VENV/bin/python" -m pytest tests "$@"
+    ;;
+*)
+    echo "usage: bash dev.sh [start|test|setup]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,49 @@
+"""Every environment variable kachery_core reads, in one place.
+
+Values are read when a function is called, never at import, so tests and
+notebooks can change the environment at any time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Where the store, keys, config and mutables live (default ``~/.kachery-cloud``).
+ENV_DIR = "KACHERY_CLOUD_DIR"
+#: Project used by hub operations when ``project_id=`` is not given.
+ENV_PROJECT = "KACHERY_CLOUD_PROJECT"
+#: Read-only use of public projects without registering a client.
+ENV_EPHEMERAL = "KACHERY_CLOUD_EPHEMERAL"
+#: Which hub to talk to.
+ENV_HUB_URL = "KACHERY_HUB_URL"
+#: A sign-in token for headless machines.
+ENV_HUB_TOKEN = "KACHERY_HUB_TOKEN"
+
+#: Largest value a mutable may hold, in UTF-8 bytes.
+MAX_MUTABLE_VALUE_BYTES = 1024 * 1024
+#: Files at least this big print progress while being hashed or copied.
+PROGRESS_THRESHOLD_BYTES = 256 * 1024 * 1024
+
+
+def kachery_cloud_dir() -> Path:
+    value = os.environ.get(ENV_DIR)
+    if value:
+        return Path(value).expanduser().absolute()
+    return Path.home() / ".kachery-cloud"
+
+
+def project_id() -> str | None:
+    return os.environ.get(ENV_PROJECT) or None
+
+
+def ephemeral() -> bool:
+    return os.environ.get(ENV_EPHEMERAL, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_url() -> str | None:
+    return os.environ.get(ENV_HUB_URL) or None
+
+
+def hub_token() -> str | None:
+    return os.environ.get(ENV_HUB_TOKEN) or None

@@ -1,0 +1,129 @@
+"""sha1 of files, with a cache keyed by the file's identity on disk.
+
+The cache entry for a path records size, mtime, ctime and inode; any change to
+one of them (which any write to the file causes) makes the entry stale and the
+file is hashed again. Entries live where kachery-cloud keeps its own,
+``mutables/@compute_sha1_cache/<sha1 of path>``, in a JSON superset of its format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import _constants, _fs
+
+CHUNK_SIZE = 4 * 1024 * 1024
+_CACHE_MIN_SIZE = 1_000_000  # hashing less than this is faster than reading a cache entry
+
+
+def sha1_of_bytes(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def sha1_of_string(text: str) -> str:
+    return sha1_of_bytes(text.encode("utf-8"))
+
+
+def _cache_path(path: str) -> Path:
+    return Path(
+        _fs.get_kachery_cloud_dir(), "mutables", "@compute_sha1_cache", sha1_of_string(path)
+    )
+
+
+def _identity(st: os.stat_result) -> dict[str, int]:
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
+def same_identity(a: os.stat_result, b: os.stat_result) -> bool:
+    return _identity(a) == _identity(b)
+
+
+def cached_sha1(path: str, st: os.stat_result) -> str | None:
+    """The cached sha1 of ``path`` if the file is unchanged since it was recorded."""
+    if st.st_size < _CACHE_MIN_SIZE:
+        return None
+    try:
+        entry = json.loads(_cache_path(path).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("path") != path:
+        return None
+    # Entries written by kachery-cloud lack ctime/inode: they are not trusted.
+    if any(entry.get(k) != v for k, v in _identity(st).items()):
+        return None
+    sha1 = entry.get("sha1")
+    return sha1 if isinstance(sha1, str) else None
+
+
+def record_sha1(path: str, st: os.stat_result, sha1: str) -> None:
+    if st.st_size < _CACHE_MIN_SIZE:
+        return
+    entry = {"path": path, "sha1": sha1, "mtime": st.st_mtime, **_identity(st)}
+    _fs.write_file_atomic(_cache_path(path), json.dumps(entry).encode())
+
+
+class Progress:
+    """Prints ``label: N/M MiB (x%)`` on stderr, at most twice a second, for big files."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.enabled = total >= _constants.PROGRESS_THRESHOLD_BYTES
+        self._last = 0.0
+
+    def __call__(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < 0.5 and done < self.total:
+            return
+        self._last = now
+        pct = 100.0 * done / self.total if self.total else 100.0
+        end = "\n" if done >= self.total else "\r"
+        print(
+            f"{self.label}: {done / 2**20:,.0f}/{self.total / 2**20:,.0f} MiB ({pct:.0f}%)",
+            end=end, file=sys.stderr, flush=True,
+        )
+
+
+def hash_open_file(fd: int, size: int, on_progress: Callable[[int], None] | None = None) -> str:
+    """sha1 of an open file read from its start, in constant memory."""
+    h = hashlib.sha1()
+    buf = bytearray(CHUNK_SIZE)
+    view = memoryview(buf)
+    done = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while True:
+        n = os.readv(fd, [buf])
+        if n == 0:
+            break
+        h.update(view[:n])  # hashlib releases the GIL for large buffers
+        done += n
+        if on_progress is not None:
+            on_progress(done)
+    return h.hexdigest()
+
+
+def sha1_of_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
+    """sha1 of the file at ``path``, using and filling the cache."""
+    p = os.path.abspath(path)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if use_cache:
+            cached = cached_sha1(p, st)
+            if cached is not None:
+                return cached
+        sha1 = hash_open_file(fd, st.st_size, Progress(f"sha1 {os.path.basename(p)}", st.st_size))
+        unchanged = same_identity(st, os.fstat(fd))
+    finally:
+        os.close(fd)
+    if use_cache and unchanged:
+        record_sha1(p, st, sha1)
+    return sha1

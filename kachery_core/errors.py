@@ -1,0 +1,124 @@
+"""Every error kachery_core raises.
+
+All inherit :class:`KacheryError` and the built-in exception a caller would
+expect (``ValueError``, ``FileNotFoundError``, ``PermissionError`` ...), so
+``except FileNotFoundError`` keeps working. The offending input is kept as an
+attribute (``uri``, ``key``, ``path``) and named in the message.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+
+class KacheryError(Exception):
+    """Base class of every kachery error."""
+
+
+class InvalidURIError(KacheryError, ValueError):
+    """A URI that cannot be parsed."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"Invalid kachery URI {uri!r}: {reason}")
+
+
+class UnknownURISchemeError(InvalidURIError):
+    """A URI whose scheme is not one kachery understands."""
+
+    def __init__(self, uri: str, scheme: str) -> None:
+        self.scheme = scheme
+        super().__init__(uri, f"unknown scheme {scheme!r} (expected sha1://)")
+
+
+class KacheryFileNotFoundError(KacheryError, FileNotFoundError):
+    """The content of a URI is not available where we looked."""
+
+    def __init__(self, uri: str, where: str) -> None:
+        self.uri = uri
+        self.where = where
+        super().__init__(f"File not found for {uri}: {where}")
+
+
+class HashMismatchError(KacheryError, ValueError):
+    """Bytes whose sha1 is not the one the URI names (corruption or tampering)."""
+
+    def __init__(self, uri: str, expected: str, actual: str, path: str | None = None) -> None:
+        self.uri = uri
+        self.expected = expected
+        self.actual = actual
+        self.path = path
+        where = f" at {path}" if path else ""
+        super().__init__(
+            f"Content of {uri}{where} does not match its hash: expected sha1 {expected}, got {actual}"
+        )
+
+
+class FileChangedError(KacheryError, RuntimeError):
+    """The source file changed while it was being stored."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path} changed while it was being stored; nothing was stored, try again")
+
+
+class ByteRangeError(KacheryError, ValueError):
+    """A byte range outside the content."""
+
+    def __init__(self, uri: str, start: int | None, end: int | None, size: int) -> None:
+        self.uri = uri
+        self.start = start
+        self.end = end
+        self.size = size
+        super().__init__(f"Byte range [{start}, {end}) is outside the {size} bytes of {uri}")
+
+
+class InvalidMutableKeyError(KacheryError, ValueError):
+    """A mutable key that is not a safe relative path."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"Invalid mutable key {key!r}: {reason}")
+
+
+class MutableValueError(KacheryError, ValueError):
+    """A mutable value of the wrong type or over the size limit."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"Invalid value for mutable {key!r}: {reason}")
+
+
+class SerializationError(KacheryError, ValueError):
+    """An object that cannot be turned into deterministic bytes (or back)."""
+
+
+class UnsafePickleError(SerializationError, pickle.UnpicklingError):
+    """A pickle that refers to a class outside the allowed set."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+        super().__init__(
+            f"Refusing to unpickle {module}.{name}: only builtin containers and numpy arrays/scalars "
+            "are allowed (a pickle may run arbitrary code when loaded)"
+        )
+
+
+class IdentityError(KacheryError, ValueError):
+    """A key file that exists but cannot be read as an Ed25519 key."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"Cannot use client key {path}: {reason}")
+
+
+class ConfigError(KacheryError, ValueError):
+    """A config.yaml that cannot be used."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        super().__init__(f"Invalid kachery config {path}: {reason}")
