@@ -14,6 +14,7 @@ from . import _constants, _fs
 from .errors import InvalidMutableKeyError, MutableValueError
 
 _MAX_KEY_LENGTH = 1000
+_MAX_SEGMENT_BYTES = 200  # file systems allow 255 per name; keep room for temp suffixes
 
 
 def validate_key(key: object) -> str:
@@ -34,6 +35,8 @@ def validate_key(key: object) -> str:
             raise InvalidMutableKeyError(key, f"{segment!r} segments are not allowed")
         if segment.startswith("@"):
             raise InvalidMutableKeyError(key, f"segment {segment!r} starts with '@', which is reserved")
+        if len(segment.encode("utf-8")) > _MAX_SEGMENT_BYTES:
+            raise InvalidMutableKeyError(key, f"a segment is longer than {_MAX_SEGMENT_BYTES} bytes")
     return key
 
 

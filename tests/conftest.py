@@ -1,0 +1,41 @@
+"""Shared fixtures: every test gets its own kachery directory and a clean environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+_KACHERY_ENV = (
+    "KACHERY_CLOUD_DIR",
+    "KACHERY_CLOUD_PROJECT",
+    "KACHERY_CLOUD_EPHEMERAL",
+    "KACHERY_HUB_URL",
+    "KACHERY_HUB_TOKEN",
+)
+
+
+@pytest.fixture(autouse=True)
+def kachery_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh KACHERY_CLOUD_DIR (and HOME) so no test touches the real ~/.kachery-cloud."""
+    for name in _KACHERY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    d = tmp_path / "kachery-cloud"
+    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(d))
+    return d
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter with the current environment (plus ``env``)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=check, timeout=300
+    )

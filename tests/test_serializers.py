@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import kachery_core as kc
+from kachery_core.errors import SerializationError, UnsafePickleError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_json_round_trip(obj: Any) -> None:
+    assert kc.load_json(kc.store_json_local(obj)) == obj
+
+
+@given(st.dictionaries(st.text(), st.integers(), max_size=8))
+def test_json_uri_does_not_depend_on_key_order(d: dict[str, int]) -> None:
+    reversed_d = dict(reversed(list(d.items())))
+    assert kc.store_json_local(d) == kc.store_json_local(reversed_d)
+
+
+def test_json_bytes_are_the_documented_form() -> None:
+    uri = kc.store_json_local({"b": [1, 2], "a": "é"})
+    assert Path(kc.load_file(uri)).read_bytes() == b'{"a":"\\u00e9","b":[1,2]}'
+    # sha1_of_dict hashes the same bytes, as kachery-cloud did
+    assert kc.sha1_of_dict({"b": [1, 2], "a": "é"}) == kc.parse_sha1_uri(uri).sha1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {"x": [1.0, math.nan]}])
+def test_json_refuses_nan_and_infinity(bad: Any) -> None:
+    with pytest.raises(SerializationError, match="NaN and Infinity are not JSON"):
+        kc.store_json_local(bad)
+
+
+@pytest.mark.parametrize("bad", [object(), {1, 2}, {"k": b"bytes"}, np.arange(3)])
+def test_json_refuses_non_json_objects(bad: Any) -> None:
+    with pytest.raises(SerializationError, match="cannot store as JSON") as info:
+        kc.store_json_local(bad)
+    assert isinstance(info.value, ValueError)
+
+
+@given(st.text())
+def test_text_round_trip(text: str) -> None:
+    assert kc.load_text(kc.store_text_local(text)) == text
+
+
+def test_text_requires_str() -> None:
+    with pytest.raises(SerializationError, match="expects a str, got bytes"):
+        kc.store_text_local(b"abc")  # type: ignore[arg-type]
+
+
+@given(hnp.arrays(dtype=hnp.scalar_dtypes(), shape=hnp.array_shapes(max_dims=3, max_side=5)))
+def test_npy_round_trip(arr: np.ndarray) -> None:
+    out = kc.load_npy(kc.store_npy_local(arr))
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    np.testing.assert_array_equal(out, arr)
+
+
+def test_npy_refuses_object_arrays_and_non_arrays() -> None:
+    with pytest.raises(SerializationError, match="dtype object"):
+        kc.store_npy_local(np.array([{"a": 1}], dtype=object))
+    with pytest.raises(SerializationError, match="expects a numpy.ndarray, got list"):
+        kc.store_npy_local([1, 2, 3])
+
+
+def test_same_array_same_uri_in_another_process(kachery_dir: Any) -> None:
+    arr = np.arange(12, dtype="<f8").reshape(3, 4)
+    code = "import numpy as np, kachery_core as kc; print(kc.store_npy_local(np.arange(12, dtype='<f8').reshape(3, 4)))"
+    out = subprocess.run(["python", "-c", code], capture_output=True, text=True, check=True, env=os.environ)
+    assert out.stdout.strip() == kc.store_npy_local(arr)
+
+
+pkl_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary() | st.complex_numbers(allow_nan=False),
+    lambda children: st.lists(children, max_size=3)
+    | st.tuples(children, children)
+    | st.dictionaries(st.text(), children, max_size=3)
+    | st.frozensets(st.integers(), max_size=3),
+    max_leaves=12,
+)
+
+
+@given(pkl_values)
+def test_pkl_round_trip_of_builtin_values(obj: Any) -> None:
+    assert kc.load_pkl(kc.store_pkl_local(obj)) == obj
+
+
+def test_pkl_round_trip_of_numpy() -> None:
+    obj = {"arr": np.arange(6).reshape(2, 3), "scalar": np.float32(1.5), "ints": [np.int64(3)], "s": {1, 2}}
+    out = kc.load_pkl(kc.store_pkl_local(obj))
+    np.testing.assert_array_equal(out["arr"], obj["arr"])
+    assert out["scalar"] == np.float32(1.5) and out["scalar"].dtype == np.float32
+    assert out["ints"] == [3] and out["s"] == {1, 2}
+
+
+class _Custom:
+    pass
+
+
+class _RunsCode:
+    def __reduce__(self) -> Any:
+        return (os.system, ("touch pwned",))
+
+
+def test_pkl_store_refuses_disallowed_classes() -> None:
+    with pytest.raises(UnsafePickleError, match="_Custom"):
+        kc.store_pkl_local(_Custom())
+
+
+def test_pickle_that_would_run_code_is_refused_on_load(tmp_path: Any) -> None:
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_RunsCode(), protocol=4).replace(b"touch pwned", f"touch {marker}".encode())
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    uri = kc.store_file_local(path)
+    with pytest.raises(UnsafePickleError) as info:
+        kc.load_pkl(uri)
+    assert (info.value.module, info.value.name) == ("posix", "system")
+    assert not marker.exists(), "the pickle's code ran"
+
+
+def test_garbage_pickle_is_a_serialization_error(tmp_path: Any) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(SerializationError, match="not a valid pickle"):
+        kc.load_pkl(kc.store_file_local(path))
