@@ -46,7 +46,7 @@ setup)
     ;;
 start)
     setup
-    exec "$VENV/bin/python" notebooks/quickstart.py "$@"
+    exec "$VENV/bin/python" notebooks/run.py "$@"
     ;;
 test)
     setup
