@@ -17,11 +17,8 @@ into place, so readers see a whole file or none.
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from pathlib import Path
-
-import yaml
 
 from . import _constants
 from .errors import ConfigError
@@ -48,6 +45,8 @@ def read_config() -> dict[str, object]:
         text = path.read_text()
     except FileNotFoundError:
         return {}
+    import yaml  # only when there is a config to read: it costs ~20 ms
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -87,7 +86,7 @@ def makedirs(path: Path) -> None:
 
 
 def tmp_path_beside(final: Path) -> Path:
-    return final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
+    return final.with_name(f".{final.name}.{os.urandom(6).hex()}.tmp")
 
 
 def finish_file(tmp: Path, final: Path, *, fsync: bool = False) -> None:

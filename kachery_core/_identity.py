@@ -9,20 +9,21 @@ from __future__ import annotations
 
 import base64
 import os
-from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from . import _fs
 from .errors import IdentityError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-@dataclass(frozen=True)
+# cryptography is imported where it is used: it costs ~40 ms, and `import kachery_core` must stay cheap.
+
+
 class ClientKeys:
-    private_key: Ed25519PrivateKey
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self.private_key = private_key
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -37,10 +38,15 @@ class ClientKeys:
 
 
 def public_key_hex(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
 def verify_signature(client_id: str, message: bytes, signature_hex: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(client_id))
         key.verify(bytes.fromhex(signature_hex), message)
@@ -54,6 +60,9 @@ def _pem(kind: str, der: bytes) -> str:
 
 
 def _read_private_pem(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except ValueError as e:
@@ -65,6 +74,9 @@ def _read_private_pem(path: Path) -> Ed25519PrivateKey:
 
 def _create_private_pem(path: Path) -> None:
     """Write a new private key unless one exists; safe when processes race."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     der = key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -91,6 +103,8 @@ def load_client_keys(create: bool = True) -> ClientKeys | None:
         if not create:
             return None
         _create_private_pem(private_path)
+    from cryptography.hazmat.primitives import serialization
+
     keys = ClientKeys(_read_private_pem(private_path))
     der = keys.public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

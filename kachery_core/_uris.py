@@ -9,7 +9,7 @@ returns None.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote
 
 from .errors import InvalidURIError, UnknownURISchemeError
@@ -22,8 +22,7 @@ def is_sha1(value: str) -> bool:
     return bool(_SHA1_RE.match(value))
 
 
-@dataclass(frozen=True)
-class Sha1URI:
+class Sha1URI(NamedTuple):
     sha1: str
     label: str | None = None
     location: str | None = None
