@@ -1,0 +1,16 @@
+"""kachery_jupyter: ``%load_ext kachery_jupyter``, magics and widgets.
+
+IPython and anywidget are imported only when a magic or widget needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["load_ipython_extension"]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from ._magics import load_ipython_extension as _load
+
+    _load(ipython)

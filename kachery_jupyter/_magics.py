@@ -1,0 +1,113 @@
+"""The ``%kc_*`` magics.
+
+Mistakes (unknown variable, bad URI, bad key) become a one-line ``UsageError``,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+import kachery_core as kc
+
+from . import _objects
+
+
+def _usage(e: Exception) -> UsageError:
+    return UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+@magics_class
+class KacheryMagics(Magics):
+    @magic_arguments()
+    @argument("name", help="a variable name, or a file path with --file")
+    @argument("--file", action="store_true", help="store the file at this path instead of a variable")
+    @argument("--label", help="label carried by the URI (default: the name plus an extension)")
+    @line_magic
+    def kc_store(self, line: str) -> str:
+        """Store a variable (or a file) and return its sha1:// URI.
+
+        Arrays are stored as npy, strings as text, JSON-able values as JSON and
+        anything else as a restricted pickle::
+
+            %kc_store arr
+            uri = %kc_store --file results/table.csv
+        """
+        args = parse_argstring(self.kc_store, line)
+        try:
+            if args.file:
+                return kc.store_file_local(args.name, label=args.label or os.path.basename(args.name))
+            if args.name not in self.shell.user_ns:
+                raise UsageError(f"no variable named {args.name!r} in this notebook")
+            obj = self.shell.user_ns[args.name]
+            return _objects.store_object(obj, label=args.label or _objects.default_label(args.name, obj))
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
+    @magic_arguments()
+    @argument("uri", help="a sha1:// URI")
+    @argument("-o", "--output", help="assign the loaded value to this variable too")
+    @argument("--as", dest="kind", choices=_objects.LOAD_KINDS, help="how to read it (default: from the label)")
+    @line_magic
+    def kc_load(self, line: str) -> Any:
+        """Load a URI: arrays, JSON, text and pickles by their label's extension, else the local path.
+
+            arr = %kc_load sha1://…?label=arr.npy
+            %kc_load sha1://… --as json -o meta
+        """
+        args = parse_argstring(self.kc_load, line)
+        try:
+            value = _objects.load_object(args.uri, args.kind)
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+        if args.output:
+            if not args.output.isidentifier():
+                raise UsageError(f"{args.output!r} is not a valid variable name")
+            self.shell.user_ns[args.output] = value
+        return value
+
+    @magic_arguments()
+    @argument("action", choices=("get", "set", "delete"))
+    @argument("key")
+    @argument("value", nargs="?", help="the value, for set")
+    @line_magic
+    def kc_mutable(self, line: str) -> str | None:
+        """Get, set or delete a mutable (key → text).
+
+            %kc_mutable set experiments/M12/latest sha1://…
+            %kc_mutable get experiments/M12/latest
+        """
+        args = parse_argstring(self.kc_mutable, line)
+        try:
+            if args.action == "set":
+                if args.value is None:
+                    raise UsageError("%kc_mutable set needs a value: %kc_mutable set KEY VALUE")
+                kc.set_mutable_local(args.key, args.value)
+                return None
+            if args.value is not None:
+                raise UsageError(f"%kc_mutable {args.action} takes no value")
+            if args.action == "get":
+                value = kc.get_mutable_local(args.key)
+                if value is None:
+                    raise UsageError(f"mutable {args.key!r} is not set")
+                return value
+            if not kc.delete_mutable_local(args.key):
+                raise UsageError(f"mutable {args.key!r} is not set")
+            return None
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
+
+def status_line() -> str:
+    """Where this kernel stands, in one line."""
+    return f"kachery-jupyter: local store {kc.get_kachery_cloud_dir()}"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    ipython.register_magics(KacheryMagics)
+    print(status_line())
