@@ -38,6 +38,17 @@ setup() {
     fi
 }
 
+setup_js() {
+    if ! command -v node >/dev/null 2>&1; then
+        echo "==> installing Node.js (for the widgets' front-end tests)"
+        apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    if [ ! -d js/node_modules ] || [ js/package-lock.json -nt js/node_modules ]; then
+        echo "==> installing the widgets' front-end test dependencies (js/)"
+        (cd js && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+}
+
 cmd=${1:-start}
 shift || true
 case "$cmd" in
@@ -50,6 +61,10 @@ start)
     ;;
 test)
     setup
+    setup_js
+    echo "==> front-end tests (node --test js/tests/)"
+    (cd js && node --test tests/)
+    echo "==> Python tests (pytest)"
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
 *)

@@ -1,0 +1,222 @@
+// Sign-in panel of kachery-jupyter (anywidget front end).
+//
+// The kernel does the work: it asks the hub for a registration link, polls
+// the hub until the user has confirmed, and updates `state`. This module only
+// shows the state and sends the user's clicks back. Nothing here relies on
+// window.opener or postMessage reaching back, so it works in Colab too.
+// Every value from the kernel or the hub is set with textContent or as a
+// property, never as HTML.
+
+const STATES = [
+  "no_hub",
+  "checking",
+  "unreachable",
+  "signed_out",
+  "starting",
+  "waiting",
+  "expired",
+  "refused",
+  "signed_in",
+  "error",
+];
+
+function h(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "className") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+function button(label, action, onClick, primary = false) {
+  return h("button", {
+    className: primary ? "kc-button kc-primary" : "kc-button",
+    type: "button",
+    dataset: { action },
+    text: label,
+    onclick: onClick,
+  });
+}
+
+function message(text, kind = "info") {
+  return text ? h("p", { className: `kc-message kc-${kind}`, text }) : null;
+}
+
+function tokenForm(model) {
+  const input = h("input", {
+    className: "kc-token",
+    type: "password",
+    placeholder: "sign-in token (from `kachery-hub token create`)",
+    "aria-label": "sign-in token",
+  });
+  const submit = () => {
+    const token = input.value.trim();
+    if (token) model.send({ type: "token", token });
+  };
+  input.addEventListener("keydown", (e) => e.key === "Enter" && submit());
+  return h("div", { className: "kc-row" }, [input, button("Use token", "token", submit)]);
+}
+
+function hubForm(model) {
+  const input = h("input", {
+    className: "kc-hub-url",
+    type: "url",
+    placeholder: "https://hub.example.org",
+    "aria-label": "hub URL",
+  });
+  input.value = model.get("hub_url") || "";
+  const submit = () => {
+    const url = input.value.trim();
+    if (url) model.send({ type: "connect", hub_url: url });
+  };
+  input.addEventListener("keydown", (e) => e.key === "Enter" && submit());
+  return h("div", { className: "kc-row" }, [input, button("Connect", "connect", submit, true)]);
+}
+
+function projectPicker(model) {
+  const projects = model.get("projects") || [];
+  if (projects.length === 0) return null;
+  const select = h("select", { className: "kc-project", "aria-label": "default project" });
+  for (const p of projects) {
+    const option = h("option", { text: p.name ? `${p.name} (${p.id})` : p.id });
+    option.value = p.id;
+    select.append(option);
+  }
+  select.value = model.get("default_project") || "";
+  select.addEventListener("change", () => model.send({ type: "set_project", project_id: select.value }));
+  return h("label", { className: "kc-row" }, [h("span", { text: "Default project " }), select]);
+}
+
+// Opens the sign-in window on the click itself (browsers only allow popups
+// there), and points it at the registration link once the kernel has it.
+export function createSignInOpener(win = globalThis.window) {
+  let popup = null;
+  let shown = null;
+  return {
+    openBlank() {
+      shown = null;
+      try {
+        popup = win.open("", "_blank");
+      } catch {
+        popup = null;
+      }
+      if (!popup) return false;
+      try {
+        popup.opener = null; // the hub's page gets no handle on the notebook
+      } catch {
+        // some browsers make it read-only; harmless
+      }
+      return true;
+    },
+    // Points the window at `url` once; redraws for the same URL leave it alone.
+    navigate(url) {
+      if (!popup || popup.closed) return false;
+      if (shown !== url) {
+        popup.location.href = url;
+        shown = url;
+      }
+      return true;
+    },
+    get blocked() {
+      return popup === null || popup === undefined;
+    },
+  };
+}
+
+export function view(model, ui) {
+  const state = model.get("state");
+  const hub = model.get("hub_url");
+  const msg = model.get("message");
+  const parts = [h("div", { className: "kc-title", text: "kachery" })];
+  const hubLine = hub ? h("p", { className: "kc-hub", text: `Hub: ${hub}` }) : null;
+
+  switch (state) {
+    case "no_hub":
+      parts.push(message("Enter the address of your kachery hub.", "info"), hubForm(model), message(msg, "error"));
+      break;
+    case "checking":
+      parts.push(hubLine, message("Contacting the hub…", "info"));
+      break;
+    case "unreachable":
+      parts.push(
+        hubLine,
+        message(msg || "The hub cannot be reached.", "error"),
+        h("div", { className: "kc-row" }, [button("Retry", "retry", () => model.send({ type: "retry" }), true)]),
+        hubForm(model),
+      );
+      break;
+    case "signed_out":
+    case "expired":
+    case "refused":
+    case "error": {
+      const note = {
+        expired: "The sign-in link expired before it was confirmed. Try again.",
+        refused: "Sign-in was refused.",
+        error: "Something went wrong.",
+      }[state];
+      parts.push(hubLine);
+      if (note) parts.push(message(msg ? `${note} ${msg}` : note, "error"));
+      else if (msg) parts.push(message(msg, "info"));
+      parts.push(
+        h("div", { className: "kc-row" }, [
+          button("Sign in with Google", "sign-in", () => {
+            ui.opener.openBlank();
+            model.send({ type: "start" });
+          }, true),
+        ]),
+        tokenForm(model),
+      );
+      break;
+    }
+    case "starting":
+      parts.push(hubLine, message("Preparing the sign-in page…", "info"));
+      break;
+    case "waiting": {
+      const url = model.get("registration_url");
+      const link = h("a", { className: "kc-link", href: url, target: "_blank", rel: "noopener", text: "open the sign-in page" });
+      const opened = ui.opener.navigate(url);
+      parts.push(
+        hubLine,
+        message(
+          opened
+            ? "Finish signing in in the new window; this panel updates by itself."
+            : "The browser blocked the sign-in window. Use this link instead:",
+          opened ? "info" : "warning",
+        ),
+        h("p", { className: "kc-row" }, [link]),
+        h("div", { className: "kc-row" }, [button("Cancel", "cancel", () => model.send({ type: "cancel" }))]),
+      );
+      break;
+    }
+    case "signed_in":
+      parts.push(
+        hubLine,
+        h("p", { className: "kc-signed-in", text: `Signed in as ${model.get("email")}` }),
+        projectPicker(model),
+        message(msg, "info"),
+        h("div", { className: "kc-row" }, [button("Sign out", "sign-out", () => model.send({ type: "sign_out" }))]),
+      );
+      break;
+    default:
+      parts.push(message(`Unknown state ${String(state)}`, "error"));
+  }
+  return h("div", { className: `kc-login kc-state-${STATES.includes(state) ? state : "unknown"}` }, parts);
+}
+
+function render({ model, el }) {
+  const ui = { opener: createSignInOpener() };
+  const draw = () => el.replaceChildren(view(model, ui));
+  const events = ["state", "message", "hub_url", "registration_url", "email", "projects", "default_project"];
+  for (const name of events) model.on(`change:${name}`, draw);
+  draw();
+  return () => {
+    for (const name of events) model.off(`change:${name}`, draw);
+  };
+}
+
+export default { render };
