@@ -203,6 +203,13 @@ def _copy_to_dest(src: Path, dest: str) -> str:
     return str(dest_path)
 
 
+def _use_hub(local_only: bool) -> bool:
+    """Whether content missing here may be fetched from a hub."""
+    from . import _remote  # imported only when needed: the hub client is optional
+
+    return not local_only and _remote.hub_configured()
+
+
 def load_file(uri: str, *, local_only: bool = False, dest: str | None = None) -> str:
     """Path of a local file holding the content of ``uri`` (copied to ``dest`` if given).
 
@@ -210,6 +217,10 @@ def load_file(uri: str, *, local_only: bool = False, dest: str | None = None) ->
     :class:`KacheryFileNotFoundError` when it is not available.
     """
     parsed, path = find_local(uri)
+    if path is None and _use_hub(local_only):
+        from . import _remote
+
+        path = _remote.download(parsed, uri)  # verified, and kept in the local store
     if path is None:
         where = f"not in the local store {store_path(parsed.sha1)}"
         if parsed.location:
@@ -220,6 +231,10 @@ def load_file(uri: str, *, local_only: bool = False, dest: str | None = None) ->
 
 def load_bytes(uri: str, start: int | None = None, end: int | None = None, *, local_only: bool = False) -> bytes:
     """Bytes ``[start, end)`` of the content of ``uri``."""
+    if _use_hub(local_only) and find_local(uri)[1] is None:
+        from . import _remote
+
+        return _remote.load_bytes(uri, start, end)  # an HTTP range request, not the whole file
     path = Path(load_file(uri, local_only=local_only))
     size = path.stat().st_size
     lo = 0 if start is None else start
@@ -262,6 +277,10 @@ def cat_file(uri: str, *, local_only: bool = False, out: BinaryIO | None = None)
 def load_file_info(uri: str, *, local_only: bool = False) -> dict[str, Any]:
     """What is known of ``uri`` locally: sha1, label, size and the local path."""
     parsed = parse_sha1_uri(uri)
+    if _use_hub(local_only) and find_local(uri)[1] is None:
+        from . import _remote
+
+        return _remote.file_info(uri)  # what the hub knows, without downloading
     path = Path(load_file(uri, local_only=local_only))
     return {
         "uri": uri,

@@ -122,3 +122,68 @@ class ConfigError(KacheryError, ValueError):
     def __init__(self, path: str, reason: str) -> None:
         self.path = path
         super().__init__(f"Invalid kachery config {path}: {reason}")
+
+
+class HubNotConfiguredError(KacheryError, RuntimeError):
+    """An operation needs a hub and none is configured."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} needs a kachery hub, and none is configured: call "
+            "kachery_core.init(hub_url=..., token=...) or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN)"
+        )
+
+
+class HubError(KacheryError):
+    """The hub refused a request or could not be reached; ``status`` and ``code`` say why."""
+
+    def __init__(self, hub_url: str, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.hub_url = hub_url
+        self.message = message
+        self.status = status
+        self.code = code
+        detail = f"HTTP {status} {code}, " if status is not None else ""
+        super().__init__(f"{message} ({detail}hub {hub_url})")
+
+
+class HubUnavailableError(HubError, ConnectionError):
+    """The hub did not answer."""
+
+
+class HubAuthError(HubError, PermissionError):
+    """The hub did not accept who this client is (not signed in, bad signature, replay, ephemeral)."""
+
+
+class ClockSkewError(HubAuthError):
+    """This computer's clock differs from the hub's by more than the hub accepts."""
+
+    def __init__(self, hub_url: str, message: str, *, skew_seconds: float, status: int | None = None,
+                 code: str | None = None) -> None:
+        self.skew_seconds = skew_seconds
+        super().__init__(hub_url, message, status=status, code=code)
+
+
+class HubPermissionError(HubError, PermissionError):
+    """The signed-in user may not do this in this project."""
+
+
+class HubNotFoundError(HubError, LookupError):
+    """The hub has no such project, user or mutable."""
+
+
+class HubRequestError(HubError, ValueError):
+    """The hub found the request invalid (bad input, too large)."""
+
+
+class HubServerError(HubError, RuntimeError):
+    """The hub failed (5xx)."""
+
+
+class InvalidArgumentError(KacheryError, ValueError):
+    """An argument of the wrong type or value, named in the message."""
+
+    def __init__(self, name: str, value: object, reason: str) -> None:
+        self.name = name
+        self.value = value
+        super().__init__(f"Invalid {name}={value!r}: {reason}")

@@ -1,0 +1,298 @@
+"""The connection to a kachery hub: which hub, signed requests, sign-in.
+
+Which hub, first found wins:
+
+1. ``init(hub_url=...)`` in this process (for the current ``KACHERY_CLOUD_DIR``),
+2. the ``KACHERY_HUB_URL`` environment variable,
+3. ``hub.yaml`` in the kachery directory, written by a successful ``init``.
+
+Every request is signed with the client key (see :mod:`._signing`) unless the
+client is ephemeral (``KACHERY_CLOUD_EPHEMERAL``), which reads public projects
+without a key or a sign-in. A client signs in once by presenting a token
+(``init(token=...)`` or ``KACHERY_HUB_TOKEN``); the hub then knows its key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from . import _constants, _fs, _signing
+from ._identity import ClientKeys, load_client_keys
+from .errors import (
+    ClockSkewError,
+    HubAuthError,
+    HubError,
+    HubNotConfiguredError,
+    HubNotFoundError,
+    HubPermissionError,
+    HubRequestError,
+    HubServerError,
+    HubUnavailableError,
+)
+
+if TYPE_CHECKING:
+    import httpx2
+
+# httpx2 and yaml are imported where used: `import kachery_core` must stay cheap.
+
+_HUB_FILE = "hub.yaml"
+
+# In-process state: the hub chosen by init() per kachery directory, and HTTP clients
+# injected for a hub URL (an in-process ASGI test client, a client with a proxy...).
+_chosen_url: dict[str, str] = {}
+_chosen_token: dict[str, str] = {}
+_injected: dict[str, httpx2.Client] = {}
+_default_clients: dict[str, httpx2.Client] = {}
+_me_cache: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def normalize_url(url: str) -> str:
+    parsed = urlparse(url.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise HubRequestError(url, f"hub URL {url!r} must start with http:// or https:// and name a host")
+    return url.strip().rstrip("/")
+
+
+def _dir_key() -> str:
+    return str(_constants.kachery_cloud_dir())
+
+
+def _hub_file() -> Path:
+    return Path(_fs.get_kachery_cloud_dir()) / _HUB_FILE
+
+
+def _saved_url() -> str | None:
+    try:
+        text = _hub_file().read_text()
+    except FileNotFoundError:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def save_url(url: str) -> None:
+    import yaml
+
+    _fs.write_file_atomic(_hub_file(), yaml.safe_dump({"url": url}).encode())
+
+
+def configured_url() -> str | None:
+    """The hub URL in use, or None when no hub is configured."""
+    url = _chosen_url.get(_dir_key()) or _constants.hub_url() or _saved_url()
+    return normalize_url(url) if url else None
+
+
+def choose(url: str, token: str | None, http_client: httpx2.Client | None) -> str:
+    url = normalize_url(url)
+    _chosen_url[_dir_key()] = url
+    if token:
+        _chosen_token[_dir_key()] = token
+    if http_client is not None:
+        _injected[url] = http_client
+    return url
+
+
+def configured_token() -> str | None:
+    return _chosen_token.get(_dir_key()) or _constants.hub_token()
+
+
+def _http_client(url: str) -> httpx2.Client:
+    if url in _injected:
+        return _injected[url]
+    client = _default_clients.get(url)
+    if client is None:
+        import httpx2
+
+        timeout = httpx2.Timeout(connect=10.0, read=600.0, write=600.0, pool=60.0)
+        client = _default_clients[url] = httpx2.Client(timeout=timeout, follow_redirects=False)
+    return client
+
+
+def _raise_for(url: str, response: httpx2.Response) -> None:
+    status = response.status_code
+    try:
+        response.read()
+        err = response.json()["error"]
+        code, message = str(err["code"]), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"the hub answered HTTP {status}: {response.text[:200]!r}"
+        err = {}
+    if code == "clock_skew":
+        raise ClockSkewError(url, message, skew_seconds=float(err.get("skew_seconds", 0.0)), status=status, code=code)
+    cls: type[HubError]
+    if status == 401:
+        cls = HubAuthError
+    elif status == 403:
+        cls = HubPermissionError
+    elif status == 404:
+        cls = HubNotFoundError
+    elif status >= 500:
+        cls = HubServerError
+    else:
+        cls = HubRequestError
+    raise cls(url, message, status=status, code=code)
+
+
+class HubClient:
+    """Signed requests to one hub; ``keys=None`` for an ephemeral (anonymous) client."""
+
+    def __init__(self, url: str, keys: ClientKeys | None, http: httpx2.Client) -> None:
+        self.url = url
+        self.keys = keys
+        self.http = http
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.keys is None
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
+        body_sha1: str | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        ok_statuses: tuple[int, ...] = (),
+    ) -> httpx2.Response:
+        """Send one signed request; raises a :class:`HubError` for an error answer."""
+        request = self.http.build_request(
+            method, self.url + path, json=json, params=params, content=content, headers=headers
+        )
+        if self.keys is not None:
+            if body_sha1 is None:
+                body_sha1 = hashlib.sha1(request.content).hexdigest()
+            time_ms, nonce, client_id = _signing.now_ms(), _signing.new_nonce(), self.keys.client_id
+            message = _signing.signing_message(
+                method=method, path_and_query=request.url.raw_path.decode("ascii"), time_ms=time_ms,
+                nonce=nonce, body_sha1=body_sha1, client_id=client_id,
+            )
+            request.headers[_signing.HEADER_CLIENT] = client_id
+            request.headers[_signing.HEADER_TIME] = str(time_ms)
+            request.headers[_signing.HEADER_NONCE] = nonce
+            request.headers[_signing.HEADER_BODY_SHA1] = body_sha1
+            request.headers[_signing.HEADER_SIGNATURE] = self.keys.sign(message)
+        import httpx2
+
+        try:
+            response = self.http.send(request, stream=stream)
+        except httpx2.TransportError as e:
+            raise HubUnavailableError(self.url, f"cannot reach the hub: {e}") from None
+        if response.status_code >= 400 and response.status_code not in ok_statuses:
+            try:
+                _raise_for(self.url, response)
+            finally:
+                response.close()
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A signed JSON request; signs in first if the hub does not know this client yet."""
+        try:
+            return self.send(method, path, **kwargs).json()
+        except HubAuthError as e:
+            if e.code != "client_not_registered" or not configured_token():
+                raise
+        self.register()
+        return self.send(method, path, **kwargs).json()
+
+    def register(self, sign_in_token: str | None = None) -> dict[str, Any]:
+        """Bind this client's key to the user of a sign-in token."""
+        if self.keys is None:
+            raise HubAuthError(self.url, "an ephemeral client cannot sign in; unset KACHERY_CLOUD_EPHEMERAL")
+        t = sign_in_token or configured_token()
+        if not t:
+            raise HubAuthError(
+                self.url,
+                f"this client ({self.keys.client_id[:12]}…) is not signed in to the hub; get a token "
+                f"(open {self.url}/ or run `kachery-hub token create`) and call kachery_core.init(token=...)",
+                code="client_not_registered",
+            )
+        info: dict[str, Any] = self.send("POST", "/api/clients", json={"token": t, "label": "kachery_core"}).json()
+        _me_cache[(self.url, self.keys.client_id)] = info
+        return info
+
+    def me(self, refresh: bool = False) -> dict[str, Any]:
+        """The hub's record of this client (user, default project); signs in if needed."""
+        if self.keys is None:
+            raise HubAuthError(self.url, "ephemeral clients have no account on the hub")
+        key = (self.url, self.keys.client_id)
+        if refresh or key not in _me_cache:
+            _me_cache[key] = self.json("GET", "/api/me")
+        return _me_cache[key]
+
+    def forget(self) -> None:
+        if self.keys is not None:
+            _me_cache.pop((self.url, self.keys.client_id), None)
+
+
+def connect(what: str = "this operation", *, url: str | None = None) -> HubClient:
+    """A client for the configured hub; raises :class:`HubNotConfiguredError` without one."""
+    hub_url = normalize_url(url) if url else configured_url()
+    if hub_url is None:
+        raise HubNotConfiguredError(what)
+    keys = None if _constants.ephemeral() else load_client_keys(create=True)
+    return HubClient(hub_url, keys, _http_client(hub_url))
+
+
+def connect_signed(what: str) -> HubClient:
+    client = connect(what)
+    if client.ephemeral:
+        raise HubAuthError(client.url, f"{what} is not possible in ephemeral mode (KACHERY_CLOUD_EPHEMERAL is set): "
+                                       "ephemeral clients only read public projects")
+    return client
+
+
+def init(hub_url: str | None = None, token: str | None = None, *, http_client: httpx2.Client | None = None) -> dict[str, Any]:
+    """Choose a hub and sign this client in to it; returns :func:`get_client_info`.
+
+    ``hub_url`` defaults to ``KACHERY_HUB_URL`` (or the hub of a previous
+    ``init``); ``token`` to ``KACHERY_HUB_TOKEN``. Signing in binds this
+    computer's key to the token's user, once; the hub is remembered in
+    ``hub.yaml`` so later sessions need neither.
+    """
+    url = hub_url or configured_url()
+    if not url:
+        raise HubNotConfiguredError("kachery_core.init()")
+    url = choose(url, token, http_client)
+    client = connect("kachery_core.init()", url=url)
+    if not client.ephemeral:
+        if token or configured_token():
+            client.register(token)
+        else:
+            client.me(refresh=True)
+        save_url(url)
+    return get_client_info()
+
+
+def get_client_info() -> dict[str, Any]:
+    """This client's ID, hub, user and default project (``user`` is None when not signed in)."""
+    url = configured_url()
+    ephemeral = _constants.ephemeral()
+    info: dict[str, Any] = {
+        "client_id": None if ephemeral else load_client_keys(create=True).client_id,  # type: ignore[union-attr]
+        "hub_url": url, "ephemeral": ephemeral, "signed_in": False, "user": None,
+        "default_project_id": None, "project_id": _constants.project_id(),
+    }
+    if url is None or ephemeral:
+        return info
+    try:
+        me = connect(url=url).me()
+    except HubAuthError:
+        return info
+    info.update(signed_in=True, user=me["user"], default_project_id=me["default_project_id"])
+    if info["project_id"] is None:
+        info["project_id"] = me["default_project_id"]
+    return info

@@ -1,0 +1,254 @@
+"""Files and mutables on the hub, seen from the client.
+
+Storing uploads the bytes to the current project (:func:`get_project_id`)
+unless that project already holds them; the hub verifies the sha1 before the
+file becomes visible. Loading a URI that is not in the local store downloads
+it from any project this client may read, verifies its hash while streaming,
+and keeps it in the local store, so the next load is local. Long transfers
+print progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from . import _fs, _hashing, _hub, _mutables, _serializers, _store
+from ._projects import get_project_id
+from ._uris import Sha1URI, format_sha1_uri, parse_sha1_uri
+from .errors import (
+    ByteRangeError,
+    FileChangedError,
+    HashMismatchError,
+    HubNotFoundError,
+    HubRequestError,
+    InvalidArgumentError,
+    KacheryFileNotFoundError,
+)
+
+_CHUNK = 1024 * 1024
+
+
+def hub_configured() -> bool:
+    return _hub.configured_url() is not None
+
+
+# ---------------------------------------------------------------- storing
+
+
+def _read_chunks(path: Path, size: int, label: str) -> Iterator[bytes]:
+    progress = _hashing.Progress(label, size)
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            done += len(chunk)
+            progress(done)
+            yield chunk
+
+
+def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, project_id: str | None) -> None:
+    client = _hub.connect_signed("storing a file on the hub")
+    pid = quote(get_project_id(project_id), safe="")
+    try:
+        client.json("GET", f"/api/projects/{pid}/files/{sha1}")
+        return  # the project already has these bytes
+    except HubNotFoundError as e:
+        if e.code != "file_not_found":
+            raise
+    body = content if isinstance(content, bytes) else _read_chunks(content, size, f"uploading {content.name}")
+    try:
+        client.send(
+            "PUT", f"/api/projects/{pid}/files/{sha1}", params={"label": label} if label is not None else None,
+            content=body, body_sha1=sha1, headers={"Content-Length": str(size)},
+        ).close()
+    except HubRequestError as e:
+        if e.code == "hash_mismatch" and isinstance(content, Path):
+            raise FileChangedError(str(content)) from None
+        raise
+
+
+def store_file(
+    filename: str | os.PathLike[str], *, label: str | None = None, cache_locally: bool = False,
+    local: bool = False, project_id: str | None = None,
+) -> str:
+    """Store a file on the hub (in ``project_id`` or the current project); returns its URI.
+
+    ``local=True`` only stores it in the local store; ``cache_locally=True``
+    does both, so later loads on this computer need no download.
+    """
+    if local:
+        return _store.store_file_local(filename, label=label)
+    name = os.fspath(filename)
+    if name.startswith("sha1://"):
+        name = _store.load_file(name)
+    path = Path(name).absolute()
+    if not path.exists():
+        raise KacheryFileNotFoundError(str(path), "no such file to store")
+    if not path.is_file():
+        raise KacheryFileNotFoundError(str(path), "not a regular file")
+    if cache_locally:
+        sha1 = parse_sha1_uri(_store.store_file_local(path)).sha1
+        source = _store.store_path(sha1)
+    else:
+        sha1, source = _hashing.sha1_of_file(path), path
+    _upload(sha1, source.stat().st_size, source, label, project_id)
+    return format_sha1_uri(sha1, label=label)
+
+
+def _store_bytes(data: bytes, label: str | None, cache_locally: bool, local: bool, project_id: str | None) -> str:
+    if local or cache_locally:
+        uri = _store.store_bytes_local(data, label=label)
+        if local:
+            return uri
+    sha1 = _hashing.sha1_of_bytes(data)
+    _upload(sha1, len(data), data, label, project_id)
+    return format_sha1_uri(sha1, label=label)
+
+
+def store_text(text: str, *, label: str | None = None, cache_locally: bool = False, local: bool = False,
+               project_id: str | None = None) -> str:
+    return _store_bytes(_serializers.text_to_bytes(text), label, cache_locally, local, project_id)
+
+
+def store_json(obj: Any, *, label: str | None = None, cache_locally: bool = False, local: bool = False,
+               project_id: str | None = None) -> str:
+    return _store_bytes(_serializers.json_to_bytes(obj), label, cache_locally, local, project_id)
+
+
+def store_npy(array: Any, *, label: str | None = None, cache_locally: bool = False, local: bool = False,
+              project_id: str | None = None) -> str:
+    return _store_bytes(_serializers.npy_to_bytes(array), label, cache_locally, local, project_id)
+
+
+def store_pkl(obj: Any, *, label: str | None = None, cache_locally: bool = False, local: bool = False,
+              project_id: str | None = None) -> str:
+    return _store_bytes(_serializers.pkl_to_bytes(obj), label, cache_locally, local, project_id)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _not_found(uri: str, client: _hub.HubClient, e: HubNotFoundError) -> KacheryFileNotFoundError:
+    return KacheryFileNotFoundError(uri, f"not in the local store, and the hub {client.url} says: {e.message}")
+
+
+def download(parsed: Sha1URI, uri: str) -> Path:
+    """Fetch the content of ``uri`` from the hub into the local store (verified); returns its path."""
+    client = _hub.connect("loading a file from the hub")
+    sha1 = parsed.sha1
+    try:
+        response = client.send("GET", f"/api/files/{sha1}", stream=True)
+    except HubNotFoundError as e:
+        raise _not_found(uri, client, e) from None
+    final = _store.store_path(sha1)
+    tmp = _store._tmp_dir() / f"{os.getpid()}-{os.urandom(6).hex()}.download.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            total = int(response.headers.get("content-length", "0") or 0)
+            progress = _hashing.Progress(f"downloading {parsed.label or sha1}", total)
+            h = hashlib.sha1()
+            done = 0
+            for chunk in response.iter_bytes(_CHUNK):
+                h.update(chunk)
+                f.write(chunk)
+                done += len(chunk)
+                progress(done)
+        response.close()
+        actual = h.hexdigest()
+        if actual != sha1:
+            raise HashMismatchError(uri, sha1, actual, f"download from {client.url}")
+        _fs.makedirs(final.parent)
+        _fs.finish_file(tmp, final)
+    finally:
+        response.close()
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def file_info(uri: str) -> dict[str, Any]:
+    """What the hub knows of ``uri`` (for a file not in the local store)."""
+    parsed = parse_sha1_uri(uri)
+    client = _hub.connect("asking the hub about a file")
+    try:
+        info = client.json("GET", f"/api/files/{parsed.sha1}/info")
+    except HubNotFoundError as e:
+        raise _not_found(uri, client, e) from None
+    return {
+        "uri": uri, "sha1": parsed.sha1, "label": parsed.label if parsed.label is not None else info["label"],
+        "size": int(info["size"]), "local_path": None, "hub_url": client.url, "project_id": info["project_id"],
+    }
+
+
+def load_bytes(uri: str, start: int | None, end: int | None) -> bytes:
+    """Bytes ``[start, end)`` of a file on the hub, fetched with an HTTP range request."""
+    size = file_info(uri)["size"]
+    lo = 0 if start is None else start
+    hi = size if end is None else end
+    if not (0 <= lo <= hi <= size):
+        raise ByteRangeError(uri, start, end, size)
+    if lo == hi:
+        return b""
+    client = _hub.connect("loading bytes from the hub")
+    sha1 = parse_sha1_uri(uri).sha1
+    response = client.send("GET", f"/api/files/{sha1}", headers={"Range": f"bytes={lo}-{hi - 1}"})
+    data = response.content
+    if response.status_code == 200 and len(data) == size:
+        data = data[lo:hi]  # a server that ignores ranges sends everything
+    if len(data) != hi - lo:
+        raise HubRequestError(client.url, f"asked for {hi - lo} bytes of {uri}, received {len(data)}")
+    return data
+
+
+# ---------------------------------------------------------------- mutables
+
+
+def _mutable_path(key: str, project_id: str | None) -> str:
+    _mutables.validate_key(key)
+    return f"/api/projects/{quote(get_project_id(project_id), safe='')}/mutables/{quote(key, safe='/')}"
+
+
+def set_mutable(key: str, value: str, *, project_id: str | None = None) -> None:
+    """Set mutable ``key`` of the project to ``value`` (text, at most 1 MiB of UTF-8)."""
+    _mutables.validate_value(key, value)
+    _hub.connect_signed("setting a mutable").json("PUT", _mutable_path(key, project_id), json={"value": value})
+
+
+def get_mutable(key: str, default_value: str | None = None, *, project_id: str | None = None) -> str | None:
+    """The value of mutable ``key`` in the project, or ``default_value`` when it is not set."""
+    path = _mutable_path(key, project_id)
+    try:
+        value: str = _hub.connect("reading a mutable").json("GET", path)["value"]
+    except HubNotFoundError as e:
+        if e.code == "mutable_not_found":
+            return default_value
+        raise
+    return value
+
+
+def delete_mutable(key: str, *, project_id: str | None = None) -> bool:
+    """Delete mutable ``key`` from the project; returns whether it was set."""
+    deleted: bool = _hub.connect_signed("deleting a mutable").json("DELETE", _mutable_path(key, project_id))["deleted"]
+    return deleted
+
+
+def list_mutables(prefix: str = "", *, project_id: str | None = None) -> list[str]:
+    """Keys of the project's mutables that start with ``prefix``, sorted."""
+    if not isinstance(prefix, str):
+        raise InvalidArgumentError("prefix", prefix, "expected a string")
+    pid = quote(get_project_id(project_id), safe="")
+    client = _hub.connect("listing mutables")
+    keys: list[str] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"prefix": prefix, "limit": 1000}
+        if after is not None:
+            params["after"] = after
+        page = client.json("GET", f"/api/projects/{pid}/mutables", params=params)["mutables"]
+        keys.extend(m["key"] for m in page)
+        if len(page) < 1000:
+            return keys
+        after = page[-1]["key"]

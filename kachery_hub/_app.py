@@ -1,0 +1,117 @@
+"""The hub's ASGI application: ``create_app(settings)``.
+
+Every error leaves as JSON ``{"error": {"code": ..., "message": ...}}`` with a
+4xx status when the request was at fault; validation errors, unknown routes
+and wrong methods included. An unexpected failure is a 500 with code
+``internal_error`` and no internals in the message.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import _accounts, _files, _mutables, _projects
+from ._settings import Settings
+from ._state import HubState
+from .errors import HubError
+
+log = logging.getLogger("kachery_hub")
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 416: "range_not_satisfiable",
+}
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+
+
+async def _on_hub_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HubError)
+    return JSONResponse(exc.payload(), status_code=exc.status)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    return _error(422, "invalid_request", "; ".join(problems) or "the request is not valid")
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such endpoint: {request.method} {request.url.path}"
+    return _error(exc.status_code, code, detail)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return _error(500, "internal_error", "the hub failed to handle this request; see its log")
+
+
+def _signin_page(request: Request) -> HTMLResponse:
+    base = str(request.base_url).rstrip("/")
+    token = request.query_params.get("token", "")
+    b, t = html.escape(base), html.escape(token)
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>kachery hub</title></head>
+<body style="font-family: sans-serif; max-width: 46em; margin: 2em auto">
+<h1>kachery hub</h1>
+<p>To sign in a computer, run this in Python or a notebook on it:</p>
+<pre>import kachery_core as kc
+kc.init(hub_url="{b}", token="{t or '&lt;token&gt;'}")</pre>
+<p>or set the environment variables:</p>
+<pre>KACHERY_HUB_URL={b}
+KACHERY_HUB_TOKEN={t or '&lt;token&gt;'}</pre>
+<p>The API is described at <a href="{b}/docs">{b}/docs</a>.</p>
+</body></html>"""
+    return HTMLResponse(body, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+
+
+def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
+    """The hub application for ``settings``; the database is migrated on creation."""
+    hub = state if state is not None else HubState.open(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if state is None:
+            hub.close()
+
+    app = FastAPI(
+        title="kachery hub",
+        version="1",
+        description="Share content-addressed files and mutables between computers, by project.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    app.add_exception_handler(HubError, _on_hub_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    for module in (_accounts, _projects, _files, _mutables):
+        app.include_router(module.router)
+
+    @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "api_version": 1}
+
+    @app.get("/", include_in_schema=False)
+    async def signin(request: Request) -> HTMLResponse:
+        return _signin_page(request)
+
+    return app

@@ -1,0 +1,153 @@
+"""Where the hub keeps file bytes, behind a small interface.
+
+``open_byte_store(url)`` picks the implementation from the storage URL. The
+embedded default is :class:`LocalFolderStore` (``file://``)::
+
+    <root>/
+      .tmp/                    uploads in progress; never visible under a sha1 name
+      sha1/ab/cd/ef/abcdef…    verified blobs, named by their sha1
+
+An upload goes to a temp file while its sha1 is computed chunk by chunk
+(constant memory); it is renamed into place only when the hash matches, so a
+hub killed mid-upload leaves nothing visible. An object store (S3) fits the
+same interface: ``upload_url``/``download_url`` then return presigned URLs and
+clients transfer bytes directly; the local store returns None, meaning "through
+the hub".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from .errors import ConfigurationError, HashMismatch, PayloadTooLarge
+
+_STALE_TMP_SECONDS = 3600.0
+
+
+class IncomingBlob(Protocol):
+    """An upload in progress: feed it chunks, then ``finish`` or ``abort``."""
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def finish(self, expected_sha1: str) -> int:
+        """Verify and make the blob visible; returns its size. Raises HashMismatch."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class ByteStore(Protocol):
+    def exists(self, sha1: str) -> bool: ...
+
+    def begin_upload(self, max_size: int | None = None) -> IncomingBlob: ...
+
+    def local_path(self, sha1: str) -> Path | None:
+        """A path the hub can serve directly, or None when the store is remote."""
+        ...
+
+    def upload_url(self, sha1: str, size: int) -> str | None: ...
+
+    def download_url(self, sha1: str) -> str | None: ...
+
+    def cleanup(self) -> int: ...
+
+
+class _LocalIncoming:
+    def __init__(self, store: LocalFolderStore, max_size: int | None) -> None:
+        self._store = store
+        self._tmp = store.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        self._file = open(self._tmp, "xb")
+        self._hash = hashlib.sha1()
+        self._size = 0
+        self._max_size = max_size
+
+    def write(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._max_size is not None and self._size > self._max_size:
+            raise PayloadTooLarge(f"upload is larger than the {self._max_size} bytes announced")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self, expected_sha1: str) -> int:
+        try:
+            actual = self._hash.hexdigest()
+            if actual != expected_sha1:
+                raise HashMismatch(
+                    f"uploaded bytes have sha1 {actual}, not {expected_sha1}; nothing was stored",
+                    expected=expected_sha1, actual=actual,
+                )
+            self._file.flush()
+            os.fsync(self._file.fileno())  # the database will say the blob exists: make it so
+            self._file.close()
+            final = self._store.blob_path(expected_sha1)
+            if final.exists():
+                self._tmp.unlink()
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._tmp, final)
+            return self._size
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class LocalFolderStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / ".tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def blob_path(self, sha1: str) -> Path:
+        return self.root / "sha1" / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
+
+    def exists(self, sha1: str) -> bool:
+        return self.blob_path(sha1).is_file()
+
+    def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
+        return _LocalIncoming(self, max_size)
+
+    def local_path(self, sha1: str) -> Path | None:
+        return self.blob_path(sha1)
+
+    def upload_url(self, sha1: str, size: int) -> str | None:
+        return None
+
+    def download_url(self, sha1: str) -> str | None:
+        return None
+
+    def cleanup(self, max_age_seconds: float = _STALE_TMP_SECONDS) -> int:
+        """Remove uploads abandoned by a crashed hub; returns how many."""
+        cutoff = time.time() - max_age_seconds
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+def open_byte_store(url: str) -> ByteStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigurationError(f"storage URL {url!r}: file URLs must name a local path (file:///...)")
+        return LocalFolderStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "" and url.startswith("/"):
+        return LocalFolderStore(Path(url))
+    raise ConfigurationError(
+        f"storage URL {url!r}: unsupported scheme {parsed.scheme!r} (this hub supports file:///<folder>)"
+    )

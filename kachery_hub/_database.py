@@ -1,0 +1,171 @@
+"""The metadata database: one SQLAlchemy engine, the tables, and transactions.
+
+SQLite (the embedded default) and PostgreSQL are selected by URL alone. The
+schema is created and upgraded by :mod:`._migrations`; the ``Table`` objects
+here describe the latest schema for queries.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError
+
+from . import _migrations
+from .errors import ConfigurationError
+
+metadata = MetaData()
+
+users = Table(
+    "users", metadata,
+    Column("id", Text, primary_key=True),
+    Column("email", Text, nullable=False, unique=True),
+    Column("email_verified", Boolean, nullable=False),
+    Column("display_name", Text),
+    Column("is_admin", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+identities = Table(
+    "identities", metadata,
+    Column("provider", Text, primary_key=True),
+    Column("subject", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+tokens = Table(
+    "tokens", metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("label", Text),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("revoked", Boolean, nullable=False),
+)
+projects = Table(
+    "projects", metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("owner_user_id", Text, nullable=False),
+    Column("public_read", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+members = Table(
+    "members", metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+)
+clients = Table(
+    "clients", metadata,
+    Column("client_id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("label", Text),
+    Column("default_project_id", Text),
+    Column("created_at", Float, nullable=False),
+)
+blobs = Table(
+    "blobs", metadata,
+    Column("sha1", Text, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+files = Table(
+    "files", metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("sha1", Text, primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("label", Text),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+mutables = Table(
+    "mutables", metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_by", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+nonces = Table(
+    "nonces", metadata,
+    Column("nonce", Text, primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+def new_id(prefix: str = "") -> str:
+    return prefix + secrets.token_hex(8)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Database:
+    """The engine plus the few operations every module needs."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as e:
+            raise ConfigurationError(f"database URL {url!r} is not valid: {e}") from None
+        kwargs: dict[str, Any] = {}
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        self.url = url
+        self.engine: Engine = create_engine(url, **kwargs)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._last_purge = 0.0
+
+    def migrate(self) -> list[int]:
+        return _migrations.migrate(self.engine)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def remember_nonce(self, nonce: str, expires_at: float) -> bool:
+        """Record a request nonce; False if it was seen before (a replay)."""
+        now = time.time()
+        try:
+            with self.begin() as conn:
+                if now - self._last_purge > 60:
+                    self._last_purge = now
+                    conn.execute(delete(nonces).where(nonces.c.expires_at < now))
+                conn.execute(insert(nonces).values(nonce=nonce, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.engine.dispose()

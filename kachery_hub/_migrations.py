@@ -1,0 +1,134 @@
+"""Ordered schema migrations, so an upgraded hub keeps its data.
+
+The table ``schema_version`` holds one row: the number of the last migration
+applied. On start the hub applies every newer migration, each in its own
+transaction, in order. Migrations are append-only: never edit one that has
+shipped; add the next. The SQL is plain and portable (SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "users, sign-in tokens, clients, projects, members, files, mutables, nonces",
+        (
+            """CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                email TEXT NOT NULL UNIQUE,
+                email_verified BOOLEAN NOT NULL,
+                display_name TEXT,
+                is_admin BOOLEAN NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            # A sign-in through an identity provider (e.g. Google's "sub") maps to a user.
+            """CREATE TABLE identities (
+                provider TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                user_id TEXT NOT NULL REFERENCES users(id),
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (provider, subject)
+            )""",
+            """CREATE TABLE tokens (
+                token_hash TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users(id),
+                label TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION,
+                revoked BOOLEAN NOT NULL
+            )""",
+            """CREATE TABLE projects (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                owner_user_id TEXT NOT NULL REFERENCES users(id),
+                public_read BOOLEAN NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE members (
+                project_id TEXT NOT NULL REFERENCES projects(id),
+                user_id TEXT NOT NULL REFERENCES users(id),
+                role TEXT NOT NULL,
+                PRIMARY KEY (project_id, user_id)
+            )""",
+            "CREATE INDEX members_by_user ON members (user_id)",
+            """CREATE TABLE clients (
+                client_id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users(id),
+                label TEXT,
+                default_project_id TEXT REFERENCES projects(id),
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE blobs (
+                sha1 TEXT PRIMARY KEY,
+                size BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE files (
+                project_id TEXT NOT NULL REFERENCES projects(id),
+                sha1 TEXT NOT NULL REFERENCES blobs(sha1),
+                size BIGINT NOT NULL,
+                label TEXT,
+                created_by TEXT NOT NULL REFERENCES users(id),
+                created_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (project_id, sha1)
+            )""",
+            "CREATE INDEX files_by_sha1 ON files (sha1)",
+            """CREATE TABLE mutables (
+                project_id TEXT NOT NULL REFERENCES projects(id),
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                updated_by TEXT NOT NULL REFERENCES users(id),
+                updated_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (project_id, key)
+            )""",
+            """CREATE TABLE nonces (
+                nonce TEXT PRIMARY KEY,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX nonces_by_expiry ON nonces (expires_at)",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def current_version(conn: Connection) -> int:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+    row = conn.execute(text("SELECT version FROM schema_version")).first()
+    return int(row[0]) if row is not None else 0
+
+
+def migrate(engine: Engine, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:
+    """Apply every migration newer than the database; returns the versions applied."""
+    applied: list[int] = []
+    with engine.begin() as conn:
+        version = current_version(conn)
+    newest = migrations[-1].version if migrations else 0
+    if version > newest:
+        raise RuntimeError(
+            f"the database is at schema version {version}, newer than this hub knows ({newest}); "
+            "upgrade kachery-jupyter"
+        )
+    for m in migrations:
+        if m.version <= version:
+            continue
+        with engine.begin() as conn:
+            for statement in m.statements:
+                conn.execute(text(statement))
+            conn.execute(text("DELETE FROM schema_version"))
+            conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": m.version})
+        applied.append(m.version)
+    return applied

@@ -1,0 +1,118 @@
+"""Mutables in a project: a key → text store shared by the project's members.
+
+Keys follow the rules of local mutables (``kachery_core._mutables``); values
+are text of at most ``kachery_core._constants.MAX_MUTABLE_VALUE_BYTES`` UTF-8
+bytes (1 MiB). Reading takes the ``read`` role (or a public project), writing
+takes ``write``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel
+from sqlalchemy import delete, insert, select, update
+from starlette.concurrency import run_in_threadpool
+
+from kachery_core import _constants
+from kachery_core._mutables import validate_key
+from kachery_core.errors import InvalidMutableKeyError
+
+from . import _database as tables
+from ._auth import Caller, caller
+from ._database import Database
+from ._projects import require_role
+from ._state import HubState, hub_state
+from .errors import InvalidInput, MutableNotFound, PayloadTooLarge
+
+router = APIRouter(tags=["mutables"])
+
+
+def _key(key: str) -> str:
+    try:
+        return validate_key(key)
+    except InvalidMutableKeyError as e:
+        raise InvalidInput(str(e), key=key[:200]) from None
+
+
+def _get(db: Database, who: Caller, project_id: str, key: str) -> dict[str, Any]:
+    with db.begin() as conn:
+        require_role(conn, who, project_id, "read")
+        row = conn.execute(select(tables.mutables).where(
+            tables.mutables.c.project_id == project_id, tables.mutables.c.key == key)).first()
+    if row is None:
+        raise MutableNotFound(f"mutable {key!r} is not set in project {project_id!r}", key=key)
+    return {"key": key, "value": row.value, "updated_at": row.updated_at}
+
+
+def _set(db: Database, who: Caller, project_id: str, key: str, value: str) -> dict[str, Any]:
+    size = len(value.encode("utf-8"))
+    if size > _constants.MAX_MUTABLE_VALUE_BYTES:
+        raise PayloadTooLarge(
+            f"value of mutable {key!r} is {size} bytes, over the limit of {_constants.MAX_MUTABLE_VALUE_BYTES} bytes",
+            key=key,
+        )
+    user_id = who.require_user()
+    now = time.time()
+    with db.begin() as conn:
+        require_role(conn, who, project_id, "write")
+        where = (tables.mutables.c.project_id == project_id, tables.mutables.c.key == key)
+        result = conn.execute(update(tables.mutables).where(*where).values(value=value, updated_by=user_id, updated_at=now))
+        if not result.rowcount:
+            conn.execute(insert(tables.mutables).values(
+                project_id=project_id, key=key, value=value, updated_by=user_id, updated_at=now))
+    return {"key": key, "updated_at": now}
+
+
+def _delete(db: Database, who: Caller, project_id: str, key: str) -> bool:
+    with db.begin() as conn:
+        require_role(conn, who, project_id, "write")
+        result = conn.execute(delete(tables.mutables).where(
+            tables.mutables.c.project_id == project_id, tables.mutables.c.key == key))
+    return bool(result.rowcount)
+
+
+def _list(db: Database, who: Caller, project_id: str, prefix: str, limit: int, after: str | None) -> list[dict[str, Any]]:
+    with db.begin() as conn:
+        require_role(conn, who, project_id, "read")
+        q = select(tables.mutables.c.key, tables.mutables.c.value, tables.mutables.c.updated_at).where(
+            tables.mutables.c.project_id == project_id)
+        if prefix:
+            # Range on the primary key rather than LIKE: prefixes may hold % and _.
+            q = q.where(tables.mutables.c.key >= prefix, tables.mutables.c.key < prefix + "\U0010ffff")
+        if after is not None:
+            q = q.where(tables.mutables.c.key > after)
+        rows = conn.execute(q.order_by(tables.mutables.c.key).limit(limit)).all()
+    return [{"key": r.key, "size": len(r.value.encode("utf-8")), "updated_at": r.updated_at} for r in rows]
+
+
+class SetMutable(BaseModel):
+    value: str
+
+
+@router.get("/api/projects/{project_id}/mutables", summary="Mutables of a project whose key starts with `prefix`")
+async def get_mutables(project_id: str, prefix: str = Query(default="", max_length=1000),
+                       limit: int = Query(default=1000, ge=1, le=10000),
+                       after: str | None = Query(default=None, max_length=1000),
+                       who: Caller = Depends(caller), hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    return {"mutables": await run_in_threadpool(_list, hub.db, who, project_id, prefix, limit, after)}
+
+
+@router.get("/api/projects/{project_id}/mutables/{key:path}", summary="The value of a mutable")
+async def get_mutable(project_id: str, key: str, who: Caller = Depends(caller),
+                      hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    return await run_in_threadpool(_get, hub.db, who, project_id, _key(key))
+
+
+@router.put("/api/projects/{project_id}/mutables/{key:path}", summary="Set a mutable (value at most 1 MiB of UTF-8)")
+async def put_mutable(project_id: str, key: str, body: SetMutable, who: Caller = Depends(caller),
+                      hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    return await run_in_threadpool(_set, hub.db, who, project_id, _key(key), body.value)
+
+
+@router.delete("/api/projects/{project_id}/mutables/{key:path}", summary="Delete a mutable")
+async def delete_mutable(project_id: str, key: str, who: Caller = Depends(caller),
+                         hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    return {"deleted": await run_in_threadpool(_delete, hub.db, who, project_id, _key(key))}

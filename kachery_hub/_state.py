@@ -1,0 +1,35 @@
+"""What every request handler reaches: settings, database and byte store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ._bytestore import ByteStore, open_byte_store
+from ._database import Database
+from ._settings import Settings
+
+
+@dataclass
+class HubState:
+    settings: Settings
+    db: Database
+    store: ByteStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> HubState:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        db.migrate()
+        store = open_byte_store(settings.resolved_storage_url)
+        store.cleanup()
+        return cls(settings=settings, db=db, store=store)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def hub_state(request: Request) -> HubState:
+    state: HubState = request.app.state.hub
+    return state

@@ -1,0 +1,107 @@
+"""Every error the hub answers with.
+
+Each class carries the HTTP status and a stable machine-readable ``code``; the
+app turns any of them into ``{"error": {"code": ..., "message": ...}}``. Each
+also inherits the built-in a Python caller would expect, as in kachery_core.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class HubError(Exception):
+    """Base class: an answer the client caused (4xx) or a refusal."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        self.message = message
+        self.extra = extra
+        super().__init__(message)
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+class InvalidInput(HubError, ValueError):
+    code = "invalid_input"
+
+
+class PayloadTooLarge(HubError, ValueError):
+    status = 413
+    code = "payload_too_large"
+
+
+class HashMismatch(HubError, ValueError):
+    status = 400
+    code = "hash_mismatch"
+
+
+class RangeNotSatisfiable(HubError, ValueError):
+    status = 416
+    code = "range_not_satisfiable"
+
+
+class Unauthenticated(HubError, PermissionError):
+    status = 401
+    code = "unauthenticated"
+
+
+class BadSignature(Unauthenticated):
+    code = "bad_signature"
+
+
+class ClockSkew(Unauthenticated):
+    code = "clock_skew"
+
+
+class ReplayedRequest(Unauthenticated):
+    code = "replayed_request"
+
+
+class ClientNotRegistered(Unauthenticated):
+    code = "client_not_registered"
+
+
+class InvalidToken(Unauthenticated):
+    code = "invalid_token"
+
+
+class Forbidden(HubError, PermissionError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(HubError, LookupError):
+    status = 404
+    code = "not_found"
+
+
+class ProjectNotFound(NotFound):
+    code = "project_not_found"
+
+
+class FileNotFound(NotFound):
+    code = "file_not_found"
+
+
+class MutableNotFound(NotFound):
+    code = "mutable_not_found"
+
+
+class UserNotFound(NotFound):
+    code = "user_not_found"
+
+
+class Conflict(HubError):
+    status = 409
+    code = "conflict"
+
+
+class ConfigurationError(HubError, ValueError):
+    """Bad settings given to the hub itself (raised at start, never over HTTP)."""
+
+    status = 500
+    code = "configuration_error"
