@@ -32,6 +32,7 @@ from .errors import (
     HubRequestError,
     HubServerError,
     HubUnavailableError,
+    InvalidArgumentError,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ _me_cache: dict[tuple[str, str], dict[str, Any]] = {}
 def normalize_url(url: str) -> str:
     parsed = urlparse(url.strip())
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise HubRequestError(url, f"hub URL {url!r} must start with http:// or https:// and name a host")
+        raise InvalidArgumentError("hub_url", url, "expected http://HOST[:PORT] or https://HOST[:PORT]")
     return url.strip().rstrip("/")
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Unsatisfiable
 from sqlalchemy import Connection, delete, insert, select, update
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
@@ -26,7 +27,7 @@ from ._auth import Caller, caller, streaming_caller
 from ._database import Database
 from ._projects import readable_by, require_role
 from ._state import HubState, hub_state
-from .errors import BadSignature, FileNotFound, InvalidInput
+from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable
 
 router = APIRouter(tags=["files"])
 
@@ -35,6 +36,19 @@ _WRITE_BATCH = 4 * 1024 * 1024  # hand chunks to the writer thread in batches th
 
 class _BigChunkFileResponse(FileResponse):
     chunk_size = 1024 * 1024
+
+
+def _check_range(request: Request, size: int) -> None:
+    """Refuse a bad Range header as a JSON error before streaming starts."""
+    value = request.headers.get("range")
+    if value is None:
+        return
+    try:
+        FileResponse._parse_range_header(value, size)
+    except MalformedRangeHeader:
+        raise InvalidInput(f"malformed Range header {value[:100]!r} (expected bytes=START-END)") from None
+    except _Unsatisfiable:
+        raise RangeNotSatisfiable(f"range {value[:100]!r} is outside the {size} bytes of the file", size=size) from None
 
 
 def _check_sha1(sha1: str) -> str:
@@ -183,8 +197,10 @@ async def get_file_info(sha1: str, who: Caller = Depends(caller), hub: HubState 
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"}},
 )
-async def get_file(sha1: str, who: Caller = Depends(caller), hub: HubState = Depends(hub_state)) -> Response:
+async def get_file(sha1: str, request: Request, who: Caller = Depends(caller),
+                   hub: HubState = Depends(hub_state)) -> Response:
     info = await run_in_threadpool(_readable, hub.db, who, _check_sha1(sha1))
+    _check_range(request, int(info["size"]))
     url = hub.store.download_url(sha1)
     if url is not None:
         return RedirectResponse(url, status_code=307)

@@ -1,0 +1,96 @@
+"""Fixtures for hub tests: an in-process hub and clients with their own kachery directories.
+
+Import into a test module with ``from hub_fixtures import *``. The hub runs in
+this process behind starlette's TestClient (an ``httpx2.Client``), which
+``kachery_core.init(http_client=...)`` accepts in place of the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+import kachery_core as kc  # noqa: E402
+from kachery_core import _hub, _signing  # noqa: E402
+from kachery_core._identity import ClientKeys  # noqa: E402
+from kachery_hub import Settings, create_app  # noqa: E402
+from kachery_hub._accounts import create_token  # noqa: E402
+from kachery_hub._state import HubState  # noqa: E402
+
+__all__ = ["Hub", "hub", "new_keys", "signed_headers"]
+
+HUB_URL = "http://testserver"
+
+
+def new_keys() -> ClientKeys:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return ClientKeys(Ed25519PrivateKey.generate())
+
+
+def signed_headers(
+    keys: ClientKeys, method: str, path_and_query: str, body: bytes = b"", *,
+    time_ms: int | None = None, nonce: str | None = None, body_sha1: str | None = None,
+) -> dict[str, str]:
+    """The signature headers a client sends, with each part overridable to forge bad ones."""
+    t = _signing.now_ms() if time_ms is None else time_ms
+    n = _signing.new_nonce() if nonce is None else nonce
+    b = hashlib.sha1(body).hexdigest() if body_sha1 is None else body_sha1
+    message = _signing.signing_message(
+        method=method, path_and_query=path_and_query, time_ms=t, nonce=n, body_sha1=b, client_id=keys.client_id
+    )
+    return {
+        _signing.HEADER_CLIENT: keys.client_id, _signing.HEADER_TIME: str(t), _signing.HEADER_NONCE: n,
+        _signing.HEADER_BODY_SHA1: b, _signing.HEADER_SIGNATURE: keys.sign(message),
+    }
+
+
+@dataclass
+class Hub:
+    http: TestClient
+    state: HubState
+    root: Path
+    monkeypatch: pytest.MonkeyPatch
+    url: str = HUB_URL
+    dirs: dict[str, Path] = field(default_factory=dict)
+
+    def token(self, email: str, *, admin: bool = False) -> str:
+        return create_token(self.state.db, email, is_admin=admin)
+
+    def use(self, name: str) -> Path:
+        """Act as client ``name`` from now on (its own KACHERY_CLOUD_DIR)."""
+        d = self.dirs.setdefault(name, self.root / "clients" / name)
+        self.monkeypatch.setenv("KACHERY_CLOUD_DIR", str(d))
+        return d
+
+    def sign_in(self, name: str, email: str, *, admin: bool = False) -> str:
+        """Act as client ``name``, signed in as ``email``; returns its default project."""
+        self.use(name)
+        info = kc.init(hub_url=self.url, token=self.token(email, admin=admin), http_client=self.http)
+        return str(info["default_project_id"])
+
+    def ephemeral(self, name: str) -> None:
+        """Act as an ephemeral client ``name`` (no key, no sign-in) of this hub."""
+        self.use(name)
+        self.monkeypatch.setenv("KACHERY_CLOUD_EPHEMERAL", "1")
+        self.monkeypatch.setenv("KACHERY_HUB_URL", self.url)
+        _hub.choose(self.url, None, self.http)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    app = create_app(Settings(data_dir=tmp_path / "hub"))
+    with TestClient(app, raise_server_exceptions=False) as http:
+        yield Hub(http=http, state=app.state.hub, root=tmp_path, monkeypatch=monkeypatch)
+    _hub._injected.pop(HUB_URL, None)
+    _hub._chosen_url.clear()
+    _hub._chosen_token.clear()
+    _hub._me_cache.clear()
