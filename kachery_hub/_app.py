@@ -82,6 +82,29 @@ KACHERY_HUB_TOKEN={t or '&lt;token&gt;'}</pre>
     return HTMLResponse(body, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
+class _LimitJsonBodies:
+    """Refuse an announced body over the limit before anything reads it (uploads excepted)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and not _is_upload(scope["method"], scope["path"]):
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    response = _error(413, "payload_too_large",
+                                      f"request body of {int(value)} bytes is over the limit of {self.limit} bytes")
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def _is_upload(method: str, path: str) -> bool:
+    parts = path.split("/")  # /api/projects/<id>/files/<sha1>
+    return method == "PUT" and len(parts) == 6 and parts[1:3] == ["api", "projects"] and parts[4] == "files"
+
+
 def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     """The hub application for ``settings``; the database is migrated on creation."""
     hub = state if state is not None else HubState.open(settings)
@@ -103,6 +126,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(_LimitJsonBodies, limit=settings.max_json_body_bytes)
     for module in (_accounts, _projects, _files, _mutables):
         app.include_router(module.router)
 

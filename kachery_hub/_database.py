@@ -118,13 +118,22 @@ def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_hex(8)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # pysqlite would commit before DDL and begin lazily; we emit BEGIN ourselves (see _sqlite_begin)
+    # so a migration is all-or-nothing like any other transaction.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; safe with WAL
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front, so concurrent writers wait (busy_timeout)
+    # instead of failing when a read turns into a write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -143,7 +152,8 @@ class Database:
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if parsed.get_backend_name() == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
         self._last_purge = 0.0
 
     def migrate(self) -> list[int]:

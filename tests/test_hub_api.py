@@ -272,3 +272,13 @@ def test_signin_page_escapes_the_token(hub: Hub) -> None:
     r = hub.http.get("/", params={"token": "<script>alert(1)</script>"})
     assert r.status_code == 200
     assert "<script>" not in r.text and "&lt;script&gt;" in r.text
+
+
+def test_an_announced_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
+    keys, info = _register(hub, "a@example.org")
+    limit = hub.state.settings.max_json_body_bytes
+    path = f"/api/projects/{info['default_project_id']}/mutables/k"
+    body = b'{"value": "' + b"x" * limit + b'"}'
+    r = hub.http.put(path, content=body, headers=_h(keys, "PUT", path, body))
+    status, code, message = _error(r)
+    assert (status, code) == (413, "payload_too_large") and str(limit) in message

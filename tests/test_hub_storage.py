@@ -1,0 +1,154 @@
+"""The hub's persistence: migrations keep data, the byte store never shows unverified bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from sqlalchemy import select, text  # noqa: E402
+
+from kachery_hub import Settings, create_app, open_byte_store  # noqa: E402
+from kachery_hub._accounts import create_token  # noqa: E402
+from kachery_hub._bytestore import LocalFolderStore  # noqa: E402
+from kachery_hub._database import Database, users  # noqa: E402
+from kachery_hub._migrations import LATEST_VERSION, MIGRATIONS, Migration, migrate  # noqa: E402
+from kachery_hub.errors import ConfigurationError, HashMismatch, PayloadTooLarge  # noqa: E402
+
+
+def _version(db: Database) -> int:
+    with db.begin() as conn:
+        return int(conn.execute(text("SELECT version FROM schema_version")).scalar_one())
+
+
+def test_a_new_database_is_at_the_latest_version_and_migrating_again_is_a_no_op(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    assert db.migrate() == [m.version for m in MIGRATIONS]
+    assert _version(db) == LATEST_VERSION
+    assert db.migrate() == []
+
+
+def test_an_upgrade_applies_new_migrations_and_keeps_the_data(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
+    db = Database(url)
+    db.migrate()
+    token = create_token(db, "kept@example.org")
+    db.close()
+
+    later = MIGRATIONS + (
+        Migration(LATEST_VERSION + 1, "users get a locale", ("ALTER TABLE users ADD COLUMN locale TEXT",)),
+    )
+    db = Database(url)
+    assert migrate(db.engine, later) == [LATEST_VERSION + 1]
+    assert _version(db) == LATEST_VERSION + 1
+    with db.begin() as conn:
+        assert conn.execute(select(users.c.email)).scalars().all() == ["kept@example.org"]
+        assert conn.execute(text("SELECT locale FROM users")).scalar_one() is None
+    from kachery_hub._accounts import user_of_token
+
+    with db.begin() as conn:
+        assert user_of_token(conn, token)
+
+
+def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    db.migrate()
+    broken = MIGRATIONS + (
+        Migration(LATEST_VERSION + 1, "half done", ("CREATE TABLE extra (x INTEGER)", "NOT SQL AT ALL")),
+    )
+    with pytest.raises(Exception):
+        migrate(db.engine, broken)
+    assert _version(db) == LATEST_VERSION
+    with db.begin() as conn:
+        assert conn.execute(text("SELECT name FROM sqlite_master WHERE name='extra'")).first() is None
+
+
+def test_a_database_newer_than_the_hub_is_refused(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    db.migrate()
+    with db.begin() as conn:
+        conn.execute(text("UPDATE schema_version SET version = 999"))
+    with pytest.raises(RuntimeError, match="999"):
+        db.migrate()
+
+
+def test_hub_restart_keeps_users_projects_and_files(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "hub")
+    app = create_app(settings)
+    token = create_token(app.state.hub.db, "a@example.org")
+    app.state.hub.close()
+    app = create_app(settings)
+    with app.state.hub.db.begin() as conn:
+        from kachery_hub._accounts import user_of_token
+
+        assert user_of_token(conn, token)
+
+
+def test_upload_is_visible_only_after_its_hash_is_verified(tmp_path: Path) -> None:
+    store = LocalFolderStore(tmp_path / "blobs")
+    data = os.urandom(100_000)
+    sha1 = hashlib.sha1(data).hexdigest()
+    incoming = store.begin_upload(len(data))
+    incoming.write(data[:50_000])
+    assert not store.exists(sha1)
+    incoming.write(data[50_000:])
+    assert not store.exists(sha1)
+    assert incoming.finish(sha1) == len(data)
+    assert store.exists(sha1) and store.blob_path(sha1).read_bytes() == data
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_wrong_hash_or_size_leaves_nothing(tmp_path: Path) -> None:
+    store = LocalFolderStore(tmp_path / "blobs")
+    claimed = hashlib.sha1(b"claimed").hexdigest()
+    incoming = store.begin_upload()
+    incoming.write(b"other")
+    with pytest.raises(HashMismatch) as err:
+        incoming.finish(claimed)
+    assert isinstance(err.value, ValueError)
+    assert not store.exists(claimed) and list(store.tmp_dir.iterdir()) == []
+    incoming = store.begin_upload(max_size=3)
+    with pytest.raises(PayloadTooLarge):
+        incoming.write(b"four")
+    incoming.abort()
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_stale_uploads_of_a_killed_hub_are_cleaned(tmp_path: Path) -> None:
+    store = LocalFolderStore(tmp_path / "blobs")
+    old = store.tmp_dir / "123-abc.tmp"
+    old.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    fresh = store.tmp_dir / "456-def.tmp"
+    fresh.write_bytes(b"in progress")
+    assert store.cleanup() == 1
+    assert not old.exists() and fresh.exists()
+
+
+def test_storage_and_database_urls_are_checked(tmp_path: Path) -> None:
+    assert isinstance(open_byte_store((tmp_path / "b").as_uri()), LocalFolderStore)
+    with pytest.raises(ConfigurationError, match="unsupported scheme 's3'"):
+        open_byte_store("s3://bucket/prefix")
+    with pytest.raises(ConfigurationError, match="file:///"):
+        open_byte_store("file://otherhost/x")
+    with pytest.raises(ConfigurationError, match="database URL"):
+        Database("not a url")
+
+
+def test_settings_from_the_environment(tmp_path: Path) -> None:
+    env = {"KACHERY_HUB_DATA": str(tmp_path / "d"), "KACHERY_HUB_MAX_CLOCK_SKEW": "60"}
+    s = Settings.from_environ(env)
+    assert s.data_dir == tmp_path / "d" and s.max_clock_skew_seconds == 60
+    assert s.resolved_database_url == f"sqlite:///{tmp_path / 'd' / 'hub.sqlite'}"
+    assert s.resolved_storage_url == (tmp_path / "d" / "blobs").as_uri()
+    s = Settings.from_environ(env, database_url="sqlite:///x.db")
+    assert s.resolved_database_url == "sqlite:///x.db"
+    with pytest.raises(ConfigurationError, match="KACHERY_HUB_MAX_CLOCK_SKEW"):
+        Settings.from_environ({"KACHERY_HUB_MAX_CLOCK_SKEW": "soon"})
+    with pytest.raises(ConfigurationError):
+        Settings(data_dir=tmp_path, max_clock_skew_seconds=0)
