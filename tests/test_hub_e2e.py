@@ -1,0 +1,235 @@
+"""End to end: a real ``kachery-hub serve`` process and clients with their own kachery directories.
+
+The hub listens on a free 127.0.0.1 port and is stopped by its PID. Clients talk
+to it over real HTTP; each "computer" is a separate KACHERY_CLOUD_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+import httpx2  # noqa: E402
+
+import kachery_core as kc  # noqa: E402
+from kachery_core import _hub  # noqa: E402
+from kachery_core._identity import load_client_keys  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+HUB_CMD = [sys.executable, "-c", "import sys; from kachery_hub._cli import main; sys.exit(main())"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class HubProcess:
+    def __init__(self, data: Path, port: int) -> None:
+        self.data = data
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.admin_token = ""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*HUB_CMD, "serve", "--data", str(self.data), "--port", str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"KACHERY_HUB_URL=(\S+) KACHERY_HUB_TOKEN=(\S+)", line)
+            if m:
+                assert m.group(1) == self.url
+                self.admin_token = m.group(2)
+                break
+        assert self.admin_token, "".join(lines)
+        assert any(f"{self.url}/?token={self.admin_token}" in x for x in lines), lines
+        while time.monotonic() < deadline:
+            try:
+                if httpx2.get(self.url + "/api/health", timeout=1).status_code == 200:
+                    return
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("hub did not answer /api/health")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def token(self, email: str) -> str:
+        out = subprocess.run([*HUB_CMD, "token", "create", "--data", str(self.data), "--user", email],
+                             capture_output=True, text=True, check=True, timeout=60)
+        return out.stdout.strip()
+
+
+@pytest.fixture
+def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
+    hub = HubProcess(tmp_path / "hub-data", _free_port())
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        for client in _hub._default_clients.values():
+            client.close()
+        _hub._default_clients.clear()
+        _hub._chosen_url.clear()
+        _hub._chosen_token.clear()
+        _hub._me_cache.clear()
+
+
+def _computer(monkeypatch: pytest.MonkeyPatch, root: Path, name: str) -> None:
+    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(root / name))
+
+
+def test_two_users_share_through_a_real_hub_that_survives_restarts(
+    real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "recording.bin"
+    src.write_bytes(os.urandom(5 * 2**20))
+
+    _computer(monkeypatch, tmp_path, "alice-laptop")
+    pa = kc.init(hub_url=real_hub.url, token=real_hub.token("alice@example.org"))["default_project_id"]
+    file_uri = kc.store_file(str(src), label="recording.bin")
+    kc.set_mutable("latest", file_uri)
+
+    _computer(monkeypatch, tmp_path, "bob-desktop")
+    kc.init(hub_url=real_hub.url, token=real_hub.token("bob@example.org"))
+    with pytest.raises(kc.KacheryFileNotFoundError):
+        kc.load_file(file_uri)
+    with pytest.raises(kc.HubPermissionError):
+        kc.get_mutable("latest", project_id=pa)
+
+    _computer(monkeypatch, tmp_path, "alice-laptop")
+    kc.set_project_member(pa, "bob@example.org", "read")
+
+    _computer(monkeypatch, tmp_path, "bob-desktop")
+    assert kc.get_mutable("latest", project_id=pa) == file_uri
+    assert Path(kc.load_file(file_uri)).read_bytes() == src.read_bytes()
+
+    # A public project is readable without any sign-in.
+    _computer(monkeypatch, tmp_path, "alice-laptop")
+    public_uri = kc.store_text("for everyone", project_id=(pub := kc.create_project("open data")))
+    kc.set_project_public(pub, True)
+    _computer(monkeypatch, tmp_path, "a-stranger")
+    monkeypatch.setenv("KACHERY_CLOUD_EPHEMERAL", "1")
+    monkeypatch.setenv("KACHERY_HUB_URL", real_hub.url)
+    assert kc.load_text(public_uri) == "for everyone"
+    with pytest.raises(kc.KacheryFileNotFoundError):
+        kc.load_file(file_uri)
+    monkeypatch.delenv("KACHERY_CLOUD_EPHEMERAL")
+    monkeypatch.delenv("KACHERY_HUB_URL")
+
+    # Stop and start the hub: everything is still there, for a computer that never saw it.
+    real_hub.stop()
+    real_hub.start()
+    _computer(monkeypatch, tmp_path, "bob-tablet")
+    kc.init(hub_url=real_hub.url, token=real_hub.token("bob@example.org"))
+    assert kc.get_mutable("latest", project_id=pa) == file_uri
+    assert Path(kc.load_file(file_uri)).read_bytes() == src.read_bytes()
+    _computer(monkeypatch, tmp_path, "alice-laptop")
+    assert kc.get_client_info()["user"]["email"] == "alice@example.org"  # the sign-in survived too
+
+
+def _signed(method: str, url: str, body_sha1: str | None = None) -> dict[str, str]:
+    """The headers kachery_core would send, captured from a built request."""
+    client = _hub.connect(url=url.split("/api/")[0])
+    captured: dict[str, str] = {}
+
+    class Capture(httpx2.BaseTransport):
+        def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+            captured.update({k: v for k, v in request.headers.items() if k.lower().startswith("x-kachery")})
+            return httpx2.Response(200, json={})
+
+    client.http = httpx2.Client(transport=Capture())
+    client.send(method, "/api/" + url.split("/api/", 1)[1], body_sha1=body_sha1)
+    return captured
+
+
+def test_replayed_and_tampered_requests_are_refused_over_the_network(
+    real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _computer(monkeypatch, tmp_path, "alice")
+    pid = kc.init(hub_url=real_hub.url, token=real_hub.token("alice@example.org"))["default_project_id"]
+
+    headers = _signed("GET", real_hub.url + "/api/me")
+    assert httpx2.get(real_hub.url + "/api/me", headers=headers).status_code == 200
+    again = httpx2.get(real_hub.url + "/api/me", headers=headers)
+    assert again.status_code == 401 and again.json()["error"]["code"] == "replayed_request"
+    real_hub.stop()
+    real_hub.start()
+    again = httpx2.get(real_hub.url + "/api/me", headers=headers)
+    assert again.status_code == 401 and again.json()["error"]["code"] == "replayed_request"
+
+    claimed = hashlib.sha1(b"the real bytes").hexdigest()
+    url = f"{real_hub.url}/api/projects/{pid}/files/{claimed}"
+    r = httpx2.put(url, content=b"forged content", headers=_signed("PUT", url, body_sha1=claimed))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "hash_mismatch"
+    r = httpx2.get(f"{real_hub.url}/api/files/{claimed}/info", headers=_signed("GET", f"{real_hub.url}/api/files/{claimed}/info"))
+    assert r.status_code == 404
+
+
+def test_killing_the_hub_during_an_upload_leaves_no_visible_file_and_the_retry_succeeds(
+    real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kachery_core import _remote
+
+    _computer(monkeypatch, tmp_path, "alice")
+    kc.init(hub_url=real_hub.url, token=real_hub.token("alice@example.org"))
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(64 * 2**20))
+    sha1 = hashlib.sha1(src.read_bytes()).hexdigest()
+    real_chunks = _remote._read_chunks
+
+    def killed_midway(path: Path, size: int, label: str) -> Iterator[bytes]:
+        for i, chunk in enumerate(real_chunks(path, size, label)):
+            if i == 8:
+                real_hub.stop(signal.SIGKILL)
+            yield chunk
+
+    monkeypatch.setattr(_remote, "_read_chunks", killed_midway)
+    with pytest.raises(kc.HubUnavailableError):
+        kc.store_file(str(src))
+    monkeypatch.setattr(_remote, "_read_chunks", real_chunks)
+
+    real_hub.start()
+    blobs = real_hub.data / "blobs"
+    assert not (blobs / "sha1" / sha1[:2] / sha1[2:4] / sha1[4:6] / sha1).exists()
+    with pytest.raises(kc.KacheryFileNotFoundError):
+        kc.load_file_info(f"sha1://{sha1}")
+    uri = kc.store_file(str(src))
+    assert kc.load_file_info(uri)["size"] == src.stat().st_size
+
+
+def test_kachery_hub_token_create_refuses_a_bad_email(tmp_path: Path) -> None:
+    out = subprocess.run([*HUB_CMD, "token", "create", "--data", str(tmp_path), "--user", "not-an-email"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "error: 'not-an-email' is not an email address"
+    assert load_client_keys(create=False) is None  # the hub command never touches the client's key
