@@ -1,0 +1,1 @@
+"""End-to-end tests against real processes: JupyterLab, headless Chromium, an OpenID provider."""

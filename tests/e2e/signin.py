@@ -1,0 +1,55 @@
+"""Sign in at the local OpenID provider from a browser page, as a person would.
+
+The provider's dev interactions show a login form (any password) and then a consent
+form; a browser that already consented to the same client skips the consent form.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from playwright.sync_api import Error as PlaywrightError
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+    from e2e.servers import OidcProvider
+
+LOGIN_FORM = "form:has(input[name='prompt'][value='login'])"
+CONSENT_FORM = "form:has(input[name='prompt'][value='consent'])"
+
+
+def login_in_browser(
+    page: Page, provider: OidcProvider, email: str, password: str = "any password", timeout_ms: float = 30_000
+) -> str | None:
+    """Complete login (and consent, when asked) on ``page``; returns where the provider sent it.
+
+    ``page`` must be on its way to the provider's login form (e.g. a sign-in popup). An unknown
+    email or a wrong password ends at the redirect URI with ``error=access_denied``.
+    Returns None when the page closed itself on the way (a popup that is done).
+    """
+    page.locator(LOGIN_FORM).wait_for(timeout=timeout_ms)
+    page.locator(f"{LOGIN_FORM} input[name='login']").fill(email)
+    page.locator(f"{LOGIN_FORM} input[name='password']").fill(password)
+    _submit(page, LOGIN_FORM, timeout_ms)
+    if not page.is_closed() and _at_provider(page, provider) and page.locator(CONSENT_FORM).count():
+        _submit(page, CONSENT_FORM, timeout_ms)
+    if page.is_closed():
+        return None
+    if _at_provider(page, provider):
+        raise AssertionError(f"still at the OpenID provider ({page.url}):\n{page.locator('body').inner_text()}")
+    return page.url
+
+
+def _submit(page: Page, form: str, timeout_ms: float) -> None:
+    """Click the form's button and wait for the page it leads to, through every redirect."""
+    try:
+        with page.expect_navigation(timeout=timeout_ms):
+            page.locator(f"{form} button[type='submit']").click()
+    except PlaywrightError:
+        if not page.is_closed():
+            raise
+
+
+def _at_provider(page: Page, provider: OidcProvider) -> bool:
+    return page.url.startswith(provider.issuer + "/")
