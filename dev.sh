@@ -49,6 +49,26 @@ setup_js() {
     fi
 }
 
+# Browser and sign-in tests need Chromium (a Debian package; playwright cannot download its own
+# here) and npm oidc-provider. Install them when missing and possible; otherwise those tests skip
+# and say why.
+setup_e2e() {
+    if [ ! -x /usr/bin/chromium ]; then
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+            echo "==> installing chromium (for the browser tests)"
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null ||
+                echo "==> could not install chromium: browser tests will be skipped" >&2
+        else
+            echo "==> no /usr/bin/chromium and no root apt-get: browser tests will be skipped" >&2
+        fi
+    fi
+    if [ ! -d tests/oidc/node_modules ] || [ tests/oidc/package-lock.json -nt tests/oidc/node_modules ]; then
+        echo "==> installing the test OpenID provider (tests/oidc)"
+        (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error) ||
+            echo "==> npm ci failed in tests/oidc: sign-in tests will be skipped" >&2
+    fi
+}
+
 cmd=${1:-start}
 shift || true
 case "$cmd" in
@@ -64,6 +84,7 @@ test)
     setup_js
     echo "==> front-end tests (node --test js/tests/)"
     (cd js && node --test tests/)
+    setup_e2e
     echo "==> Python tests (pytest)"
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
