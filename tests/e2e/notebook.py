@@ -29,8 +29,12 @@ KERNEL_IDLE_JS = """() => {
   const kernel = session?.session?.kernel;
   return !!kernel && kernel.connectionStatus === "connected" && kernel.status === "idle";
 }"""
-# JupyterLab renders a cell's error output (traceback) with this MIME type.
-ERROR_OUTPUT = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+# The DOM shows an exception and a print to stderr alike; the cell's model tells them apart.
+CELL_ERRORS_JS = """(index) => {
+  const cell = window.jupyterapp.shell.currentWidget.content.widgets[index];
+  const outputs = cell.model.outputs ? cell.model.outputs.toJSON() : [];
+  return outputs.filter((o) => o.output_type === "error").map((o) => `${o.ename}: ${o.evalue}`);
+}"""
 
 KERNEL_START_TIMEOUT_MS = 60_000
 CELL_TIMEOUT_MS = 60_000
@@ -86,7 +90,7 @@ def run_cell(page: Page, index: int, *, check: bool = True, timeout_ms: float = 
     page.keyboard.press("Control+Enter")
     _wait_for_new_execution_count(target, before, timeout_ms)
     wait_idle(page, timeout_ms)
-    if check and target.locator(ERROR_OUTPUT).count():
+    if check and page.evaluate(CELL_ERRORS_JS, index):
         raise CellError(index, cell_output(page, index))
     return cell_output(page, index)
 
