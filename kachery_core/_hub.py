@@ -15,6 +15,7 @@ without a key or a sign-in. A client signs in once by presenting a token
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ _chosen_token: dict[str, str] = {}
 _injected: dict[str, httpx2.Client] = {}
 _default_clients: dict[str, httpx2.Client] = {}
 _me_cache: dict[tuple[str, str], dict[str, Any]] = {}
+_keys_cache: dict[str, tuple[tuple[int, int, int], ClientKeys]] = {}
 
 
 def normalize_url(url: str) -> str:
@@ -239,12 +241,30 @@ class HubClient:
             _me_cache.pop((self.url, self.keys.client_id), None)
 
 
+def _client_keys() -> ClientKeys:
+    """This directory's key pair, parsed once while private.pem stays the same file."""
+    path = Path(_fs.get_kachery_cloud_dir()) / "private.pem"
+    try:
+        st = os.stat(path)
+        stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except FileNotFoundError:
+        stamp = None
+    cached = _keys_cache.get(str(path))
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return cached[1]
+    keys = load_client_keys(create=True)
+    assert keys is not None
+    st = os.stat(path)
+    _keys_cache[str(path)] = ((st.st_ino, st.st_mtime_ns, st.st_size), keys)
+    return keys
+
+
 def connect(what: str = "this operation", *, url: str | None = None) -> HubClient:
     """A client for the configured hub; raises :class:`HubNotConfiguredError` without one."""
     hub_url = normalize_url(url) if url else configured_url()
     if hub_url is None:
         raise HubNotConfiguredError(what)
-    keys = None if _constants.ephemeral() else load_client_keys(create=True)
+    keys = None if _constants.ephemeral() else _client_keys()
     return HubClient(hub_url, keys, _http_client(hub_url))
 
 

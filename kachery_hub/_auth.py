@@ -19,7 +19,7 @@ from kachery_core import _signing
 from kachery_core._identity import verify_signature
 
 from . import _database as tables
-from ._state import HubState, hub_state
+from ._state import HubState, state_of
 from .errors import (
     BadSignature,
     ClientNotRegistered,
@@ -106,10 +106,9 @@ def authenticate(hub: HubState, request: Request, body_sha1: str | None) -> Call
     )
     if not verify_signature(client_id, message, signature):
         raise BadSignature("the request signature does not verify for this client key, method, path and body")
-    if not hub.db.remember_nonce(f"{client_id}:{nonce}", request_time + limit + 1):
-        raise ReplayedRequest("this signed request was already received once; a request cannot be replayed")
-
     with hub.db.begin() as conn:
+        if not hub.db.remember_nonce(conn, f"{client_id}:{nonce}", request_time + limit + 1):
+            raise ReplayedRequest("this signed request was already received once; a request cannot be replayed")
         row = conn.execute(
             select(tables.clients.c.user_id, tables.clients.c.default_project_id, tables.users.c.email,
                    tables.users.c.is_admin)
@@ -142,11 +141,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def caller(request: Request) -> Caller:
     """Dependency: the verified caller of a request with a (small) body."""
-    hub = hub_state(request)
+    hub = state_of(request)
     body = await _read_body(request, hub.settings.max_json_body_bytes)
     return await run_in_threadpool(authenticate, hub, request, hashlib.sha1(body).hexdigest())
 
 
 async def streaming_caller(request: Request) -> Caller:
     """Dependency: the verified caller of an upload; the body is checked while it streams."""
-    return await run_in_threadpool(authenticate, hub_state(request), request, None)
+    return await run_in_threadpool(authenticate, state_of(request), request, None)

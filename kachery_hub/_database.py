@@ -27,10 +27,10 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    insert,
+    text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError
+from sqlalchemy.exc import ArgumentError
 
 from . import _migrations
 from .errors import ConfigurationError
@@ -164,18 +164,18 @@ class Database:
         with self.engine.begin() as conn:
             yield conn
 
-    def remember_nonce(self, nonce: str, expires_at: float) -> bool:
-        """Record a request nonce; False if it was seen before (a replay)."""
+    def remember_nonce(self, conn: Connection, nonce: str, expires_at: float) -> bool:
+        """Record a request nonce in ``conn``'s transaction; False if it was seen before (a replay)."""
         now = time.time()
-        try:
-            with self.begin() as conn:
-                if now - self._last_purge > 60:
-                    self._last_purge = now
-                    conn.execute(delete(nonces).where(nonces.c.expires_at < now))
-                conn.execute(insert(nonces).values(nonce=nonce, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
+        if now - self._last_purge > 60:
+            self._last_purge = now
+            conn.execute(delete(nonces).where(nonces.c.expires_at < now))
+        # ON CONFLICT DO NOTHING is understood by SQLite and PostgreSQL alike.
+        result = conn.execute(
+            text("INSERT INTO nonces (nonce, expires_at) VALUES (:n, :e) ON CONFLICT (nonce) DO NOTHING"),
+            {"n": nonce, "e": expires_at},
+        )
+        return bool(result.rowcount)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -30,6 +30,12 @@ class HubState:
         self.db.close()
 
 
-def hub_state(request: Request) -> HubState:
+async def hub_state(request: Request) -> HubState:
+    """Dependency; async so FastAPI does not send it to the thread pool."""
+    state: HubState = request.app.state.hub
+    return state
+
+
+def state_of(request: Request) -> HubState:
     state: HubState = request.app.state.hub
     return state
