@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,29 +138,55 @@ def _not_found(uri: str, client: _hub.HubClient, e: HubNotFoundError) -> Kachery
     return KacheryFileNotFoundError(uri, f"not in the local store, and the hub {client.url} says: {e.message}")
 
 
+def _receive(response: Any, tmp: Path, label: str) -> str:
+    """Write the body to ``tmp`` and return its sha1; hashing and writing run in a second
+    thread while this one reads the socket (both release the GIL), in constant memory."""
+    total = int(response.headers.get("content-length", "0") or 0)
+    progress = _hashing.Progress(label, total)
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+    h = hashlib.sha1()
+    failure: list[BaseException] = []
+
+    def sink() -> None:
+        with open(tmp, "xb") as f:
+            while (chunk := chunks.get()) is not None:
+                if failure:
+                    continue  # keep draining so the reader never blocks
+                try:
+                    h.update(chunk)
+                    f.write(chunk)
+                except BaseException as e:
+                    failure.append(e)
+
+    writer = threading.Thread(target=sink, daemon=True)
+    writer.start()
+    done = 0
+    try:
+        for chunk in response.iter_raw():
+            chunks.put(chunk)
+            done += len(chunk)
+            progress(done)
+    finally:
+        chunks.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+    return h.hexdigest()
+
+
 def download(parsed: Sha1URI, uri: str) -> Path:
     """Fetch the content of ``uri`` from the hub into the local store (verified); returns its path."""
     client = _hub.connect("loading a file from the hub")
     sha1 = parsed.sha1
     try:
-        response = client.send("GET", f"/api/files/{sha1}", stream=True)
+        # identity: the bytes on the wire are the bytes hashed (iter_raw does not decompress).
+        response = client.send("GET", f"/api/files/{sha1}", stream=True, headers={"Accept-Encoding": "identity"})
     except HubNotFoundError as e:
         raise _not_found(uri, client, e) from None
     final = _store.store_path(sha1)
     tmp = _store._tmp_dir() / f"{os.getpid()}-{os.urandom(6).hex()}.download.tmp"
     try:
-        with open(tmp, "xb") as f:
-            total = int(response.headers.get("content-length", "0") or 0)
-            progress = _hashing.Progress(f"downloading {parsed.label or sha1}", total)
-            h = hashlib.sha1()
-            done = 0
-            for chunk in response.iter_bytes(_CHUNK):
-                h.update(chunk)
-                f.write(chunk)
-                done += len(chunk)
-                progress(done)
-        response.close()
-        actual = h.hexdigest()
+        actual = _receive(response, tmp, f"downloading {parsed.label or sha1}")
         if actual != sha1:
             raise HashMismatchError(uri, sha1, actual, f"download from {client.url}")
         _fs.makedirs(final.parent)

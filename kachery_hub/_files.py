@@ -10,6 +10,7 @@ read answers "already here".
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -165,6 +166,7 @@ async def put_project_file(project_id: str, sha1: str, request: Request,
     length = request.headers.get("content-length")
     max_size = int(length) if length is not None and length.isdigit() else None
     incoming = await run_in_threadpool(hub.store.begin_upload, max_size)
+    writing: asyncio.Task[None] | None = None
     try:
         batch: list[bytes] = []
         pending = 0
@@ -172,16 +174,22 @@ async def put_project_file(project_id: str, sha1: str, request: Request,
             batch.append(chunk)
             pending += len(chunk)
             if pending >= _WRITE_BATCH:
-                await run_in_threadpool(incoming.write, b"".join(batch))
+                # Hash and write this batch in a thread while the next one arrives.
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(run_in_threadpool(incoming.write, b"".join(batch)))
                 batch, pending = [], 0
+        if writing is not None:
+            await writing
         if batch:
             await run_in_threadpool(incoming.write, b"".join(batch))
         size = await run_in_threadpool(incoming.finish, sha1)
-    except ClientDisconnect:
+    except BaseException as e:
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])
         await run_in_threadpool(incoming.abort)
-        raise InvalidInput("the client disconnected before the upload finished; nothing was stored") from None
-    except BaseException:
-        await run_in_threadpool(incoming.abort)
+        if isinstance(e, ClientDisconnect):
+            raise InvalidInput("the client disconnected before the upload finished; nothing was stored") from None
         raise
     return await run_in_threadpool(_record, hub.db, who, project_id, sha1, size, label)
 
