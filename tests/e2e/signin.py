@@ -22,16 +22,18 @@ CONSENT_FORM = "form:has(input[name='prompt'][value='consent'])"
 def login_in_browser(
     page: Page, provider: OidcProvider, email: str, password: str = "any password", timeout_ms: float = 30_000
 ) -> str | None:
-    """Complete login (and consent, when asked) on ``page``; returns where the provider sent it.
+    """Complete login and consent, whichever the provider asks for; returns where it sent the page.
 
-    ``page`` must be on its way to the provider's login form (e.g. a sign-in popup). An unknown
-    email or a wrong password ends at the redirect URI with ``error=access_denied``.
+    ``page`` must be on its way to the provider's login or consent form (e.g. a sign-in popup);
+    a browser with a provider session only sees the consent form, or nothing. An unknown email
+    or a wrong password ends at the redirect URI with ``error=access_denied``.
     Returns None when the page closed itself on the way (a popup that is done).
     """
-    page.locator(LOGIN_FORM).wait_for(timeout=timeout_ms)
-    page.locator(f"{LOGIN_FORM} input[name='login']").fill(email)
-    page.locator(f"{LOGIN_FORM} input[name='password']").fill(password)
-    _submit(page, LOGIN_FORM, timeout_ms)
+    page.locator(f"{LOGIN_FORM}, {CONSENT_FORM}").first.wait_for(timeout=timeout_ms)
+    if page.locator(LOGIN_FORM).count():
+        page.locator(f"{LOGIN_FORM} input[name='login']").fill(email)
+        page.locator(f"{LOGIN_FORM} input[name='password']").fill(password)
+        _submit(page, LOGIN_FORM, timeout_ms)
     if not page.is_closed() and _at_provider(page, provider) and page.locator(CONSENT_FORM).count():
         _submit(page, CONSENT_FORM, timeout_ms)
     if page.is_closed():

@@ -29,7 +29,7 @@ from e2e.servers import (  # noqa: F401  (fixtures are used by name)
     page,
     screenshot,
 )
-from e2e.signin import login_in_browser
+from e2e.signin import CONSENT_FORM, login_in_browser
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -185,12 +185,17 @@ def test_authorization_code_flow_with_pkce_in_chromium(
     claims = jwt.decode(tokens.json()["id_token"], keys).claims
     assert (claims["iss"], claims["aud"], claims["sub"]) == (oidc_provider.issuer, client.client_id, user.sub)
     assert claims["email"] == user.email and claims["email_verified"] is True
+    reused = exchange(callback["code"], verifier)
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
 
-    # A second authorization in the same browser skips login; a wrong verifier is refused.
+    # The reuse revoked the grant: the same browser, still signed in, is asked to consent again.
     _, challenge = pkce_pair()
     authorize(page, oidc_provider, client.client_id, receiver.url, challenge)
+    expect(page.locator(CONSENT_FORM)).to_be_visible()
+    login_in_browser(page, oidc_provider, user.email)
     expect(page.locator("#done")).to_have_text("received")
-    refused = exchange(receiver.received[1]["code"], pkce_pair()[0])
+    assert len(receiver.received) == 2
+    refused = exchange(receiver.received[1]["code"], pkce_pair()[0])  # a wrong verifier
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
 
 
