@@ -299,7 +299,10 @@ def init(hub_url: str | None = None, token: str | None = None, *, http_client: h
 
 
 def get_client_info() -> dict[str, Any]:
-    """This client's ID, hub, user and default project (``user`` is None when not signed in)."""
+    """This client's ID, hub, user and default project (``user`` is None when not signed in).
+
+    Never raises for an unreachable hub: ``hub_error`` then says what went wrong.
+    """
     url = configured_url()
     ephemeral = _constants.ephemeral()
     info: dict[str, Any] = {
@@ -312,6 +315,9 @@ def get_client_info() -> dict[str, Any]:
     try:
         me = connect(url=url).me()
     except HubAuthError:
+        return info
+    except HubUnavailableError as e:
+        info["hub_error"] = e.message  # a status line should say so, not fail
         return info
     info.update(signed_in=True, user=me["user"], default_project_id=me["default_project_id"])
     if info["project_id"] is None:

@@ -26,6 +26,7 @@ from .errors import (
     ByteRangeError,
     FileChangedError,
     HashMismatchError,
+    HubAuthError,
     HubNotFoundError,
     HubRequestError,
     InvalidArgumentError,
@@ -33,6 +34,8 @@ from .errors import (
 )
 
 _CHUNK = 1024 * 1024
+#: Bigger files are first looked up in the project; smaller ones are sent at once (one round trip).
+_ASK_FIRST_BYTES = 1024 * 1024
 
 
 def hub_configured() -> bool:
@@ -55,18 +58,29 @@ def _read_chunks(path: Path, size: int, label: str) -> Iterator[bytes]:
 def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, project_id: str | None) -> None:
     client = _hub.connect_signed("storing a file on the hub")
     pid = quote(get_project_id(project_id), safe="")
-    try:
-        client.json("GET", f"/api/projects/{pid}/files/{sha1}")
-        return  # the project already has these bytes
-    except HubNotFoundError as e:
-        if e.code != "file_not_found":
-            raise
-    body = content if isinstance(content, bytes) else _read_chunks(content, size, f"uploading {content.name}")
-    try:
+    if size > _ASK_FIRST_BYTES:
+        try:
+            client.json("GET", f"/api/projects/{pid}/files/{sha1}")
+            return  # the project already has these bytes
+        except HubNotFoundError as e:
+            if e.code != "file_not_found":
+                raise
+
+    def put() -> None:
+        body = content if isinstance(content, bytes) else _read_chunks(content, size, f"uploading {content.name}")
         client.send(
             "PUT", f"/api/projects/{pid}/files/{sha1}", params={"label": label} if label is not None else None,
             content=body, body_sha1=sha1, headers={"Content-Length": str(size)},
         ).close()
+
+    try:
+        try:
+            put()
+        except HubAuthError as e:
+            if e.code != "client_not_registered" or not _hub.configured_token():
+                raise
+            client.register()  # first use of a token from the environment
+            put()
     except HubRequestError as e:
         if e.code == "hash_mismatch" and isinstance(content, Path):
             raise FileChangedError(str(content)) from None

@@ -231,6 +231,9 @@ def test_bad_hub_url_and_unreachable_hub(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(kc.HubUnavailableError) as err:
         kc.init(hub_url=f"http://127.0.0.1:{port}", token="t")
     assert isinstance(err.value, ConnectionError)
+    info = kc.get_client_info()
+    assert info["hub_url"] == f"http://127.0.0.1:{port}" and info["signed_in"] is False
+    assert "cannot reach the hub" in info["hub_error"]
 
 
 def test_init_without_a_token_says_how_to_sign_in(hub: Hub) -> None:
@@ -284,3 +287,16 @@ def test_a_changed_source_file_is_not_stored(hub: Hub, tmp_path: Path, monkeypat
     monkeypatch.setattr(_remote, "_read_chunks", changing)
     with pytest.raises(kc.FileChangedError):
         kc.store_file(str(src))
+
+
+def test_environment_sign_in_on_a_first_upload_to_a_named_project(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    owner_project = hub.sign_in("A", "a@example.org")
+    kc.set_project_member(owner_project, "env@example.org", "write")
+    hub.use("B")
+    monkeypatch.setitem(_hub._injected, hub.url, hub.http)
+    monkeypatch.setenv("KACHERY_HUB_URL", hub.url)
+    monkeypatch.setenv("KACHERY_HUB_TOKEN", hub.token("env@example.org"))
+    monkeypatch.setenv("KACHERY_CLOUD_PROJECT", owner_project)
+    uri = kc.store_text("first request is the upload")
+    hub.use("A")
+    assert kc.load_text(uri) == "first request is the upload"
