@@ -105,6 +105,11 @@ def choose(url: str, token: str | None, http_client: httpx2.Client | None) -> st
     return url
 
 
+def forget_token() -> None:
+    """Drop the token given to init() in this process (after signing out)."""
+    _chosen_token.pop(_dir_key(), None)
+
+
 def configured_token() -> str | None:
     return _chosen_token.get(_dir_key()) or _constants.hub_token()
 

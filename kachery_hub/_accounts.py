@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
@@ -83,24 +83,33 @@ def user_of_token(conn: Connection, token: str) -> str:
     return str(row.user_id)
 
 
+def bind_client(conn: Connection, client_id: str, user_id: str, label: str | None) -> None:
+    """Bind ``client_id`` to ``user_id`` and give it a default project."""
+    existing = conn.execute(
+        select(tables.clients.c.user_id).where(tables.clients.c.client_id == client_id)
+    ).first()
+    default_project = _projects.default_project_for_user(conn, user_id)
+    if existing is None:
+        conn.execute(insert(tables.clients).values(
+            client_id=client_id, user_id=user_id, label=label, default_project_id=default_project,
+            created_at=time.time(),
+        ))
+    elif existing.user_id != user_id:
+        # The same computer signing in as someone else: it now acts for the new user only.
+        conn.execute(update(tables.clients).where(tables.clients.c.client_id == client_id).values(
+            user_id=user_id, label=label, default_project_id=default_project,
+        ))
+
+
 def register_client(db: Database, client_id: str, token: str, label: str | None) -> None:
-    """Bind ``client_id`` to the token's user and give it a default project."""
+    """Bind ``client_id`` to the token's user."""
     with db.begin() as conn:
-        user_id = user_of_token(conn, token)
-        existing = conn.execute(
-            select(tables.clients.c.user_id).where(tables.clients.c.client_id == client_id)
-        ).first()
-        default_project = _projects.default_project_for_user(conn, user_id)
-        if existing is None:
-            conn.execute(insert(tables.clients).values(
-                client_id=client_id, user_id=user_id, label=label, default_project_id=default_project,
-                created_at=time.time(),
-            ))
-        elif existing.user_id != user_id:
-            # The same computer signing in as someone else: it now acts for the new user only.
-            conn.execute(update(tables.clients).where(tables.clients.c.client_id == client_id).values(
-                user_id=user_id, label=label, default_project_id=default_project,
-            ))
+        bind_client(conn, client_id, user_of_token(conn, token), label)
+
+
+def unbind_client(db: Database, client_id: str) -> bool:
+    with db.begin() as conn:
+        return bool(conn.execute(delete(tables.clients).where(tables.clients.c.client_id == client_id)).rowcount)
 
 
 def client_info(db: Database, client_id: str) -> dict[str, Any]:
@@ -146,6 +155,11 @@ async def get_me(who: Caller = Depends(caller), hub: HubState = Depends(hub_stat
     who.require_user()
     assert who.client_id is not None
     return await run_in_threadpool(client_info, hub.db, who.client_id)
+
+
+@router.delete("/api/me", summary="Sign the signing client out (its key stays; it can sign in again)")
+async def delete_me(who: Caller = Depends(caller), hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    return {"signed_out": await run_in_threadpool(unbind_client, hub.db, who.require_client())}
 
 
 def _set_default_project(db: Database, who: Caller, project_id: str) -> None:

@@ -8,7 +8,6 @@ and wrong methods included. An unexpected failure is a 500 with code
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,10 +15,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import _accounts, _files, _mutables, _projects
+from . import _accounts, _files, _mutables, _projects, _signin
 from ._settings import Settings
 from ._state import HubState
 from .errors import HubError
@@ -62,24 +61,6 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error(500, "internal_error", "the hub failed to handle this request; see its log")
-
-
-def _signin_page(request: Request) -> HTMLResponse:
-    base = str(request.base_url).rstrip("/")
-    token = request.query_params.get("token", "")
-    b, t = html.escape(base), html.escape(token)
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>kachery hub</title></head>
-<body style="font-family: sans-serif; max-width: 46em; margin: 2em auto">
-<h1>kachery hub</h1>
-<p>To sign in a computer, run this in Python or a notebook on it:</p>
-<pre>import kachery_core as kc
-kc.init(hub_url="{b}", token="{t or '&lt;token&gt;'}")</pre>
-<p>or set the environment variables:</p>
-<pre>KACHERY_HUB_URL={b}
-KACHERY_HUB_TOKEN={t or '&lt;token&gt;'}</pre>
-<p>The API is described at <a href="{b}/docs">{b}/docs</a>.</p>
-</body></html>"""
-    return HTMLResponse(body, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
 
 
 class _LimitJsonBodies:
@@ -127,15 +108,11 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(_LimitJsonBodies, limit=settings.max_json_body_bytes)
-    for module in (_accounts, _projects, _files, _mutables):
+    for module in (_accounts, _projects, _files, _mutables, _signin):
         app.include_router(module.router)
 
     @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "api_version": 1}
-
-    @app.get("/", include_in_schema=False)
-    async def signin(request: Request) -> HTMLResponse:
-        return _signin_page(request)
 
     return app

@@ -107,6 +107,22 @@ mutables = Table(
     Column("updated_by", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+sessions = Table(
+    "sessions", metadata,
+    Column("session_hash", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+sign_in_requests = Table(
+    "sign_in_requests", metadata,
+    Column("id_hash", Text, primary_key=True),
+    Column("client_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("user_id", Text),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
 nonces = Table(
     "nonces", metadata,
     Column("nonce", Text, primary_key=True),

@@ -100,6 +100,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX nonces_by_expiry ON nonces (expires_at)",
         ),
     ),
+    Migration(
+        2,
+        "browser sessions and sign-in requests (a notebook asks, the user confirms in a browser)",
+        (
+            """CREATE TABLE sessions (
+                session_hash TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL REFERENCES users(id),
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE sign_in_requests (
+                id_hash TEXT PRIMARY KEY,
+                client_id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                user_id TEXT REFERENCES users(id),
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

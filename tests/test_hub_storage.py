@@ -152,3 +152,19 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
         Settings.from_environ({"KACHERY_HUB_MAX_CLOCK_SKEW": "soon"})
     with pytest.raises(ConfigurationError):
         Settings(data_dir=tmp_path, max_clock_skew_seconds=0)
+
+
+def test_a_hub_created_at_version_1_upgrades_to_the_latest_keeping_its_users(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
+    db = Database(url)
+    assert migrate(db.engine, MIGRATIONS[:1]) == [1]
+    token = create_token(db, "early@example.org")
+    db.close()
+    app = create_app(Settings(data_dir=tmp_path, database_url=url))
+    state = app.state.hub
+    assert _version(state.db) == LATEST_VERSION > 1
+    from kachery_hub._accounts import user_of_token
+
+    with state.db.begin() as conn:
+        assert user_of_token(conn, token)
+    state.close()

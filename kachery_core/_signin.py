@@ -1,0 +1,61 @@
+"""Signing in without a terminal: a notebook asks the hub, the user confirms in a browser.
+
+:func:`start_sign_in` returns a one-time URL to open in any browser; the user
+confirms there (with a browser session on the hub, or by entering a token) and
+:func:`get_sign_in_status` turns ``"confirmed"``. Nothing needs the browser
+window to talk back to the notebook, so it also works in Colab.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from . import _hub
+from .errors import HubAuthError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    import httpx2
+
+SIGN_IN_STATUSES = ("pending", "confirmed", "refused", "expired")
+
+
+def use_hub(hub_url: str, *, http_client: httpx2.Client | None = None) -> str:
+    """Use the hub at ``hub_url`` in this process without signing in; returns the normalized URL."""
+    return _hub.choose(hub_url, None, http_client)
+
+
+def _client(hub_url: str | None, what: str) -> _hub.HubClient:
+    if hub_url:
+        use_hub(hub_url)
+    return _hub.connect_signed(what)
+
+
+def start_sign_in(hub_url: str | None = None) -> dict[str, Any]:
+    """Ask the hub for a sign-in link: ``{"id", "url", "expires_at"}``. Open ``url`` in a browser."""
+    request: dict[str, Any] = _client(hub_url, "signing in").send("POST", "/api/sign-in-requests", json={}).json()
+    return request
+
+
+def get_sign_in_status(registration_id: str, hub_url: str | None = None) -> str:
+    """``"pending"``, ``"confirmed"``, ``"refused"`` or ``"expired"``; once confirmed this client is signed in."""
+    if not isinstance(registration_id, str) or not registration_id:
+        raise InvalidArgumentError("registration_id", registration_id, "expected the id from start_sign_in()")
+    client = _client(hub_url, "checking a sign-in")
+    status = str(client.send("GET", f"/api/sign-in-requests/{quote(registration_id, safe='')}").json()["status"])
+    if status == "confirmed":
+        client.forget()
+        _hub.save_url(client.url)
+    return status
+
+
+def sign_out() -> None:
+    """Unbind this computer's key from its user on the hub (the key itself is kept)."""
+    client = _hub.connect_signed("signing out")
+    try:
+        client.send("DELETE", "/api/me")
+    except HubAuthError as e:
+        if e.code != "client_not_registered":
+            raise
+    client.forget()
+    _hub.forget_token()
