@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Unsatisfiable
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -86,18 +86,17 @@ def _list_files(db: Database, who: Caller, project_id: str, limit: int, after: s
 def _record(db: Database, who: Caller, project_id: str, sha1: str, size: int, label: str | None) -> dict[str, Any]:
     user_id = who.require_user()
     now = time.time()
+    # ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
     with db.begin() as conn:
         require_role(conn, who, project_id, "write")
-        if conn.execute(select(tables.blobs.c.sha1).where(tables.blobs.c.sha1 == sha1)).first() is None:
-            conn.execute(insert(tables.blobs).values(sha1=sha1, size=size, created_at=now))
-        existing = conn.execute(select(tables.files.c.label).where(
-            tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).first()
-        if existing is None:
-            conn.execute(insert(tables.files).values(
-                project_id=project_id, sha1=sha1, size=size, label=label, created_by=user_id, created_at=now))
-        elif label is not None and existing.label != label:
-            conn.execute(update(tables.files).where(
-                tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1).values(label=label))
+        conn.execute(text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
+                          "ON CONFLICT (sha1) DO NOTHING"), {"sha1": sha1, "size": size, "now": now})
+        conn.execute(
+            text("INSERT INTO files (project_id, sha1, size, label, created_by, created_at) "
+                 "VALUES (:pid, :sha1, :size, :label, :user, :now) ON CONFLICT (project_id, sha1) DO UPDATE "
+                 "SET label = COALESCE(excluded.label, files.label)"),
+            {"pid": project_id, "sha1": sha1, "size": size, "label": label, "user": user_id, "now": now},
+        )
     return _project_file(db, who, project_id, sha1)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, select, text
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
@@ -58,11 +58,12 @@ def _set(db: Database, who: Caller, project_id: str, key: str, value: str) -> di
     now = time.time()
     with db.begin() as conn:
         require_role(conn, who, project_id, "write")
-        where = (tables.mutables.c.project_id == project_id, tables.mutables.c.key == key)
-        result = conn.execute(update(tables.mutables).where(*where).values(value=value, updated_by=user_id, updated_at=now))
-        if not result.rowcount:
-            conn.execute(insert(tables.mutables).values(
-                project_id=project_id, key=key, value=value, updated_by=user_id, updated_at=now))
+        conn.execute(
+            text("INSERT INTO mutables (project_id, key, value, updated_by, updated_at) "
+                 "VALUES (:pid, :key, :value, :user, :now) ON CONFLICT (project_id, key) DO UPDATE "
+                 "SET value = excluded.value, updated_by = excluded.updated_by, updated_at = excluded.updated_at"),
+            {"pid": project_id, "key": key, "value": value, "user": user_id, "now": now},
+        )
     return {"key": key, "updated_at": now}
 
 
@@ -80,8 +81,8 @@ def _list(db: Database, who: Caller, project_id: str, prefix: str, limit: int, a
         q = select(tables.mutables.c.key, tables.mutables.c.value, tables.mutables.c.updated_at).where(
             tables.mutables.c.project_id == project_id)
         if prefix:
-            # Range on the primary key rather than LIKE: prefixes may hold % and _.
-            q = q.where(tables.mutables.c.key >= prefix, tables.mutables.c.key < prefix + "\U0010ffff")
+            # Not LIKE: prefixes may hold % and _, and SQLite's LIKE ignores case.
+            q = q.where(func.substr(tables.mutables.c.key, 1, len(prefix)) == prefix)
         if after is not None:
             q = q.where(tables.mutables.c.key > after)
         rows = conn.execute(q.order_by(tables.mutables.c.key).limit(limit)).all()

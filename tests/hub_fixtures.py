@@ -8,6 +8,14 @@ this process behind starlette's TestClient (an ``httpx2.Client``), which
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,7 @@ from kachery_hub import Settings, create_app  # noqa: E402
 from kachery_hub._accounts import create_token  # noqa: E402
 from kachery_hub._state import HubState  # noqa: E402
 
-__all__ = ["Hub", "hub", "new_keys", "signed_headers"]
+__all__ = ["Hub", "hub", "new_keys", "postgres_server", "signed_headers"]
 
 HUB_URL = "http://testserver"
 
@@ -85,9 +93,58 @@ class Hub:
         _hub.choose(self.url, None, self.http)
 
 
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
-    app = create_app(Settings(data_dir=tmp_path / "hub"))
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
+    pytest.importorskip("psycopg")
+    root = Path(tempfile.mkdtemp(prefix="kachery-pg-"))
+    shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                    "--no-sync", "--locale=C", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                    f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -F", "start"],
+                   check=True, capture_output=True, timeout=120)
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown of the postmaster we started
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _fresh_postgres_database(server_url: str) -> str:
+    import psycopg
+
+    name = "hub_" + secrets.token_hex(6)
+    dsn = server_url.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{server_url}/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """An in-process hub on SQLite, then on PostgreSQL (same tests, both metadata engines)."""
+    database_url = None
+    if request.param == "postgresql":
+        database_url = _fresh_postgres_database(request.getfixturevalue("postgres_server"))
+    app = create_app(Settings(data_dir=tmp_path / "hub", database_url=database_url))
     with TestClient(app, raise_server_exceptions=False) as http:
         yield Hub(http=http, state=app.state.hub, root=tmp_path, monkeypatch=monkeypatch)
     _hub._injected.pop(HUB_URL, None)
