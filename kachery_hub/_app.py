@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import _accounts, _files, _mutables, _projects, _signin
@@ -86,6 +87,26 @@ def _is_upload(method: str, path: str) -> bool:
     return method == "PUT" and len(parts) == 6 and parts[1:3] == ["api", "projects"] and parts[4] == "files"
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable, machine-readable, e.g. project_not_found, clock_skew")
+    message: str = Field(description="for humans")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer; some codes add fields (``skew_seconds`` for ``clock_skew``)."""
+
+    error: ErrorDetail
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in ((400, "Bad input (invalid_input, hash_mismatch...)"), (401, "Unsigned, badly signed, replayed, skewed or unregistered"),
+                         (403, "Not a member with the needed role"), (404, "No such thing, or not readable"),
+                         (409, "Conflicts with the current state"), (413, "Body too large"),
+                         (422, "Invalid request (wrong types, missing fields)"))
+}
+
+
 def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     """The hub application for ``settings``; the database is migrated on creation."""
     hub = state if state is not None else HubState.open(settings)
@@ -109,7 +130,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(_LimitJsonBodies, limit=settings.max_json_body_bytes)
     for module in (_accounts, _projects, _files, _mutables, _signin):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=_ERROR_RESPONSES)
 
     @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")
     async def health() -> dict[str, Any]:

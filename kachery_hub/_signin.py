@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
@@ -58,6 +58,7 @@ def _new_session(db: Database, user_id: str) -> str:
     secret = secrets.token_urlsafe(32)
     now = time.time()
     with db.begin() as conn:
+        conn.execute(delete(tables.sessions).where(tables.sessions.c.expires_at < now))
         conn.execute(insert(tables.sessions).values(
             session_hash=_hash(secret), user_id=user_id, created_at=now, expires_at=now + SESSION_SECONDS))
     return secret
@@ -96,6 +97,8 @@ def _create_request(db: Database, client_id: str) -> tuple[str, float]:
     rid = secrets.token_urlsafe(24)
     now = time.time()
     with db.begin() as conn:
+        # Finished or expired requests are kept a day, so a late poll still gets a clear answer.
+        conn.execute(delete(tables.sign_in_requests).where(tables.sign_in_requests.c.expires_at < now - 86400))
         conn.execute(insert(tables.sign_in_requests).values(
             id_hash=_hash(rid), client_id=client_id, status="pending", user_id=None,
             created_at=now, expires_at=now + REQUEST_SECONDS))

@@ -285,3 +285,13 @@ def test_an_announced_oversized_json_body_is_refused_before_it_is_read(hub: Hub)
     r = hub.http.put(path, content=body, headers=_h(keys, "PUT", path, body))
     status, code, message = _error(r)
     assert (status, code) == (413, "payload_too_large") and str(limit) in message
+
+
+def test_openapi_documents_the_error_body_on_every_endpoint(hub: Hub) -> None:
+    doc = hub.http.get("/openapi.json").json()
+    assert set(doc["components"]["schemas"]["ErrorBody"]["properties"]) == {"error"}
+    for path, methods in doc["paths"].items():
+        if path == "/api/health":
+            continue  # takes no input and cannot fail
+        for method, op in methods.items():
+            assert {"400", "401", "403", "404", "422"} <= set(op["responses"]), (method, path)
