@@ -233,3 +233,68 @@ def test_kachery_hub_token_create_refuses_a_bad_email(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert out.stderr.strip() == "error: 'not-an-email' is not an email address"
     assert load_client_keys(create=False) is None  # the hub command never touches the client's key
+
+
+def _peak_rss_reset(pid: int | str) -> int:
+    """Current RSS in bytes, after resetting the peak (VmHWM) to it."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def _status_kib(pid: int | str, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_a_large_file_goes_up_and_down_in_constant_memory(
+    real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = 256 * 2**20
+    src = tmp_path / "large.bin"
+    with open(src, "wb") as f:
+        block = os.urandom(2**20)
+        for i in range(size // 2**20):
+            f.write(block[:-8] + i.to_bytes(8, "big"))
+    _computer(monkeypatch, tmp_path, "alice")
+    kc.init(hub_url=real_hub.url, token=real_hub.token("alice@example.org"))
+    kc.store_text("warm up")  # imports and connections are not what is measured
+    assert real_hub.proc is not None
+    hub_before, me_before = _peak_rss_reset(real_hub.proc.pid), _peak_rss_reset("self")
+
+    uri = kc.store_file(str(src))
+    _computer(monkeypatch, tmp_path, "alice-2")
+    kc.init(hub_url=real_hub.url, token=real_hub.token("alice@example.org"))
+    assert Path(kc.load_file(uri)).stat().st_size == size
+
+    budget = 64 * 2**20  # a quarter of the file; the transfers hold a few MiB at a time
+    assert _status_kib(real_hub.proc.pid, "VmHWM") * 1024 - hub_before < budget
+    assert _status_kib("self", "VmHWM") * 1024 - me_before < budget
+
+
+def test_fifty_concurrent_clients_store_small_files(
+    real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    _computer(monkeypatch, tmp_path, "lab")
+    pid = kc.init(hub_url=real_hub.url, token=real_hub.token("lab@example.org"))["default_project_id"]
+
+    def work(i: int) -> list[str]:
+        uris = [kc.store_text(f"shared result {j}") for j in range(3)]  # every thread stores these
+        uris += [kc.store_json({"thread": i, "n": j}) for j in range(3)]
+        kc.set_mutable(f"threads/{i}", uris[-1])
+        return uris
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(work, range(50)))
+    stored = {u for r in results for u in r}
+    assert len(stored) == 3 + 50 * 3
+    assert len(kc.list_mutables("threads/")) == 50
+    files = _hub.connect().json("GET", f"/api/projects/{pid}/files", params={"limit": 10000})["files"]
+    assert len(files) == len(stored)
+    _computer(monkeypatch, tmp_path, "reader")
+    kc.init(hub_url=real_hub.url, token=real_hub.token("lab@example.org"))
+    assert all(kc.load_json(u)["thread"] == i for i, r in enumerate(results) for u in r[3:])
