@@ -51,6 +51,8 @@ _injected: dict[str, httpx2.Client] = {}
 _default_clients: dict[str, httpx2.Client] = {}
 _me_cache: dict[tuple[str, str], dict[str, Any]] = {}
 _keys_cache: dict[str, tuple[tuple[int, int, int], ClientKeys]] = {}
+_direct: dict[str, bool] = {}
+_plain: list[httpx2.Client] = []
 
 
 def normalize_url(url: str) -> str:
@@ -126,6 +128,23 @@ def _http_client(url: str) -> httpx2.Client:
     return client
 
 
+def plain_client() -> httpx2.Client:
+    """An HTTP client for presigned object-store URLs (never injected, never signed)."""
+    if not _plain:
+        import httpx2
+
+        _plain.append(httpx2.Client(timeout=httpx2.Timeout(connect=10.0, read=600.0, write=600.0, pool=60.0)))
+    return _plain[0]
+
+
+def close_connections() -> None:
+    """Close the HTTP clients this module opened (not injected ones)."""
+    for client in [*_default_clients.values(), *_plain]:
+        client.close()
+    _default_clients.clear()
+    _plain.clear()
+
+
 def _raise_for(url: str, response: httpx2.Response) -> None:
     status = response.status_code
     try:
@@ -196,7 +215,8 @@ class HubClient:
         import httpx2
 
         try:
-            response = self.http.send(request, stream=stream)
+            # Redirects point at object stores: they are followed without the signature headers.
+            response = self.http.send(request, stream=stream, follow_redirects=False)
         except httpx2.TransportError as e:
             raise HubUnavailableError(self.url, f"cannot reach the hub: {e}") from None
         if response.status_code >= 400 and response.status_code not in ok_statuses:
@@ -240,6 +260,12 @@ class HubClient:
         if refresh or key not in _me_cache:
             _me_cache[key] = self.json("GET", "/api/me")
         return _me_cache[key]
+
+    def direct_transfers(self) -> bool:
+        """Whether file bytes go to presigned object-store URLs instead of through the hub."""
+        if self.url not in _direct:
+            _direct[self.url] = bool(self.send("GET", "/api/health").json().get("direct_transfers", False))
+        return _direct[self.url]
 
     def forget(self) -> None:
         if self.keys is not None:

@@ -29,6 +29,7 @@ from .errors import (
     HubAuthError,
     HubNotFoundError,
     HubRequestError,
+    HubUnavailableError,
     InvalidArgumentError,
     KacheryFileNotFoundError,
 )
@@ -55,9 +56,40 @@ def _read_chunks(path: Path, size: int, label: str) -> Iterator[bytes]:
             yield chunk
 
 
+def _body(content: bytes | Path, size: int) -> bytes | Iterator[bytes]:
+    return content if isinstance(content, bytes) else _read_chunks(content, size, f"uploading {content.name}")
+
+
+def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, content: bytes | Path,
+                   label: str | None) -> None:
+    """Send the bytes to the presigned URL the hub hands out, then have the hub record them."""
+    import httpx2
+
+    answer = client.json("POST", f"/api/projects/{pid}/files/{sha1}/upload", json={"size": size})
+    if answer["present"]:
+        return
+    target = answer["upload"]
+    try:
+        response = _hub.plain_client().request(
+            target["method"], target["url"], content=_body(content, size),
+            headers={**target["headers"], "Content-Length": str(size)},
+        )
+    except httpx2.TransportError as e:
+        raise HubUnavailableError(client.url, f"cannot reach the hub's object store: {e}") from None
+    if response.status_code >= 300:
+        if "BadDigest" in response.text and isinstance(content, Path):
+            raise FileChangedError(str(content))
+        raise HubRequestError(client.url, f"the hub's object store refused the upload: HTTP {response.status_code} "
+                                          f"{response.text[:200]!r}")
+    client.json("POST", f"/api/projects/{pid}/files/{sha1}/complete", json={"label": label})
+
+
 def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, project_id: str | None) -> None:
     client = _hub.connect_signed("storing a file on the hub")
     pid = quote(get_project_id(project_id), safe="")
+    if client.direct_transfers():
+        _upload_direct(client, pid, sha1, size, content, label)
+        return
     if size > _ASK_FIRST_BYTES:
         try:
             client.json("GET", f"/api/projects/{pid}/files/{sha1}")
@@ -67,10 +99,9 @@ def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, proj
                 raise
 
     def put() -> None:
-        body = content if isinstance(content, bytes) else _read_chunks(content, size, f"uploading {content.name}")
         client.send(
             "PUT", f"/api/projects/{pid}/files/{sha1}", params={"label": label} if label is not None else None,
-            content=body, body_sha1=sha1, headers={"Content-Length": str(size)},
+            content=_body(content, size), body_sha1=sha1, headers={"Content-Length": str(size)},
         ).close()
 
     try:
@@ -188,15 +219,36 @@ def _receive(response: Any, tmp: Path, label: str) -> str:
     return h.hexdigest()
 
 
+def _follow(client: _hub.HubClient, response: Any, headers: dict[str, str], *, stream: bool) -> Any:
+    """The object store's answer when the hub redirects there (a presigned URL), else ``response``."""
+    if response.status_code not in (301, 302, 303, 307, 308):
+        return response
+    import httpx2
+
+    location = response.headers["location"]
+    response.close()
+    plain = _hub.plain_client()
+    try:
+        answer = plain.send(plain.build_request("GET", location, headers=headers), stream=stream)
+    except httpx2.TransportError as e:
+        raise HubUnavailableError(client.url, f"cannot reach the hub's object store: {e}") from None
+    if answer.status_code >= 300:
+        answer.close()
+        raise HubRequestError(client.url, f"the hub's object store answered HTTP {answer.status_code}")
+    return answer
+
+
 def download(parsed: Sha1URI, uri: str) -> Path:
     """Fetch the content of ``uri`` from the hub into the local store (verified); returns its path."""
     client = _hub.connect("loading a file from the hub")
     sha1 = parsed.sha1
     try:
         # identity: the bytes on the wire are the bytes hashed (iter_raw does not decompress).
-        response = client.send("GET", f"/api/files/{sha1}", stream=True, headers={"Accept-Encoding": "identity"})
+        headers = {"Accept-Encoding": "identity"}
+        response = client.send("GET", f"/api/files/{sha1}", stream=True, headers=headers)
     except HubNotFoundError as e:
         raise _not_found(uri, client, e) from None
+    response = _follow(client, response, headers, stream=True)
     final = _store.store_path(sha1)
     tmp = _store._tmp_dir() / f"{os.getpid()}-{os.urandom(6).hex()}.download.tmp"
     try:
@@ -236,8 +288,9 @@ def load_bytes(uri: str, start: int | None, end: int | None) -> bytes:
         return b""
     client = _hub.connect("loading bytes from the hub")
     sha1 = parse_sha1_uri(uri).sha1
-    response = client.send("GET", f"/api/files/{sha1}", headers={"Range": f"bytes={lo}-{hi - 1}"})
-    data = response.content
+    headers = {"Range": f"bytes={lo}-{hi - 1}"}
+    response = _follow(client, client.send("GET", f"/api/files/{sha1}", headers=headers), headers, stream=False)
+    data: bytes = response.content
     if response.status_code == 200 and len(data) == size:
         data = data[lo:hi]  # a server that ignores ranges sends everything
     if len(data) != hi - lo:

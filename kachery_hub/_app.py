@@ -134,6 +134,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
 
     @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "api_version": 1}
+        # direct_transfers: file bytes go to presigned object-store URLs, not through the hub.
+        return {"status": "ok", "api_version": 1, "direct_transfers": hub.store.direct}
 
     return app

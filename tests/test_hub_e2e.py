@@ -96,9 +96,7 @@ def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield hub
     finally:
         hub.stop()
-        for client in _hub._default_clients.values():
-            client.close()
-        _hub._default_clients.clear()
+        _hub.close_connections()
         _hub._chosen_url.clear()
         _hub._chosen_token.clear()
         _hub._me_cache.clear()

@@ -132,8 +132,8 @@ def test_stale_uploads_of_a_killed_hub_are_cleaned(tmp_path: Path) -> None:
 
 def test_storage_and_database_urls_are_checked(tmp_path: Path) -> None:
     assert isinstance(open_byte_store((tmp_path / "b").as_uri()), LocalFolderStore)
-    with pytest.raises(ConfigurationError, match="unsupported scheme 's3'"):
-        open_byte_store("s3://bucket/prefix")
+    with pytest.raises(ConfigurationError, match="unsupported scheme 'gs'"):
+        open_byte_store("gs://bucket/prefix")
     with pytest.raises(ConfigurationError, match="file:///"):
         open_byte_store("file://otherhost/x")
     with pytest.raises(ConfigurationError, match="database URL"):

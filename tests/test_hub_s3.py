@@ -1,0 +1,110 @@
+"""File bytes in an S3-compatible store (a real SeaweedFS server): clients transfer directly,
+the store refuses bytes that do not match their sha1, and the hub records only verified objects."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hub_fixtures import *  # noqa: F403
+from hub_fixtures import Hub, _s3_client, make_hub, signed_headers
+
+import kachery_core as kc
+from kachery_core import _hub
+
+
+@pytest.fixture
+def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    yield from make_hub("s3", request, tmp_path, monkeypatch)
+
+
+def _signed(hub: Hub, method: str, path: str, payload: object | None = None):  # type: ignore[no-untyped-def]
+    keys = _hub._client_keys()
+    body = json.dumps(payload).encode() if payload is not None else b""
+    headers = {**signed_headers(keys, method, path, body), "Content-Type": "application/json"}
+    return hub.http.request(method, path, content=body, headers=headers, follow_redirects=False)
+
+
+def test_the_hub_hands_out_presigned_urls_and_never_takes_the_bytes(hub: Hub) -> None:
+    pid = hub.sign_in("A", "a@example.org")
+    assert hub.http.get("/api/health").json()["direct_transfers"] is True
+    data = b"direct to the store"
+    sha1 = hashlib.sha1(data).hexdigest()
+    path = f"/api/projects/{pid}/files/{sha1}"
+    r = hub.http.put(path, content=data, headers=signed_headers(_hub._client_keys(), "PUT", path, body_sha1=sha1))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "direct_upload_required"
+    target = _signed(hub, "POST", path + "/upload", {"size": len(data)}).json()
+    assert target["present"] is False and target["upload"]["via_hub"] is False
+    assert target["upload"]["url"].startswith(hub.state.store._s3.meta.endpoint_url)
+    uri = kc.store_text("direct to the store")
+    assert kc.parse_sha1_uri(uri).sha1 == sha1
+    assert _signed(hub, "POST", path + "/upload", {"size": len(data)}).json() == {"present": True, "upload": None}
+    r = _signed(hub, "GET", f"/api/files/{sha1}")
+    assert r.status_code == 307 and r.headers["location"].startswith(hub.state.store._s3.meta.endpoint_url)
+
+
+def test_the_store_refuses_bytes_that_do_not_match_and_nothing_becomes_visible(hub: Hub) -> None:
+    import httpx2
+
+    pid = hub.sign_in("A", "a@example.org")
+    claimed = hashlib.sha1(b"the real bytes").hexdigest()
+    path = f"/api/projects/{pid}/files/{claimed}"
+    upload = _signed(hub, "POST", path + "/upload", {"size": 14}).json()["upload"]
+    forged = httpx2.put(upload["url"], content=b"forged bytes!!", headers=upload["headers"])
+    assert forged.status_code == 400 and "BadDigest" in forged.text
+    dropped = httpx2.put(upload["url"], content=b"forged bytes!!")  # the checksum header is part of the signature
+    assert dropped.status_code == 403
+    r = _signed(hub, "POST", path + "/complete", {"label": None})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
+    assert _signed(hub, "GET", f"/api/files/{claimed}/info").status_code == 404
+
+
+def test_an_object_written_without_the_checksum_never_counts(hub: Hub) -> None:
+    pid = hub.sign_in("A", "a@example.org")
+    data = b"written around the hub"
+    sha1 = hashlib.sha1(data).hexdigest()
+    store = hub.state.store
+    store._s3.put_object(Bucket=store.bucket, Key=store.key(sha1), Body=data)  # type: ignore[attr-defined]
+    assert store.verified_size(sha1) is None
+    r = _signed(hub, "POST", f"/api/projects/{pid}/files/{sha1}/complete", {"label": None})
+    assert r.status_code == 404
+
+
+def test_a_changed_source_file_is_refused_by_the_store(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kachery_core import _remote
+
+    hub.sign_in("A", "a@example.org")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"before")
+    real = _remote._read_chunks
+
+    def changing(path: Path, size: int, label: str):  # type: ignore[no-untyped-def]
+        path.write_bytes(b"after!")
+        yield from real(path, size, label)
+
+    monkeypatch.setattr(_remote, "_read_chunks", changing)
+    with pytest.raises(kc.FileChangedError):
+        kc.store_file(str(src))
+
+
+def test_s3_storage_urls_are_checked(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub_fixtures import S3_KEYS
+
+    from kachery_hub import open_byte_store
+    from kachery_hub.errors import ConfigurationError
+
+    for name, value in S3_KEYS.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match="name a bucket"):
+        open_byte_store("s3:///prefix")
+    with pytest.raises(ConfigurationError, match="unknown parameters"):
+        open_byte_store(f"s3://b?endpoint={s3_server}")
+    with pytest.raises(ConfigurationError, match="no-such-bucket"):
+        open_byte_store(f"s3://no-such-bucket?endpoint_url={s3_server}")
+    _s3_client(s3_server).create_bucket(Bucket="checked")
+    store = open_byte_store(f"s3://checked/some/prefix?endpoint_url={s3_server}")
+    assert store.direct and store.key("ab" * 20).startswith("some/prefix/sha1/ab/ab/ab/")  # type: ignore[attr-defined]
+    store.close()
