@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import _accounts
+from ._database import Database
 from ._settings import Settings
 from ._state import HubState
 from .errors import HubError
@@ -73,11 +74,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token_create(args: argparse.Namespace) -> int:
-    state = HubState.open(_settings(args))
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)  # tokens are metadata only: no byte store needed
     try:
-        print(_accounts.create_token(state.db, args.user, is_admin=args.admin, label=args.label))
+        db.migrate()
+        print(_accounts.create_token(db, args.user, is_admin=args.admin, label=args.label))
     finally:
-        state.close()
+        db.close()
     return 0
 
 

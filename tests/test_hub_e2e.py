@@ -24,6 +24,7 @@ pytest.importorskip("fastapi")
 import httpx2  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
+from hub_fixtures import postgres_server, s3_server  # noqa: E402,F401
 from kachery_core import _hub  # noqa: E402
 from kachery_core._identity import load_client_keys  # noqa: E402
 
@@ -39,8 +40,9 @@ def _free_port() -> int:
 
 
 class HubProcess:
-    def __init__(self, data: Path, port: int) -> None:
+    def __init__(self, data: Path, port: int, *extra_args: str) -> None:
         self.data = data
+        self.extra_args = list(extra_args)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen[str] | None = None
@@ -48,7 +50,7 @@ class HubProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*HUB_CMD, "serve", "--data", str(self.data), "--port", str(self.port)],
+            [*HUB_CMD, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert self.proc.stdout is not None
@@ -83,7 +85,7 @@ class HubProcess:
         self.proc = None
 
     def token(self, email: str) -> str:
-        out = subprocess.run([*HUB_CMD, "token", "create", "--data", str(self.data), "--user", email],
+        out = subprocess.run([*HUB_CMD, "token", "create", "--data", str(self.data), "--user", email, *self.extra_args],
                              capture_output=True, text=True, check=True, timeout=60)
         return out.stdout.strip()
 
@@ -296,3 +298,41 @@ def test_fifty_concurrent_clients_store_small_files(
     _computer(monkeypatch, tmp_path, "reader")
     kc.init(hub_url=real_hub.url, token=real_hub.token("lab@example.org"))
     assert all(kc.load_json(u)["thread"] == i for i, r in enumerate(results) for u in r[3:])
+
+
+def test_a_hub_process_on_postgresql_and_s3_shares_files_directly_and_survives_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    from hub_fixtures import S3_KEYS, _fresh_postgres_database, _s3_client
+
+    endpoint = request.getfixturevalue("s3_server")
+    database = _fresh_postgres_database(request.getfixturevalue("postgres_server"))
+    for name, value in S3_KEYS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    _s3_client(endpoint).create_bucket(Bucket="e2e")
+    hub = HubProcess(tmp_path / "hub-data", _free_port(), "--database", database,
+                     "--storage", f"s3://e2e/kachery?endpoint_url={endpoint}")
+    hub.start()
+    try:
+        src = tmp_path / "data.bin"
+        src.write_bytes(os.urandom(3 * 2**20))
+        _computer(monkeypatch, tmp_path, "alice")
+        pid = kc.init(hub_url=hub.url, token=hub.token("alice@example.org"))["default_project_id"]
+        uri = kc.store_file(str(src), label="data.bin")
+        kc.set_mutable("latest", uri)
+        kc.set_project_member(pid, "bob@example.org", "read")
+        assert not (tmp_path / "hub-data" / "hub.sqlite").exists()  # metadata went to PostgreSQL
+        hub.stop()
+        hub.start()
+        _computer(monkeypatch, tmp_path, "bob")
+        kc.init(hub_url=hub.url, token=hub.token("bob@example.org"))
+        assert kc.get_mutable("latest", project_id=pid) == uri
+        assert kc.load_bytes(uri, 100, 200) == src.read_bytes()[100:200]
+        assert Path(kc.load_file(uri)).read_bytes() == src.read_bytes()
+    finally:
+        hub.stop()
+        _hub.close_connections()
+        _hub._direct.clear()
+        _hub._chosen_url.clear()
+        _hub._me_cache.clear()
