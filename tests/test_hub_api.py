@@ -304,3 +304,22 @@ def test_openapi_documents_the_error_body_on_every_endpoint(hub: Hub) -> None:
             continue  # takes no input and cannot fail
         for method, op in methods.items():
             assert {"400", "401", "403", "404", "422"} <= set(op["responses"]), (method, path)
+
+
+def test_every_endpoint_and_cli_command_is_documented_in_the_package(hub: Hub) -> None:
+    import kachery_hub
+    from kachery_hub._cli import build_parser
+
+    doc = kachery_hub.__doc__ or ""
+    for path, methods in hub.http.get("/openapi.json").json()["paths"].items():
+        assert path in doc, path
+        row = next(line for line in doc.splitlines() if f" {path} " in f" {line} ")
+        for method in methods:
+            assert method.upper() in row.split()[0].split(","), (method, path)
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():  # type: ignore[union-attr]
+        assert f"kachery-hub {name}" in doc, name
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in doc, (name, flag)
