@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_ipython_extension"]
+__all__ = ["LoginWidget", "load_ipython_extension"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
     from ._magics import load_ipython_extension as _load
 
     _load(ipython)
+
+
+def __getattr__(name: str) -> Any:
+    # Widgets import anywidget, which %load_ext must not pay for.
+    if name == "LoginWidget":
+        from ._login import LoginWidget
+
+        return LoginWidget
+    raise AttributeError(f"module 'kachery_jupyter' has no attribute {name!r}")

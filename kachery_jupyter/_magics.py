@@ -103,6 +103,27 @@ class KacheryMagics(Magics):
             raise _usage(e) from None
 
 
+    @magic_arguments()
+    @argument("--hub", help="the hub's URL (default: KACHERY_HUB_URL or the hub signed in to before)")
+    @line_magic
+    def kc_login(self, line: str) -> Any:
+        """Show the sign-in panel: one click opens the hub's sign-in page; the panel
+        updates by itself when you have confirmed there.
+
+            %kc_login
+            %kc_login --hub http://127.0.0.1:8123
+        """
+        args = parse_argstring(self.kc_login, line)
+        try:
+            from ._login import LoginWidget
+        except ImportError:
+            raise UsageError('the sign-in panel needs anywidget: pip install "kachery-jupyter[jupyter]"') from None
+        try:
+            return LoginWidget(hub_url=args.hub)
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
+
 def status_line() -> str:
     """Where this kernel stands, in one line."""
     return f"kachery-jupyter: local store {kc.get_kachery_cloud_dir()}"

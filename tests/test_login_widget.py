@@ -1,0 +1,158 @@
+"""The sign-in panel's Python side against a real (in-process) hub: traits, polling, error states.
+
+The front end is stood in for by calling the widget's message handler with the
+messages js/login.js sends; the user's browser by a second HTTP client.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hub_fixtures import Hub, make_hub
+from starlette.testclient import TestClient
+
+import kachery_core as kc
+from kachery_jupyter import LoginWidget
+
+
+@pytest.fixture
+def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    yield from make_hub("sqlite", request, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def notebook(hub: Hub) -> Hub:
+    """A notebook's kernel that knows the hub but is not signed in."""
+    hub.use("notebook")
+    kc.use_hub(hub.url, http_client=hub.http)
+    return hub
+
+
+def browser_confirms(hub: Hub, url: str, email: str, action: str = "confirm") -> None:
+    with TestClient(hub.http.app, raise_server_exceptions=False) as browser:
+        assert browser.get("/", params={"token": hub.token(email)}).status_code == 200
+        path = url.removeprefix(hub.url)
+        assert browser.post(path, data={"action": action}).status_code == 200
+
+
+def send(widget: LoginWidget, **content: object) -> None:
+    widget._on_msg(widget, content, None)
+
+
+def fast(widget: LoginWidget) -> LoginWidget:
+    widget.poll_interval = 0.05
+    return widget
+
+
+def test_no_hub_asks_for_one() -> None:
+    w = LoginWidget()
+    assert (w.state, w.hub_url) == ("no_hub", "")
+
+
+def test_unreachable_hub_says_so() -> None:
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    w = LoginWidget(hub_url=f"http://127.0.0.1:{port}")
+    assert w.state == "unreachable"
+    assert "cannot reach the hub" in w.message
+
+
+def test_connect_to_a_hub_from_the_panel(notebook: Hub) -> None:
+    w = LoginWidget()
+    assert w.state == "signed_out", "the hub chosen in this kernel is picked up"
+    assert w.hub_url == notebook.url
+
+
+def test_browser_confirmation_is_noticed_by_polling(notebook: Hub) -> None:
+    w = fast(LoginWidget(hub_url=notebook.url))
+    assert w.state == "signed_out"
+    send(w, type="start")
+    assert w.state == "waiting" and w.registration_url.startswith(notebook.url + "/sign-in/")
+    browser_confirms(notebook, w.registration_url, "ada@example.org")
+    assert w.wait(timeout=30)
+    assert w.state == "signed_in" and w.email == "ada@example.org"
+    info = kc.get_client_info()
+    assert info["signed_in"] and info["user"]["email"] == "ada@example.org"
+    assert w.default_project == info["default_project_id"]
+    assert [p["id"] for p in w.projects] == [info["default_project_id"]]
+
+
+def test_refused_and_expired_sign_ins(notebook: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = fast(LoginWidget(hub_url=notebook.url))
+    send(w, type="start")
+    browser_confirms(notebook, w.registration_url, "ada@example.org", action="refuse")
+    assert w.wait(timeout=30) and w.state == "refused"
+    assert kc.get_client_info()["signed_in"] is False
+
+    import kachery_hub._signin as hub_signin
+
+    monkeypatch.setattr(hub_signin, "REQUEST_SECONDS", -1)  # links are born expired
+    send(w, type="start")
+    assert w.wait(timeout=30) and w.state == "expired"
+
+
+def test_cancel_stops_waiting(notebook: Hub) -> None:
+    w = LoginWidget(hub_url=notebook.url)
+    w.poll_interval = 0.2
+    send(w, type="start")
+    send(w, type="cancel")
+    assert w.wait(timeout=30)
+    assert w.state == "signed_out"
+
+
+def test_token_field(notebook: Hub) -> None:
+    w = LoginWidget(hub_url=notebook.url)
+    send(w, type="token", token="khub_not-a-real-token")
+    assert w.state == "refused" and "did not accept the token" in w.message
+    send(w, type="token", token=notebook.token("grace@example.org"))
+    assert w.state == "signed_in" and w.email == "grace@example.org"
+
+
+def test_default_project_picker_and_sign_out(notebook: Hub) -> None:
+    w = LoginWidget(hub_url=notebook.url)
+    send(w, type="token", token=notebook.token("grace@example.org"))
+    other = kc.create_project("second")
+    send(w, type="retry")
+    assert {p["id"] for p in w.projects} == {w.default_project, other}
+    send(w, type="set_project", project_id=other)
+    assert w.default_project == other and kc.get_client_info()["default_project_id"] == other
+    send(w, type="sign_out")
+    assert w.state == "signed_out" and w.email == "" and "Signed out" in w.message
+    assert kc.get_client_info()["signed_in"] is False
+
+
+def test_bad_project_choice_is_an_error_state(notebook: Hub) -> None:
+    w = LoginWidget(hub_url=notebook.url)
+    send(w, type="token", token=notebook.token("grace@example.org"))
+    send(w, type="set_project", project_id="no-such-project")
+    assert w.state == "error" and w.message
+
+
+def test_colab_secret_signs_in_by_itself(notebook: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Colab is absent here: stand in for its secrets API only.
+    token = notebook.token("colab@example.org")
+    userdata = types.SimpleNamespace(get=lambda name: token if name == "KACHERY_HUB_TOKEN" else None)
+    colab = types.ModuleType("google.colab")
+    colab.userdata = userdata  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.userdata", userdata)  # type: ignore[arg-type]
+    w = LoginWidget(hub_url=notebook.url)
+    assert w.state == "signed_in" and w.email == "colab@example.org"
+
+
+def test_kc_login_magic_shows_the_panel(notebook: Hub) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "kachery_jupyter")
+    w = ip.run_line_magic("kc_login", f"--hub {notebook.url}")
+    assert isinstance(w, LoginWidget) and w.state == "signed_out"
+    with pytest.raises(UsageError, match="must start with http"):
+        ip.run_line_magic("kc_login", "--hub ftp://example.org")
