@@ -114,6 +114,8 @@ class KacheryMagics(Magics):
             %kc_login --hub http://127.0.0.1:8123
         """
         args = parse_argstring(self.kc_login, line)
+        if args.hub is not None and not args.hub.startswith(("http://", "https://")):
+            raise UsageError(f"--hub {args.hub!r}: a hub URL must start with http:// or https://")
         try:
             from ._login import LoginWidget
         except ImportError:
