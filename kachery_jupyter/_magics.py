@@ -128,7 +128,17 @@ class KacheryMagics(Magics):
 
 def status_line() -> str:
     """Where this kernel stands, in one line."""
-    return f"kachery-jupyter: local store {kc.get_kachery_cloud_dir()}"
+    info = kc.get_client_info()
+    hub = info.get("hub_url")
+    if not hub:
+        return f"kachery-jupyter: local store {kc.get_kachery_cloud_dir()}; no hub yet (sign in with %kc_login)"
+    if info.get("hub_error"):
+        return f"kachery-jupyter: hub {hub} cannot be reached ({info['hub_error']}); local store still works"
+    if info.get("ephemeral"):
+        return f"kachery-jupyter: hub {hub}, ephemeral (reads public projects only)"
+    if not info.get("signed_in"):
+        return f"kachery-jupyter: hub {hub}, not signed in: run %kc_login"
+    return f"kachery-jupyter: hub {hub}, signed in as {info['user']['email']} (project {info['project_id']})"
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -26,7 +26,7 @@ def ip(capsys: pytest.CaptureFixture[str]) -> Iterator[InteractiveShell]:
 def test_load_ext_prints_one_status_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], kachery_dir: Path) -> None:
     ip.run_line_magic("reload_ext", "kachery_jupyter")
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"kachery-jupyter: local store {kachery_dir}"]
+    assert lines == [f"kachery-jupyter: local store {kachery_dir}; no hub yet (sign in with %kc_login)"]
 
 
 def test_load_ext_imports_no_server_or_widget_dependency() -> None:
