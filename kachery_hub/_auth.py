@@ -8,6 +8,7 @@ bound to a user once, by presenting a sign-in token (``_accounts``).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -59,11 +60,11 @@ class Caller:
 ANONYMOUS = Caller()
 
 
-def _header(request: Request, name: str, pattern: object) -> str:
+def _header(request: Request, name: str, pattern: re.Pattern[str]) -> str:
     value = request.headers.get(name)
     if value is None:
         raise BadSignature(f"signed request is missing the {name} header")
-    if not pattern.fullmatch(value):  # type: ignore[attr-defined]
+    if not pattern.fullmatch(value):
         raise BadSignature(f"header {name} is malformed: {value[:80]!r}")
     return value
 

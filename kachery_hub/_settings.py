@@ -14,7 +14,7 @@ build ``Settings(data_dir=...)`` directly.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -37,7 +37,6 @@ class Settings:
     storage_url: str | None = None
     max_clock_skew_seconds: float = 300.0
     max_json_body_bytes: int = MAX_JSON_BODY_BYTES
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -51,11 +50,6 @@ class Settings:
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or (self.data_dir / "blobs").as_uri()
-
-    @property
-    def nonce_lifetime_seconds(self) -> float:
-        # A request is accepted within ±skew of its time, so its nonce must be kept that long on each side.
-        return 2 * self.max_clock_skew_seconds + 1
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
