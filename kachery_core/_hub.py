@@ -50,7 +50,7 @@ _chosen_token: dict[str, str] = {}
 _injected: dict[str, httpx2.Client] = {}
 _default_clients: dict[str, httpx2.Client] = {}
 _me_cache: dict[tuple[str, str], dict[str, Any]] = {}
-_keys_cache: dict[str, tuple[tuple[int, int, int], ClientKeys]] = {}
+_keys_cache: dict[str, tuple[tuple[int, int, int], ClientKeys, str]] = {}
 _direct: dict[str, bool] = {}
 _plain: list[httpx2.Client] = []
 
@@ -173,10 +173,11 @@ def _raise_for(url: str, response: httpx2.Response) -> None:
 class HubClient:
     """Signed requests to one hub; ``keys=None`` for an ephemeral (anonymous) client."""
 
-    def __init__(self, url: str, keys: ClientKeys | None, http: httpx2.Client) -> None:
+    def __init__(self, url: str, keys: ClientKeys | None, http: httpx2.Client, *, client_id: str | None = None) -> None:
         self.url = url
         self.keys = keys
         self.http = http
+        self.client_id = client_id or (keys.client_id if keys is not None else None)
 
     @property
     def ephemeral(self) -> bool:
@@ -202,7 +203,7 @@ class HubClient:
         if self.keys is not None:
             if body_sha1 is None:
                 body_sha1 = hashlib.sha1(request.content).hexdigest()
-            time_ms, nonce, client_id = _signing.now_ms(), _signing.new_nonce(), self.keys.client_id
+            time_ms, nonce, client_id = _signing.now_ms(), _signing.new_nonce(), str(self.client_id)
             message = _signing.signing_message(
                 method=method, path_and_query=request.url.raw_path.decode("ascii"), time_ms=time_ms,
                 nonce=nonce, body_sha1=body_sha1, client_id=client_id,
@@ -244,19 +245,19 @@ class HubClient:
         if not t:
             raise HubAuthError(
                 self.url,
-                f"this client ({self.keys.client_id[:12]}…) is not signed in to the hub; get a token "
+                f"this client ({str(self.client_id)[:12]}…) is not signed in to the hub; get a token "
                 f"(open {self.url}/ or run `kachery-hub token create`) and call kachery_core.init(token=...)",
                 code="client_not_registered",
             )
         info: dict[str, Any] = self.send("POST", "/api/clients", json={"token": t, "label": "kachery_core"}).json()
-        _me_cache[(self.url, self.keys.client_id)] = info
+        _me_cache[(self.url, str(self.client_id))] = info
         return info
 
     def me(self, refresh: bool = False) -> dict[str, Any]:
         """The hub's record of this client (user, default project); signs in if needed."""
         if self.keys is None:
             raise HubAuthError(self.url, "ephemeral clients have no account on the hub")
-        key = (self.url, self.keys.client_id)
+        key = (self.url, str(self.client_id))
         if refresh or key not in _me_cache:
             _me_cache[key] = self.json("GET", "/api/me")
         return _me_cache[key]
@@ -269,12 +270,12 @@ class HubClient:
 
     def forget(self) -> None:
         if self.keys is not None:
-            _me_cache.pop((self.url, self.keys.client_id), None)
+            _me_cache.pop((self.url, str(self.client_id)), None)
 
 
-def _client_keys() -> ClientKeys:
-    """This directory's key pair, parsed once while private.pem stays the same file."""
-    path = Path(_fs.get_kachery_cloud_dir()) / "private.pem"
+def _client_keys() -> tuple[ClientKeys, str]:
+    """This directory's key pair and client ID, parsed once while private.pem stays the same file."""
+    path = _constants.kachery_cloud_dir() / "private.pem"
     try:
         st = os.stat(path)
         stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -282,12 +283,13 @@ def _client_keys() -> ClientKeys:
         stamp = None
     cached = _keys_cache.get(str(path))
     if cached is not None and stamp is not None and cached[0] == stamp:
-        return cached[1]
+        return cached[1], cached[2]
     keys = load_client_keys(create=True)
     assert keys is not None
     st = os.stat(path)
-    _keys_cache[str(path)] = ((st.st_ino, st.st_mtime_ns, st.st_size), keys)
-    return keys
+    client_id = keys.client_id
+    _keys_cache[str(path)] = ((st.st_ino, st.st_mtime_ns, st.st_size), keys, client_id)
+    return keys, client_id
 
 
 def connect(what: str = "this operation", *, url: str | None = None) -> HubClient:
@@ -295,8 +297,10 @@ def connect(what: str = "this operation", *, url: str | None = None) -> HubClien
     hub_url = normalize_url(url) if url else configured_url()
     if hub_url is None:
         raise HubNotConfiguredError(what)
-    keys = None if _constants.ephemeral() else _client_keys()
-    return HubClient(hub_url, keys, _http_client(hub_url))
+    if _constants.ephemeral():
+        return HubClient(hub_url, None, _http_client(hub_url))
+    keys, client_id = _client_keys()
+    return HubClient(hub_url, keys, _http_client(hub_url), client_id=client_id)
 
 
 def connect_signed(what: str) -> HubClient:

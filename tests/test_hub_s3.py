@@ -22,7 +22,7 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def _signed(hub: Hub, method: str, path: str, payload: object | None = None):  # type: ignore[no-untyped-def]
-    keys = _hub._client_keys()
+    keys = _hub._client_keys()[0]
     body = json.dumps(payload).encode() if payload is not None else b""
     headers = {**signed_headers(keys, method, path, body), "Content-Type": "application/json"}
     return hub.http.request(method, path, content=body, headers=headers, follow_redirects=False)
@@ -34,7 +34,7 @@ def test_the_hub_hands_out_presigned_urls_and_never_takes_the_bytes(hub: Hub) ->
     data = b"direct to the store"
     sha1 = hashlib.sha1(data).hexdigest()
     path = f"/api/projects/{pid}/files/{sha1}"
-    r = hub.http.put(path, content=data, headers=signed_headers(_hub._client_keys(), "PUT", path, body_sha1=sha1))
+    r = hub.http.put(path, content=data, headers=signed_headers(_hub._client_keys()[0], "PUT", path, body_sha1=sha1))
     assert r.status_code == 409 and r.json()["error"]["code"] == "direct_upload_required"
     target = _signed(hub, "POST", path + "/upload", {"size": len(data)}).json()
     assert target["present"] is False and target["upload"]["via_hub"] is False
