@@ -63,14 +63,20 @@ def role_of(conn: Connection, project_id: str, user_id: str | None) -> str | Non
 
 def require_role(conn: Connection, who: Caller, project_id: str, needed: Role) -> Row[Any]:
     """The project row if ``who`` may act on it with role ``needed``; raises otherwise."""
-    project = conn.execute(select(tables.projects).where(tables.projects.c.id == project_id)).first()
+    # One query: the project and the caller's membership (this runs on every project request).
+    member = tables.members.alias("m")
+    project = conn.execute(
+        select(tables.projects, member.c.role.label("caller_role"))
+        .outerjoin(member, (member.c.project_id == tables.projects.c.id) & (member.c.user_id == who.user_id))
+        .where(tables.projects.c.id == project_id)
+    ).first()
     if project is None:
         raise ProjectNotFound(f"project {project_id!r} does not exist", project_id=project_id)
     if needed == "read" and project.public_read:
         return project
     if who.user_id is None:
         who.require_user()
-    role = role_of(conn, project_id, who.user_id)
+    role = project.caller_role
     if role is None:
         raise Forbidden(f"{who.email} is not a member of project {project_id!r}; ask a project admin to add you",
                         project_id=project_id)
