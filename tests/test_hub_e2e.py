@@ -147,8 +147,10 @@ def test_two_users_share_through_a_real_hub_that_survives_restarts(
     monkeypatch.delenv("KACHERY_HUB_URL")
 
     # Stop and start the hub: everything is still there, for a computer that never saw it.
+    admin_token = real_hub.admin_token
     real_hub.stop()
     real_hub.start()
+    assert real_hub.admin_token == admin_token  # the printed sign-in URL stays valid, as Jupyter's does
     _computer(monkeypatch, tmp_path, "bob-tablet")
     kc.init(hub_url=real_hub.url, token=real_hub.token("bob@example.org"))
     assert kc.get_mutable("latest", project_id=pa) == file_uri
