@@ -205,7 +205,8 @@ class HubClient:
                 body_sha1 = hashlib.sha1(request.content).hexdigest()
             time_ms, nonce, client_id = _signing.now_ms(), _signing.new_nonce(), str(self.client_id)
             message = _signing.signing_message(
-                method=method, path_and_query=request.url.raw_path.decode("ascii"), time_ms=time_ms,
+                method=method, host=request.headers["host"],
+                path_and_query=request.url.raw_path.decode("ascii"), time_ms=time_ms,
                 nonce=nonce, body_sha1=body_sha1, client_id=client_id,
             )
             request.headers[_signing.HEADER_CLIENT] = client_id

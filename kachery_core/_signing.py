@@ -8,10 +8,10 @@ A signed request carries four headers::
     X-Kachery-Body-Sha1  sha1 of the request body (of b"" when there is none)
     X-Kachery-Signature  Ed25519 signature of :func:`signing_message`
 
-The signature covers the method, the raw path with its query, the body hash,
-the time and the nonce, so a request cannot be altered, moved to another
-endpoint, or replayed (the hub remembers nonces for as long as their time is
-acceptable). For a file upload the body hash is the file's sha1, which the hub
+The signature covers the method, the Host header, the raw path with its
+query, the body hash, the time and the nonce, so a request cannot be altered,
+moved to another endpoint or another hub, or replayed (the hub remembers
+nonces for as long as their time is acceptable). For a file upload the body hash is the file's sha1, which the hub
 checks while the bytes stream in.
 """
 
@@ -38,10 +38,10 @@ SIGNATURE_RE = re.compile(r"^[0-9a-f]{128}$")
 
 
 def signing_message(
-    *, method: str, path_and_query: str, time_ms: int, nonce: str, body_sha1: str, client_id: str
+    *, method: str, host: str, path_and_query: str, time_ms: int, nonce: str, body_sha1: str, client_id: str
 ) -> bytes:
     return "\n".join(
-        [SIGNING_VERSION, method.upper(), path_and_query, str(time_ms), nonce, body_sha1, client_id]
+        [SIGNING_VERSION, method.upper(), host.lower(), path_and_query, str(time_ms), nonce, body_sha1, client_id]
     ).encode("utf-8")
 
 

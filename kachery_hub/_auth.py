@@ -102,11 +102,12 @@ def authenticate(hub: HubState, request: Request, body_sha1: str | None) -> Call
     if body_sha1 is not None and body_sha1 != declared_sha1:
         raise BadSignature(f"the request body does not match its {_signing.HEADER_BODY_SHA1} header")
     message = _signing.signing_message(
-        method=request.method, path_and_query=_path_and_query(request), time_ms=int(time_text),
+        method=request.method, host=request.headers.get("host", ""), path_and_query=_path_and_query(request),
+        time_ms=int(time_text),
         nonce=nonce, body_sha1=declared_sha1, client_id=client_id,
     )
     if not verify_signature(client_id, message, signature):
-        raise BadSignature("the request signature does not verify for this client key, method, path and body")
+        raise BadSignature("the request signature does not verify for this client key, method, host, path and body")
     with hub.db.begin() as conn:
         if not hub.db.remember_nonce(conn, f"{client_id}:{nonce}", request_time + limit + 1):
             raise ReplayedRequest("this signed request was already received once; a request cannot be replayed")

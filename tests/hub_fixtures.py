@@ -47,14 +47,15 @@ def new_keys() -> ClientKeys:
 
 def signed_headers(
     keys: ClientKeys, method: str, path_and_query: str, body: bytes = b"", *,
-    time_ms: int | None = None, nonce: str | None = None, body_sha1: str | None = None,
+    time_ms: int | None = None, nonce: str | None = None, body_sha1: str | None = None, host: str = "testserver",
 ) -> dict[str, str]:
     """The signature headers a client sends, with each part overridable to forge bad ones."""
     t = _signing.now_ms() if time_ms is None else time_ms
     n = _signing.new_nonce() if nonce is None else nonce
     b = hashlib.sha1(body).hexdigest() if body_sha1 is None else body_sha1
     message = _signing.signing_message(
-        method=method, path_and_query=path_and_query, time_ms=t, nonce=n, body_sha1=b, client_id=keys.client_id
+        method=method, host=host, path_and_query=path_and_query, time_ms=t, nonce=n, body_sha1=b,
+        client_id=keys.client_id,
     )
     return {
         _signing.HEADER_CLIENT: keys.client_id, _signing.HEADER_TIME: str(t), _signing.HEADER_NONCE: n,

@@ -94,7 +94,7 @@ def test_clock_skew_refusal_states_the_skew(hub: Hub, offset_s: int) -> None:
     assert "3600." in message or "3599." in message
 
 
-@pytest.mark.parametrize("tamper", ["path", "method", "body", "client", "signature"])
+@pytest.mark.parametrize("tamper", ["path", "method", "body", "client", "signature", "host"])
 def test_a_signature_covers_method_path_body_and_key(hub: Hub, tamper: str) -> None:
     keys, info = _register(hub, "a@example.org")
     pid = info["default_project_id"]
@@ -110,6 +110,8 @@ def test_a_signature_covers_method_path_body_and_key(hub: Hub, tamper: str) -> N
         content = b'{"value": "w"}'
     elif tamper == "client":
         headers[_signing.HEADER_CLIENT] = new_keys().client_id
+    elif tamper == "host":  # a request signed for one hub, replayed to another
+        headers = _h(keys, "PUT", path, body, host="other-hub.example:8555")
     else:
         headers[_signing.HEADER_SIGNATURE] = "0" * 128
     r = hub.http.request(method, url, content=content, headers=headers)
