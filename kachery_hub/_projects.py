@@ -138,7 +138,10 @@ def _update(db: Database, who: Caller, project_id: str, name: str | None, public
 
 def _members(db: Database, who: Caller, project_id: str) -> list[dict[str, Any]]:
     with db.begin() as conn:
-        require_role(conn, who, project_id, "read")
+        project = require_role(conn, who, project_id, "read")
+        if project.caller_role is None:  # public-read shares the data, not the members' emails
+            raise Forbidden(f"only members of project {project_id!r} can see who its members are",
+                            project_id=project_id)
         rows = conn.execute(
             select(tables.users.c.email, tables.members.c.role, tables.members.c.user_id)
             .join(tables.users, tables.users.c.id == tables.members.c.user_id)

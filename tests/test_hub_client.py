@@ -298,3 +298,12 @@ def test_environment_sign_in_on_a_first_upload_to_a_named_project(hub: Hub, monk
     uri = kc.store_text("first request is the upload")
     hub.use("A")
     assert kc.load_text(uri) == "first request is the upload"
+
+
+def test_a_public_project_does_not_show_its_members_to_outsiders(hub: Hub) -> None:
+    pa = hub.sign_in("A", "a@example.org")
+    kc.set_project_public(pa, True)
+    hub.sign_in("B", "b@example.org")
+    assert kc.get_project(pa)["public_read"] is True
+    with pytest.raises(kc.HubPermissionError, match="only members"):
+        kc.list_project_members(pa)
