@@ -307,3 +307,16 @@ def test_a_public_project_does_not_show_its_members_to_outsiders(hub: Hub) -> No
     assert kc.get_project(pa)["public_read"] is True
     with pytest.raises(kc.HubPermissionError, match="only members"):
         kc.list_project_members(pa)
+
+
+def test_empty_content_and_unicode_keys_round_trip(hub: Hub) -> None:
+    pa = hub.sign_in("A", "a@example.org")
+    empty = kc.store_text("")
+    kc.set_mutable("données/α β", empty)
+    kc.set_project_member(pa, "b@example.org", "read")
+    hub.sign_in("B", "b@example.org")
+    assert kc.get_mutable("données/α β", project_id=pa) == empty
+    assert kc.list_mutables("données/", project_id=pa) == ["données/α β"]
+    assert kc.load_file_info(empty)["size"] == 0
+    assert kc.load_bytes(empty, 0, 0) == b""
+    assert kc.load_text(empty) == ""
