@@ -216,7 +216,12 @@ def load_file(uri: str, *, local_only: bool = False, dest: str | None = None) ->
     The content is checked against the hash in the URI. Raises
     :class:`KacheryFileNotFoundError` when it is not available.
     """
-    parsed, path = find_local(uri)
+    try:
+        parsed, path = find_local(uri)
+    except HashMismatchError:
+        if not _use_hub(local_only):
+            raise
+        parsed, path = parse_sha1_uri(uri), None  # the corrupt copy was moved aside: fetch a good one
     if path is None and _use_hub(local_only):
         from . import _remote
 

@@ -320,3 +320,15 @@ def test_empty_content_and_unicode_keys_round_trip(hub: Hub) -> None:
     assert kc.load_file_info(empty)["size"] == 0
     assert kc.load_bytes(empty, 0, 0) == b""
     assert kc.load_text(empty) == ""
+
+
+def test_a_corrupt_local_copy_is_replaced_from_the_hub(hub: Hub) -> None:
+    hub.sign_in("A", "a@example.org")
+    uri = kc.store_text("good bytes", cache_locally=True)
+    local = store_path(kc.parse_sha1_uri(uri).sha1)
+    local.write_text("bad bytes!")
+    assert kc.load_text(uri) == "good bytes"
+    assert local.read_text() == "good bytes"
+    local.write_text("bad again!")
+    with pytest.raises(kc.HashMismatchError):
+        kc.load_file(uri, local_only=True)
