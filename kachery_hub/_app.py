@@ -59,6 +59,11 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, code, detail)
 
 
+async def _on_bad_text(request: Request, exc: Exception) -> JSONResponse:
+    # JSON may carry lone surrogates ("\ud800"), which no database or UTF-8 encoder accepts.
+    return _error(400, "invalid_input", "text in the request is not valid Unicode (lone surrogate characters)")
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error(500, "internal_error", "the hub failed to handle this request; see its log")
@@ -127,6 +132,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(HubError, _on_hub_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(UnicodeError, _on_bad_text)
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(_LimitJsonBodies, limit=settings.max_json_body_bytes)
     for module in (_accounts, _projects, _files, _mutables, _signin):

@@ -155,6 +155,9 @@ def test_anonymous_requests_cannot_write(hub: Hub) -> None:
     ("GET", "/api/projects/nope", b""),
     ("PATCH", "/api/me", b""),
     ("GET", "/api/no/such/endpoint", b""),
+    ("PUT", "/api/projects/PID/mutables/k", b'{"value": "\\ud800"}'),
+    ("POST", "/api/projects", b'{"name": "\\udfff"}'),
+    ("PATCH", "/api/projects/PID", b'{"name": "a\\ud800b"}'),
 ])
 def test_bad_input_is_a_json_4xx_never_a_500(hub: Hub, method: str, path: str, body: bytes) -> None:
     keys, info = _register(hub, "a@example.org")
