@@ -35,7 +35,7 @@ from .errors import (
 )
 
 _CHUNK = 1024 * 1024
-#: Bigger files are first looked up in the project; smaller ones are sent at once (one round trip).
+#: Bigger files are announced first (is it there already? may we write?); smaller ones are sent at once.
 _ASK_FIRST_BYTES = 1024 * 1024
 
 
@@ -61,14 +61,10 @@ def _body(content: bytes | Path, size: int) -> bytes | Iterator[bytes]:
 
 
 def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, content: bytes | Path,
-                   label: str | None) -> None:
-    """Send the bytes to the presigned URL the hub hands out, then have the hub record them."""
+                   label: str | None, target: dict[str, Any]) -> None:
+    """Send the bytes to the presigned URL the hub handed out, then have the hub record them."""
     import httpx2
 
-    answer = client.json("POST", f"/api/projects/{pid}/files/{sha1}/upload", json={"size": size})
-    if answer["present"]:
-        return
-    target = answer["upload"]
     try:
         response = _hub.plain_client().request(
             target["method"], target["url"], content=_body(content, size),
@@ -87,16 +83,15 @@ def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, conte
 def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, project_id: str | None) -> None:
     client = _hub.connect_signed("storing a file on the hub")
     pid = quote(get_project_id(project_id), safe="")
-    if client.direct_transfers():
-        _upload_direct(client, pid, sha1, size, content, label)
-        return
-    if size > _ASK_FIRST_BYTES:
-        try:
-            client.json("GET", f"/api/projects/{pid}/files/{sha1}")
-            return  # the project already has these bytes
-        except HubNotFoundError as e:
-            if e.code != "file_not_found":
-                raise
+    if client.direct_transfers() or size > _ASK_FIRST_BYTES:
+        # Ask first: the project may have the bytes already, and a refusal (no write access)
+        # comes before any byte is sent. The answer names where the bytes go.
+        answer = client.json("POST", f"/api/projects/{pid}/files/{sha1}/upload", json={"size": size})
+        if answer["present"]:
+            return
+        if not answer["upload"]["via_hub"]:
+            _upload_direct(client, pid, sha1, size, content, label, answer["upload"])
+            return
 
     def put() -> None:
         client.send(

@@ -132,6 +132,13 @@ def test_two_users_share_through_a_real_hub_that_survives_restarts(
     _computer(monkeypatch, tmp_path, "bob-desktop")
     assert kc.get_mutable("latest", project_id=pa) == file_uri
     assert Path(kc.load_file(file_uri)).read_bytes() == src.read_bytes()
+    # Reading is not writing: refused with a clear error before a large body is sent.
+    other = tmp_path / "bobs.bin"
+    other.write_bytes(os.urandom(20 * 2**20))
+    with pytest.raises(kc.HubPermissionError, match="needs write"):
+        kc.store_file(str(other), project_id=pa)
+    with pytest.raises(kc.HubPermissionError, match="needs write"):
+        kc.store_text("small", project_id=pa)
 
     # A public project is readable without any sign-in.
     _computer(monkeypatch, tmp_path, "alice-laptop")
