@@ -78,6 +78,11 @@ function hubForm(model) {
   return h("div", { className: "kc-row" }, [input, button("Connect", "connect", submit, true)]);
 }
 
+function computerLine(model) {
+  const label = model.get("client_label");
+  return label ? h("p", { className: "kc-computer", text: `This computer: ${label}` }) : null;
+}
+
 function projectPicker(model) {
   const projects = model.get("projects") || [];
   if (projects.length === 0) return null;
@@ -159,7 +164,7 @@ export function view(model, ui) {
         refused: "Sign-in was refused.",
         error: "Something went wrong.",
       }[state];
-      parts.push(hubLine);
+      parts.push(hubLine, computerLine(model));
       if (note) parts.push(message(msg ? `${note} ${msg}` : note, "error"));
       else if (msg) parts.push(message(msg, "info"));
       parts.push(
@@ -182,6 +187,7 @@ export function view(model, ui) {
       const opened = ui.opener.navigate(url);
       parts.push(
         hubLine,
+        computerLine(model),
         message(
           opened
             ? "Finish signing in in the new window; this panel updates by itself."
@@ -211,7 +217,16 @@ export function view(model, ui) {
 function render({ model, el }) {
   const ui = { opener: createSignInOpener() };
   const draw = () => el.replaceChildren(view(model, ui));
-  const events = ["state", "message", "hub_url", "registration_url", "email", "projects", "default_project"];
+  const events = [
+    "state",
+    "message",
+    "hub_url",
+    "registration_url",
+    "email",
+    "projects",
+    "default_project",
+    "client_label",
+  ];
   for (const name of events) model.on(`change:${name}`, draw);
   draw();
   return () => {

@@ -8,6 +8,7 @@ window to talk back to the notebook, so it also works in Colab.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -31,9 +32,17 @@ def _client(hub_url: str | None, what: str) -> _hub.HubClient:
     return _hub.connect_signed(what)
 
 
-def start_sign_in(hub_url: str | None = None) -> dict[str, Any]:
-    """Ask the hub for a sign-in link: ``{"id", "url", "expires_at"}``. Open ``url`` in a browser."""
-    request: dict[str, Any] = _client(hub_url, "signing in").send("POST", "/api/sign-in-requests", json={}).json()
+def start_sign_in(hub_url: str | None = None, label: str | None = None) -> dict[str, Any]:
+    """Ask the hub for a sign-in link: ``{"id", "url", "expires_at"}``. Open ``url`` in a browser.
+
+    ``label`` is how the sign-in page names this computer (default: "Jupyter on <host name>").
+    """
+    if label is None:
+        label = f"Jupyter on {socket.gethostname()}"
+    if not isinstance(label, str) or len(label) > 200:
+        raise InvalidArgumentError("label", label, "expected text of at most 200 characters")
+    client = _client(hub_url, "signing in")
+    request: dict[str, Any] = client.send("POST", "/api/sign-in-requests", json={"label": label}).json()
     return request
 
 

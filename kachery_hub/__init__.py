@@ -8,13 +8,16 @@ Command line::
 
     kachery-hub serve [--host 127.0.0.1] [--port 8555] [--data DIR] [--database URL] [--storage URL]
                       [--admin-email admin@localhost] [--log-level warning]
-        prints a sign-in URL with an admin token (reused across restarts), as Jupyter does
+                      [--oidc-issuer URL] [--oidc-client-id ID] [--oidc-client-secret S] [--admin-emails A,B]
+        prints a sign-in URL with an admin token (reused across restarts), as Jupyter does;
+        with an OpenID Connect client ID (Google by default) browsers sign in there
     kachery-hub token create --data DIR --user EMAIL [--admin] [--label TEXT] [--database URL]
         prints a new sign-in token for EMAIL (the user is created if new)
 
 Backends, chosen by URL only (or ``KACHERY_HUB_DATA``, ``KACHERY_HUB_DATABASE_URL``,
 ``KACHERY_HUB_STORAGE_URL``; ``KACHERY_HUB_MAX_CLOCK_SKEW`` sets the accepted clock
-skew in seconds, default 300):
+skew in seconds, default 300; ``KACHERY_HUB_OIDC_ISSUER``, ``KACHERY_HUB_OIDC_CLIENT_ID``,
+``KACHERY_HUB_OIDC_CLIENT_SECRET`` and ``KACHERY_HUB_ADMIN_EMAILS`` configure browser sign-in):
 
 - metadata: ``sqlite:///<data>/hub.sqlite`` (default) or ``postgresql+psycopg://user@host/db``;
   the schema is upgraded in place by numbered migrations on start;
@@ -51,7 +54,9 @@ GET             /api/projects/{project_id}/mutables               keys by ``pref
 GET,PUT,DELETE  /api/projects/{project_id}/mutables/{key}         get, set (at most 1 MiB), delete
 ==============  ================================================  ===============================================
 
-Browser pages: ``/`` (``/?token=...`` signs the browser in) and ``/sign-in/{rid}``.
+Browser pages: ``/`` (``/?token=...`` signs the browser in), ``/sign-in/{rid}`` (confirm a
+notebook's sign-in; CSRF-protected form), ``/auth/login`` and ``/auth/callback`` (OpenID Connect
+authorization code with PKCE; state, nonce and the id_token checked).
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=Path(args.data) if args.data else None,
         database_url=getattr(args, "database", None),
         storage_url=getattr(args, "storage", None),
+        oidc_issuer=getattr(args, "oidc_issuer", None),
+        oidc_client_id=getattr(args, "oidc_client_id", None),
+        oidc_client_secret=getattr(args, "oidc_client_secret", None),
+        admin_emails=tuple(args.admin_emails.split(",")) if getattr(args, "admin_emails", None) else None,
     )
 
 
@@ -66,6 +70,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"kachery hub: data in {settings.data_dir}", flush=True)
     print(f"    To sign in as {args.admin_email} (hub admin), open:\n    {url}/?token={token}", flush=True)
     print(f"    or set KACHERY_HUB_URL={url} KACHERY_HUB_TOKEN={token}", flush=True)
+    if state.oidc is not None:
+        print(f"    Browser sign-in through {settings.oidc_issuer} is on.", flush=True)
     try:
         uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="on")).run(sockets=[sock])
     finally:
@@ -99,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 picks a free one)")
     s.add_argument("--admin-email", default="admin@localhost", help="the user the printed sign-in token is for")
+    s.add_argument("--oidc-issuer", help="OpenID Connect issuer for browser sign-in "
+                   "(default $KACHERY_HUB_OIDC_ISSUER or https://accounts.google.com)")
+    s.add_argument("--oidc-client-id", help="the hub's OAuth client ID at the issuer (default $KACHERY_HUB_OIDC_CLIENT_ID); "
+                   "without one, browser sign-in uses tokens only")
+    s.add_argument("--oidc-client-secret", help="its client secret (default $KACHERY_HUB_OIDC_CLIENT_SECRET)")
+    s.add_argument("--admin-emails", help="comma-separated emails that are hub admins (default $KACHERY_HUB_ADMIN_EMAILS)")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_cmd_serve)
 

@@ -122,6 +122,18 @@ sign_in_requests = Table(
     Column("user_id", Text),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    Column("label", Text),
+)
+
+oidc_logins = Table(
+    "oidc_logins", metadata,
+    Column("state_hash", Text, primary_key=True),
+    Column("browser_hash", Text, nullable=False),
+    Column("nonce", Text, nullable=False),
+    Column("code_verifier", Text, nullable=False),
+    Column("next_path", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )
 nonces = Table(
     "nonces", metadata,

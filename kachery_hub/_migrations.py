@@ -120,6 +120,22 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "OpenID Connect login attempts; a label for sign-in requests",
+        (
+            """CREATE TABLE oidc_logins (
+                state_hash TEXT PRIMARY KEY,
+                browser_hash TEXT NOT NULL,
+                nonce TEXT NOT NULL,
+                code_verifier TEXT NOT NULL,
+                next_path TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "ALTER TABLE sign_in_requests ADD COLUMN label TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

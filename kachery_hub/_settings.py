@@ -8,6 +8,10 @@ build ``Settings(data_dir=...)`` directly.
 ``KACHERY_HUB_DATABASE_URL``    SQLAlchemy URL (default ``sqlite:///<data>/hub.sqlite``)
 ``KACHERY_HUB_STORAGE_URL``     byte store (default ``file://<data>/blobs``)
 ``KACHERY_HUB_MAX_CLOCK_SKEW``  seconds a signed request's time may differ (default 300)
+``KACHERY_HUB_OIDC_ISSUER``     OpenID Connect issuer for browser sign-in (default Google's)
+``KACHERY_HUB_OIDC_CLIENT_ID``  the hub's client ID at that issuer; sign-in with it is off without one
+``KACHERY_HUB_OIDC_CLIENT_SECRET``  the matching client secret
+``KACHERY_HUB_ADMIN_EMAILS``    comma-separated emails that are hub admins when they sign in
 ==============================  ======================================================
 """
 
@@ -24,6 +28,12 @@ ENV_DATA = "KACHERY_HUB_DATA"
 ENV_DATABASE_URL = "KACHERY_HUB_DATABASE_URL"
 ENV_STORAGE_URL = "KACHERY_HUB_STORAGE_URL"
 ENV_MAX_CLOCK_SKEW = "KACHERY_HUB_MAX_CLOCK_SKEW"
+ENV_OIDC_ISSUER = "KACHERY_HUB_OIDC_ISSUER"
+ENV_OIDC_CLIENT_ID = "KACHERY_HUB_OIDC_CLIENT_ID"
+ENV_OIDC_CLIENT_SECRET = "KACHERY_HUB_OIDC_CLIENT_SECRET"
+ENV_ADMIN_EMAILS = "KACHERY_HUB_ADMIN_EMAILS"
+
+GOOGLE_ISSUER = "https://accounts.google.com"
 
 DEFAULT_DATA_DIR = "~/.kachery-hub"
 #: Bodies of JSON requests (not file uploads) may not exceed this.
@@ -37,9 +47,20 @@ class Settings:
     storage_url: str | None = None
     max_clock_skew_seconds: float = 300.0
     max_json_body_bytes: int = MAX_JSON_BODY_BYTES
+    oidc_issuer: str = GOOGLE_ISSUER
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    admin_emails: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
+        object.__setattr__(self, "admin_emails", tuple(e.strip().lower() for e in self.admin_emails if e.strip()))
+        if self.oidc_client_id and not self.oidc_client_secret:
+            raise ConfigurationError(
+                f"an OpenID Connect client ID is set but no client secret ({ENV_OIDC_CLIENT_SECRET} or --oidc-client-secret)"
+            )
+        if not self.oidc_issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ConfigurationError(f"the OpenID Connect issuer must be an https:// URL, not {self.oidc_issuer!r}")
         if not self.max_clock_skew_seconds > 0:
             raise ConfigurationError(f"max_clock_skew_seconds must be positive, not {self.max_clock_skew_seconds!r}")
 
@@ -67,5 +88,9 @@ class Settings:
             database_url=env.get(ENV_DATABASE_URL) or None,
             storage_url=env.get(ENV_STORAGE_URL) or None,
             max_clock_skew_seconds=skew,
+            oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
+            oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,
+            oidc_client_secret=env.get(ENV_OIDC_CLIENT_SECRET) or None,
+            admin_emails=tuple((env.get(ENV_ADMIN_EMAILS) or "").split(",")),
         )
         return base.with_overrides(**overrides)

@@ -10,7 +10,17 @@ to the browser's user, exactly as presenting a token would.
 
 The request ID is an unguessable capability and only its hash is stored, like
 tokens and sessions. Pages are HTML with every value escaped; forms are posted
-same-origin and the session cookie is ``SameSite=Strict``.
+same-origin, carry a CSRF token that must match a cookie of this browser (a
+double-submit check), and the session cookie is ``HttpOnly``, ``SameSite=Lax``
+(the browser comes back from the identity provider by a top-level redirect) and
+``Secure`` under https.
+
+With an OpenID Connect provider configured (Google by default), a browser
+without a session is sent there first (``/auth/login``), and comes back to
+``/auth/callback``: the code is exchanged with its PKCE verifier and the
+id_token verified (:mod:`._oidc`); the user is found by issuer + subject, or by
+the verified email, so a token user and a Google user with the same email are
+one account.
 """
 
 from __future__ import annotations
@@ -23,18 +33,23 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, Field
 from sqlalchemy import delete, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
-from ._accounts import bind_client, user_of_token
+from ._accounts import bind_client, ensure_user, user_of_token
 from ._auth import Caller, caller
 from ._database import Database
 from ._state import HubState, hub_state
+from ._oidc import LOGIN_SECONDS, LoginAttempt, OidcProvider, VerifiedIdentity
 from .errors import Forbidden, HubError, InvalidToken, NotFound
 
 SESSION_COOKIE = "kachery_hub_session"
+CSRF_COOKIE = "kachery_hub_csrf"
+LOGIN_COOKIE = "kachery_hub_login"
+MAX_LABEL_LENGTH = 200
 SESSION_SECONDS = 30 * 24 * 3600
 REQUEST_SECONDS = 15 * 60
 
@@ -51,7 +66,9 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 <body style="font-family: sans-serif; max-width: 46em; margin: 2em auto; padding: 0 1em">
 <h1>{html.escape(title)}</h1>{body}</body></html>"""
     return HTMLResponse(doc, status_code=status,
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin",
+                                 "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'self'; "
+                                 "style-src 'unsafe-inline'; frame-ancestors 'none'"})
 
 
 def _new_session(db: Database, user_id: str) -> str:
@@ -85,15 +102,33 @@ def _token_user(db: Database, token: str) -> tuple[str, str]:
     return user_id, str(email)
 
 
-def _set_session(response: HTMLResponse, request: Request, secret: str) -> None:
-    response.set_cookie(SESSION_COOKIE, secret, max_age=SESSION_SECONDS, httponly=True, samesite="strict",
+def _set_cookie(response: HTMLResponse | RedirectResponse, request: Request, name: str, value: str,
+                max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax",
                         secure=request.url.scheme == "https", path="/")
+
+
+def _set_session(response: HTMLResponse | RedirectResponse, request: Request, secret: str) -> None:
+    _set_cookie(response, request, SESSION_COOKIE, secret, SESSION_SECONDS)
+
+
+def _csrf_field(request: Request) -> tuple[str, str]:
+    """This browser's CSRF value (reused from its cookie, else new) and the hidden form field carrying it."""
+    value = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    return value, f'<input type="hidden" name="csrf" value="{html.escape(value)}">'
+
+
+def _check_csrf(request: Request, form: dict[str, list[str]]) -> None:
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    sent = form.get("csrf", [""])[0]
+    if not cookie or not sent or not secrets.compare_digest(cookie, sent):
+        raise Forbidden("the form's CSRF token is missing or does not match this browser; reload the page and try again")
 
 
 # ---------------------------------------------------------------- sign-in requests
 
 
-def _create_request(db: Database, client_id: str) -> tuple[str, float]:
+def _create_request(db: Database, client_id: str, label: str | None) -> tuple[str, float]:
     rid = secrets.token_urlsafe(24)
     now = time.time()
     with db.begin() as conn:
@@ -101,7 +136,7 @@ def _create_request(db: Database, client_id: str) -> tuple[str, float]:
         conn.execute(delete(tables.sign_in_requests).where(tables.sign_in_requests.c.expires_at < now - 86400))
         conn.execute(insert(tables.sign_in_requests).values(
             id_hash=_hash(rid), client_id=client_id, status="pending", user_id=None,
-            created_at=now, expires_at=now + REQUEST_SECONDS))
+            created_at=now, expires_at=now + REQUEST_SECONDS, label=label))
     return rid, now + REQUEST_SECONDS
 
 
@@ -119,7 +154,7 @@ def _status(row: Any) -> str:
     return str(row.status)
 
 
-def _decide(db: Database, rid: str, user_id: str, confirm: bool) -> str:
+def _decide(db: Database, rid: str, user_id: str | None, confirm: bool) -> str:
     """Confirm or refuse a pending request; returns the resulting status."""
     with db.begin() as conn:
         row = conn.execute(select(tables.sign_in_requests).where(tables.sign_in_requests.c.id_hash == _hash(rid))).first()
@@ -131,14 +166,21 @@ def _decide(db: Database, rid: str, user_id: str, confirm: bool) -> str:
         conn.execute(update(tables.sign_in_requests).where(tables.sign_in_requests.c.id_hash == _hash(rid))
                      .values(status=status, user_id=user_id))
         if confirm:
-            bind_client(conn, row.client_id, user_id, "signed in from a browser")
+            assert user_id is not None
+            bind_client(conn, row.client_id, user_id, row.label or "signed in from a browser")
     return status
 
 
+class SignInRequestBody(BaseModel):
+    label: str | None = Field(None, max_length=MAX_LABEL_LENGTH,
+                              description="how the sign-in page names this computer, e.g. 'Jupyter on lab-pc'")
+
+
 @router.post("/api/sign-in-requests", summary="Start a browser sign-in for the signing client")
-async def post_sign_in_request(request: Request, who: Caller = Depends(caller),
+async def post_sign_in_request(request: Request, body: SignInRequestBody | None = None, who: Caller = Depends(caller),
                                hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    rid, expires_at = await run_in_threadpool(_create_request, hub.db, who.require_client())
+    label = body.label if body is not None else None
+    rid, expires_at = await run_in_threadpool(_create_request, hub.db, who.require_client(), label)
     return {"id": rid, "url": f"{str(request.base_url).rstrip('/')}/sign-in/{rid}", "expires_at": expires_at}
 
 
@@ -188,36 +230,52 @@ _STATUS_TEXT = {
 }
 
 
-@router.get("/sign-in/{rid}", include_in_schema=False)
-async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
+def _who_asks(row: Any) -> str:
+    client = html.escape(row.client_id[:16])
+    if row.label:
+        return f"<b>{html.escape(row.label)}</b> (client <code>{client}…</code>)"
+    return f"a notebook (client <code>{client}…</code>)"
+
+
+@router.get("/sign-in/{rid}", include_in_schema=False, response_model=None)
+async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
     try:
         row = await run_in_threadpool(_load_request, hub.db, rid)
     except NotFound:
         return _page("Sign in", "<p>This sign-in link is not valid.</p>", 404)
     status = _status(row)
     if status != "pending":
-        return _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>")
+        return _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>", 200 if status == "confirmed" else 410)
     session = await run_in_threadpool(_session_user, hub.db, request)
-    client = html.escape(row.client_id[:16])
+    if session is None and hub.oidc is not None and request.query_params.get("with") != "token":
+        return RedirectResponse(f"/auth/login?next=/sign-in/{rid}", status_code=303)
+    who = _who_asks(row)
     if session is not None:
-        ask = f"<p>A notebook (client <code>{client}…</code>) asks to act as <b>{html.escape(session[1])}</b>.</p>"
+        ask = f"<p>{who[0].upper() + who[1:]} asks to act as <b>{html.escape(session[1])}</b>.</p>"
         fields = ""
     else:
-        ask = (f"<p>A notebook (client <code>{client}…</code>) asks to sign in. "
+        ask = (f"<p>{who[0].upper() + who[1:]} asks to sign in. "
                "Enter a sign-in token (from <code>kachery-hub token create</code> or whoever runs this hub):</p>")
         fields = '<p><input name="token" type="password" size="50" autocomplete="off" autofocus></p>'
-    form = f"""<form method="post">{fields}
+    csrf, csrf_field = _csrf_field(request)
+    form = f"""<form method="post">{csrf_field}{fields}
 <p>Only confirm if you started this sign-in yourself.</p>
 <button name="action" value="confirm">Confirm</button> <button name="action" value="refuse">Refuse</button></form>"""
-    return _page("Sign in", ask + form)
+    response = _page("Sign in", ask + form)
+    _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
+    return response
 
 
 @router.post("/sign-in/{rid}", include_in_schema=False)
 async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
     origin = request.headers.get("origin")
     if origin is not None and origin.rstrip("/") != str(request.base_url).rstrip("/"):
-        raise Forbidden("sign-in forms are accepted from this hub's own pages only")
+        return _page("Sign in", "<p>Sign-in forms are accepted from this hub's own pages only.</p>", 403)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    try:
+        _check_csrf(request, form)
+    except Forbidden as e:
+        return _page("Sign in", f"<p>{html.escape(e.message)}</p>", 403)
     action = form.get("action", [""])[0]
     token = form.get("token", [""])[0].strip()
     if action not in ("confirm", "refuse"):
@@ -238,4 +296,108 @@ async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(h
     response = _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>")
     if new_session is not None:
         _set_session(response, request, new_session)
+    return response
+
+
+# ---------------------------------------------------------------- OpenID Connect
+
+
+def _safe_next(path: str) -> str:
+    """Only this hub's own pages are places to return to (no open redirect)."""
+    if path.startswith("/") and not path.startswith("//") and "\\" not in path:
+        return path
+    return "/"
+
+
+def _save_login(db: Database, attempt: LoginAttempt, browser: str, next_path: str) -> None:
+    now = time.time()
+    with db.begin() as conn:
+        conn.execute(delete(tables.oidc_logins).where(tables.oidc_logins.c.expires_at < now))
+        conn.execute(insert(tables.oidc_logins).values(
+            state_hash=_hash(attempt.state), browser_hash=_hash(browser), nonce=attempt.nonce,
+            code_verifier=attempt.code_verifier, next_path=next_path, created_at=now, expires_at=now + LOGIN_SECONDS))
+
+
+def _take_login(db: Database, state: str) -> Any:
+    """The login attempt of ``state``, removed so that it is used once; None if unknown or expired."""
+    with db.begin() as conn:
+        row = conn.execute(select(tables.oidc_logins).where(tables.oidc_logins.c.state_hash == _hash(state))).first()
+        if row is not None:
+            conn.execute(delete(tables.oidc_logins).where(tables.oidc_logins.c.state_hash == _hash(state)))
+    if row is None or row.expires_at < time.time():
+        return None
+    return row
+
+
+def _user_of_identity(db: Database, identity: VerifiedIdentity, admin_emails: tuple[str, ...]) -> str:
+    """The user signed in through ``identity``; linked by verified email to an existing account."""
+    with db.begin() as conn:
+        row = conn.execute(select(tables.identities.c.user_id).where(
+            tables.identities.c.provider == identity.issuer, tables.identities.c.subject == identity.subject)).first()
+        if row is not None:
+            user_id = str(row.user_id)
+        else:
+            user_id = ensure_user(conn, identity.email)
+            conn.execute(insert(tables.identities).values(
+                provider=identity.issuer, subject=identity.subject, user_id=user_id, created_at=time.time()))
+        conn.execute(update(tables.users).where(tables.users.c.id == user_id).values(email_verified=True))
+        if identity.email in admin_emails:
+            conn.execute(update(tables.users).where(tables.users.c.id == user_id).values(is_admin=True))
+    return user_id
+
+
+def _refuse_sign_in_request(db: Database, next_path: str) -> None:
+    """The user said no at the provider: a notebook waiting on this sign-in hears "refused"."""
+    if next_path.startswith("/sign-in/"):
+        try:
+            _decide(db, next_path.removeprefix("/sign-in/"), None, confirm=False)
+        except NotFound:
+            pass
+
+
+def _callback_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/auth/callback"
+
+
+def _provider(hub: HubState) -> OidcProvider:
+    if hub.oidc is None:
+        raise NotFound("sign-in with an identity provider is not configured on this hub")
+    return hub.oidc
+
+
+@router.get("/auth/login", include_in_schema=False)
+async def oidc_login(request: Request, hub: HubState = Depends(hub_state)) -> RedirectResponse:
+    provider = _provider(hub)
+    next_path = _safe_next(request.query_params.get("next", "/"))
+    url, attempt = await run_in_threadpool(provider.begin, _callback_url(request))
+    browser = secrets.token_urlsafe(24)
+    await run_in_threadpool(_save_login, hub.db, attempt, browser, next_path)
+    response = RedirectResponse(url, status_code=303)
+    _set_cookie(response, request, LOGIN_COOKIE, browser, LOGIN_SECONDS)
+    return response
+
+
+@router.get("/auth/callback", include_in_schema=False, response_model=None)
+async def oidc_callback(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
+    provider = _provider(hub)
+    params = request.query_params
+    login = await run_in_threadpool(_take_login, hub.db, params.get("state", ""))
+    if login is None:
+        return _page("Sign-in failed", "<p>This sign-in attempt is unknown, was already used, or has expired "
+                     "(its <code>state</code> does not match). Start again from your notebook.</p>", 400)
+    if not secrets.compare_digest(login.browser_hash, _hash(request.cookies.get(LOGIN_COOKIE, ""))):
+        return _page("Sign-in failed", "<p>This sign-in was started in another browser.</p>", 400)
+    if "error" in params:
+        await run_in_threadpool(_refuse_sign_in_request, hub.db, login.next_path)
+        reason = params.get("error_description") or params["error"]
+        return _page("Sign-in refused", f"<p>The identity provider did not sign you in: {html.escape(reason)}.</p>", 403)
+    attempt = LoginAttempt(state=params["state"], nonce=login.nonce, code_verifier=login.code_verifier)
+    try:
+        identity = await run_in_threadpool(provider.finish, params.get("code", ""), attempt, _callback_url(request))
+        user_id = await run_in_threadpool(_user_of_identity, hub.db, identity, hub.settings.admin_emails)
+    except HubError as e:
+        return _page("Sign-in failed", f"<p>{html.escape(e.message)}</p>", e.status)
+    response = RedirectResponse(login.next_path, status_code=303)
+    _set_session(response, request, await run_in_threadpool(_new_session, hub.db, user_id))
+    response.delete_cookie(LOGIN_COOKIE, path="/")
     return response

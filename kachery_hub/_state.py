@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from ._bytestore import ByteStore, open_byte_store
 from ._database import Database
+from ._oidc import OidcConfig, OidcProvider
 from ._settings import Settings
 
 
@@ -16,6 +17,7 @@ class HubState:
     settings: Settings
     db: Database
     store: ByteStore
+    oidc: OidcProvider | None = field(default=None)
 
     @classmethod
     def open(cls, settings: Settings) -> HubState:
@@ -24,7 +26,10 @@ class HubState:
         db.migrate()
         store = open_byte_store(settings.resolved_storage_url)
         store.cleanup()
-        return cls(settings=settings, db=db, store=store)
+        oidc = None
+        if settings.oidc_client_id and settings.oidc_client_secret:
+            oidc = OidcProvider(OidcConfig(settings.oidc_issuer, settings.oidc_client_id, settings.oidc_client_secret))
+        return cls(settings=settings, db=db, store=store, oidc=oidc)
 
     def close(self) -> None:
         self.db.close()

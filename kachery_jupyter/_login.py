@@ -12,6 +12,7 @@ States (``state`` trait): ``no_hub`` → ``checking`` → ``signed_out`` →
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 from typing import Any
@@ -52,12 +53,15 @@ class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
     email = traitlets.Unicode("").tag(sync=True)
     projects = traitlets.List(traitlets.Dict()).tag(sync=True)
     default_project = traitlets.Unicode("").tag(sync=True)
+    #: how the hub's sign-in page names this computer
+    client_label = traitlets.Unicode("").tag(sync=True)
 
     #: seconds between two questions to the hub while waiting for confirmation
     poll_interval = traitlets.Float(1.0)
 
-    def __init__(self, hub_url: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, hub_url: str | None = None, label: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.client_label = label if label is not None else f"Jupyter on {socket.gethostname()}"
         self._cancel = threading.Event()
         self._poller: threading.Thread | None = None
         self.on_msg(self._on_msg)
@@ -147,7 +151,7 @@ class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
         """Get a registration link and wait in the background for its confirmation."""
         self.cancel()
         self._show("starting")
-        request = kc.start_sign_in(hub_url=self.hub_url)
+        request = kc.start_sign_in(hub_url=self.hub_url, label=self.client_label)
         with self.hold_sync():
             self.registration_url = request["url"]
             self.message = ""

@@ -11,6 +11,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Real servers shared by the whole session (JupyterLab, Chromium, the OpenID provider),
+# registered once so that every module gets the same ones.
+pytest_plugins = ["e2e.servers"]
+
 _KACHERY_ENV = (
     "KACHERY_CLOUD_DIR",
     "KACHERY_CLOUD_PROJECT",

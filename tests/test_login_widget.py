@@ -17,6 +17,7 @@ from hub_fixtures import Hub, make_hub
 from starlette.testclient import TestClient
 
 import kachery_core as kc
+from kachery_hub._signin import CSRF_COOKIE
 from kachery_jupyter import LoginWidget
 
 
@@ -37,7 +38,8 @@ def browser_confirms(hub: Hub, url: str, email: str, action: str = "confirm") ->
     with TestClient(hub.http.app, raise_server_exceptions=False) as browser:
         assert browser.get("/", params={"token": hub.token(email)}).status_code == 200
         path = url.removeprefix(hub.url)
-        assert browser.post(path, data={"action": action}).status_code == 200
+        csrf = browser.get(path).cookies[CSRF_COOKIE]
+        assert browser.post(path, data={"action": action, "csrf": csrf}).status_code == 200
 
 
 def send(widget: LoginWidget, **content: object) -> None:

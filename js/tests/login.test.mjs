@@ -144,6 +144,7 @@ test("values from the hub are shown as text, never as HTML", () => {
     email: evil,
     hub_url: evil,
     message: evil,
+    client_label: evil,
     projects: [{ id: "p", name: evil }],
     default_project: "p",
   });
@@ -153,6 +154,7 @@ test("values from the hub are shown as text, never as HTML", () => {
   model.set("state", "refused");
   assert.equal(el.querySelectorAll("img").length, 0);
   assert.ok(el.textContent.includes(evil));
+  assert.equal(el.querySelector(".kc-computer").textContent, `This computer: ${evil}`);
 });
 
 test("the panel follows state changes and its listeners are removed on cleanup", () => {

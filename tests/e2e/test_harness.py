@@ -19,16 +19,7 @@ from joserfc.jwk import KeySet
 from playwright.sync_api import expect
 
 from e2e.notebook import CellError, open_notebook, run_cell
-from e2e.servers import (  # noqa: F401  (fixtures are used by name)
-    DEFAULT_ACCOUNTS,
-    JupyterLab,
-    OidcProvider,
-    browser,
-    jupyterlab,
-    oidc_provider,
-    page,
-    screenshot,
-)
+from e2e.servers import DEFAULT_ACCOUNTS, JupyterLab, OidcProvider, screenshot
 from e2e.signin import CONSENT_FORM, login_in_browser
 
 if TYPE_CHECKING:

@@ -1,0 +1,94 @@
+"""The sign-in panel in JupyterLab in headless Chromium, against a real hub process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from playwright.sync_api import expect
+
+from e2e.notebook import open_notebook, run_cell
+from e2e.servers import JupyterLab, free_port, screenshot
+from test_hub_e2e import HubProcess
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+INFO_CELL = (
+    "import kachery_core as kc\n"
+    "info = kc.get_client_info()\n"
+    "print('signed in as', info['user']['email'] if info['signed_in'] else None)"
+)
+
+
+@pytest.fixture
+def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
+    hub = HubProcess(tmp_path / "hub-data", free_port())
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def _login_notebook(lab: JupyterLab, hub: HubProcess, tmp_path: Path, name: str) -> str:
+    kernel = lab.add_kernel({"KACHERY_CLOUD_DIR": str(tmp_path / name), "KACHERY_HUB_URL": hub.url})
+    lab.write_notebook(f"{name}.ipynb", ["%load_ext kachery_jupyter", "%kc_login", INFO_CELL], kernel=kernel)
+    return f"{name}.ipynb"
+
+
+def test_sign_in_with_the_token_field(jupyterlab: JupyterLab, page: Page, hub_process: HubProcess, tmp_path: Path) -> None:
+    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, hub_process, tmp_path, "token-field"))
+    status = run_cell(page, 0)
+    assert f"hub {hub_process.url}" in status and "not signed in" in status
+    run_cell(page, 1)
+    panel = page.locator(".kc-login")
+    expect(panel).to_contain_text("Sign in with Google")
+    screenshot(panel, "login-signed-out")
+
+    panel.locator("input.kc-token").fill("khub_this-is-not-a-token")
+    panel.get_by_role("button", name="Use token").click()
+    expect(panel).to_contain_text("did not accept the token")
+    screenshot(panel, "login-token-refused")
+
+    panel.locator("input.kc-token").fill(hub_process.token("ada@example.org"))
+    panel.get_by_role("button", name="Use token").click()
+    expect(panel.locator(".kc-signed-in")).to_have_text("Signed in as ada@example.org")
+    screenshot(panel, "login-signed-in")
+    assert "signed in as ada@example.org" in run_cell(page, 2)
+
+
+def test_sign_in_in_a_new_window(jupyterlab: JupyterLab, page: Page, hub_process: HubProcess, tmp_path: Path) -> None:
+    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, hub_process, tmp_path, "new-window"))
+    run_cell(page, 0)
+    run_cell(page, 1)
+    panel = page.locator(".kc-login")
+    with page.expect_popup() as popup_info:
+        panel.get_by_role("button", name="Sign in with Google").click()
+    popup = popup_info.value
+    expect(panel).to_contain_text("Finish signing in in the new window")
+    screenshot(panel, "login-waiting")
+    popup.wait_for_url(f"{hub_process.url}/sign-in/**")
+    popup.locator("input[name=token]").fill(hub_process.token("grace@example.org"))
+    popup.get_by_role("button", name="Confirm").click()
+    expect(popup.locator("body")).to_contain_text("This sign-in was confirmed")
+    # The kernel notices by itself: nothing is run in the notebook meanwhile.
+    expect(panel.locator(".kc-signed-in")).to_have_text("Signed in as grace@example.org", timeout=20_000)
+    assert "signed in as grace@example.org" in run_cell(page, 2)
+
+
+def test_popup_blocked_shows_a_plain_link(jupyterlab: JupyterLab, page: Page, hub_process: HubProcess, tmp_path: Path) -> None:
+    page.add_init_script("window.open = () => null;")  # what a popup blocker does
+    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, hub_process, tmp_path, "blocked"))
+    run_cell(page, 0)
+    run_cell(page, 1)
+    panel = page.locator(".kc-login")
+    panel.get_by_role("button", name="Sign in with Google").click()
+    expect(panel).to_contain_text("blocked the sign-in window")
+    link = panel.locator("a.kc-link")
+    assert (link.get_attribute("href") or "").startswith(f"{hub_process.url}/sign-in/")
+    screenshot(panel, "login-popup-blocked")
