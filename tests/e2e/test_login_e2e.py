@@ -10,7 +10,8 @@ import pytest
 from playwright.sync_api import expect
 
 from e2e.notebook import open_notebook, run_cell
-from e2e.servers import JupyterLab, free_port, screenshot
+from e2e.servers import JupyterLab, OidcProvider, free_port, screenshot
+from e2e.signin import login_in_browser
 from test_hub_e2e import HubProcess
 
 if TYPE_CHECKING:
@@ -92,3 +93,70 @@ def test_popup_blocked_shows_a_plain_link(jupyterlab: JupyterLab, page: Page, hu
     link = panel.locator("a.kc-link")
     assert (link.get_attribute("href") or "").startswith(f"{hub_process.url}/sign-in/")
     screenshot(panel, "login-popup-blocked")
+
+
+EVIL_LABEL = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture
+def google_hub(tmp_path: Path, oidc_provider: OidcProvider) -> Iterator[HubProcess]:
+    """A hub process whose browser sign-in goes through the local OpenID provider (as it would to Google)."""
+    port = free_port()
+    client = oidc_provider.register_client([f"http://127.0.0.1:{port}/auth/callback"])
+    hub = HubProcess(tmp_path / "hub-data", port, "--oidc-issuer", oidc_provider.issuer,
+                     "--oidc-client-id", client.client_id, "--oidc-client-secret", client.client_secret)
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+def test_sign_in_with_google_from_the_panel(
+    jupyterlab: JupyterLab, page: Page, google_hub: HubProcess, oidc_provider: OidcProvider, tmp_path: Path
+) -> None:
+    kernel = jupyterlab.add_kernel({"KACHERY_CLOUD_DIR": str(tmp_path / "google"), "KACHERY_HUB_URL": google_hub.url})
+    cells = [
+        "%load_ext kachery_jupyter",
+        f"from kachery_jupyter import LoginWidget\nLoginWidget(label={EVIL_LABEL!r})",
+        INFO_CELL,
+    ]
+    jupyterlab.write_notebook("google.ipynb", cells, kernel=kernel)
+    open_notebook(page, jupyterlab, "google.ipynb")
+    run_cell(page, 0)
+    run_cell(page, 1)
+    panel = page.locator(".kc-login")
+    expect(panel.locator(".kc-computer")).to_have_text(f"This computer: {EVIL_LABEL}")
+    assert panel.locator("img").count() == 0
+    with page.expect_popup() as popup_info:
+        panel.get_by_role("button", name="Sign in with Google").click()
+    popup = popup_info.value
+    login_in_browser(popup, oidc_provider, "alice@example.org")
+    popup.wait_for_url(f"{google_hub.url}/sign-in/**")
+    expect(popup.locator("body")).to_contain_text("asks to act as alice@example.org")
+    expect(popup.locator("body")).to_contain_text(EVIL_LABEL)  # shown as text...
+    assert popup.locator("img").count() == 0  # ...never as markup
+    screenshot(popup, "hub-confirm-page")
+    popup.get_by_role("button", name="Confirm").click()
+    expect(popup.locator("body")).to_contain_text("This sign-in was confirmed")
+    expect(panel.locator(".kc-signed-in")).to_have_text("Signed in as alice@example.org", timeout=20_000)
+    screenshot(panel, "login-signed-in-google")
+    assert "signed in as alice@example.org" in run_cell(page, 2)
+
+
+def test_sign_in_refused_at_the_provider(
+    jupyterlab: JupyterLab, page: Page, google_hub: HubProcess, oidc_provider: OidcProvider, tmp_path: Path
+) -> None:
+    kernel = jupyterlab.add_kernel({"KACHERY_CLOUD_DIR": str(tmp_path / "refused"), "KACHERY_HUB_URL": google_hub.url})
+    jupyterlab.write_notebook("refused.ipynb", ["%load_ext kachery_jupyter", "%kc_login"], kernel=kernel)
+    open_notebook(page, jupyterlab, "refused.ipynb")
+    run_cell(page, 0)
+    run_cell(page, 1)
+    panel = page.locator(".kc-login")
+    with page.expect_popup() as popup_info:
+        panel.get_by_role("button", name="Sign in with Google").click()
+    popup = popup_info.value
+    login_in_browser(popup, oidc_provider, "nobody@example.org")  # the provider knows no such user
+    expect(popup.locator("body")).to_contain_text("did not sign you in")
+    expect(panel).to_contain_text("Sign-in was refused", timeout=20_000)
+    screenshot(panel, "login-refused")
