@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Set up and run kachery-jupyter on a fresh machine.
-#   bash dev.sh start   set up .venv, then run the quickstart on the embedded default
-#   bash dev.sh test    set up .venv, then run the whole test suite (extra args go to pytest)
-#   bash dev.sh setup   only set up
+#   bash dev.sh start       set up .venv, start a hub on the embedded default (SQLite + a folder,
+#                           data in .kachery-hub/) and JupyterLab on notebooks/ signed in to it
+#   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless, printing it
+#   bash dev.sh test        set up .venv, then run the whole test suite (extra args go to pytest)
+#   bash dev.sh setup       only set up
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -69,6 +71,36 @@ setup_e2e() {
     fi
 }
 
+setup_postgres() {
+    if [ ! -x /usr/lib/postgresql/15/bin/initdb ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing PostgreSQL (for the hub's PostgreSQL tests)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; } >/dev/null ||
+            echo "==> could not install PostgreSQL: its tests will be skipped" >&2
+    fi
+}
+
+start() {
+    local data="${KACHERY_HUB_DATA:-$ROOT/.kachery-hub}" port="${KACHERY_HUB_PORT:-8555}"
+    mkdir -p "$data"
+    echo "==> starting the hub (embedded default: SQLite and a folder in $data)"
+    "$VENV/bin/kachery-hub" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
+    local hub_pid=$!
+    trap 'kill $hub_pid 2>/dev/null; wait $hub_pid 2>/dev/null' EXIT INT TERM
+    local url=""
+    for _ in $(seq 100); do
+        url=$(sed -n 's/.*KACHERY_HUB_URL=\([^ ]*\).*/\1/p' "$data/serve.log" | head -n 1)
+        [ -n "$url" ] && break
+        kill -0 $hub_pid 2>/dev/null || { cat "$data/serve.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ -n "$url" ] || { echo "the hub did not start; see $data/serve.log" >&2; exit 1; }
+    cat "$data/serve.log"
+    echo "==> JupyterLab on notebooks/ with KACHERY_HUB_URL=$url; open quickstart.ipynb, sign in with %kc_login"
+    local as_root=()
+    [ "$(id -u)" = 0 ] && as_root=(--allow-root)
+    KACHERY_HUB_URL="$url" "$VENV/bin/jupyter" lab --notebook-dir="$ROOT/notebooks" "${as_root[@]}" "$@"
+}
+
 cmd=${1:-start}
 shift || true
 case "$cmd" in
@@ -76,6 +108,10 @@ setup)
     setup
     ;;
 start)
+    setup
+    start "$@"
+    ;;
+quickstart)
     setup
     exec "$VENV/bin/python" notebooks/run.py "$@"
     ;;
@@ -85,11 +121,12 @@ test)
     echo "==> front-end tests (node --test js/tests/)"
     (cd js && node --test tests/)
     setup_e2e
+    setup_postgres
     echo "==> Python tests (pytest)"
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
 *)
-    echo "usage: bash dev.sh [start|test|setup]" >&2
+    echo "usage: bash dev.sh [start|quickstart|test|setup]" >&2
     exit 2
     ;;
 esac

@@ -7,7 +7,7 @@ API-compatible with kachery-cloud: point ``KACHERY_CLOUD_DIR`` at an existing
 from __future__ import annotations
 
 from ._fs import get_kachery_cloud_dir
-from ._hub import get_client_info, init
+from ._hub import get_client_info, get_hub_url, init
 from ._identity import get_client_id
 from ._mutables import delete_mutable_local, get_mutable_local, set_mutable_local
 from ._projects import (
@@ -33,7 +33,7 @@ from ._remote import (
     store_pkl,
     store_text,
 )
-from ._signin import get_sign_in_status, sign_out, start_sign_in, use_hub
+from ._signin import get_sign_in_status, sign_out, start_sign_in, use_hub, wait_for_browser_sign_in
 from ._store import (
     cat_file,
     load_bytes,
@@ -109,14 +109,23 @@ __all__ = [
     "UnknownURISchemeError",
     "UnsafePickleError",
     "cat_file",
+    "create_project",
     "delete_mutable",
     "delete_mutable_local",
     "format_sha1_uri",
     "get_client_id",
+    "get_client_info",
+    "get_hub_url",
     "get_kachery_cloud_dir",
     "get_mutable",
     "get_mutable_local",
+    "get_project",
+    "get_project_id",
+    "get_sign_in_status",
     "init",
+    "list_mutables",
+    "list_project_members",
+    "list_projects",
     "load_bytes",
     "load_file",
     "load_file_info",
@@ -125,9 +134,16 @@ __all__ = [
     "load_pkl",
     "load_text",
     "parse_sha1_uri",
+    "remove_project_member",
+    "rename_project",
+    "set_default_project",
     "set_mutable",
     "set_mutable_local",
+    "set_project_member",
+    "set_project_public",
     "sha1_of_dict",
+    "sign_out",
+    "start_sign_in",
     "store_file",
     "store_file_local",
     "store_json",
@@ -138,4 +154,6 @@ __all__ = [
     "store_pkl_local",
     "store_text",
     "store_text_local",
+    "use_hub",
+    "wait_for_browser_sign_in",
 ]

@@ -35,6 +35,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from ._hub import init
+
+    info = init(hub_url=args.hub, token=args.token)
+    if info.get("signed_in"):
+        print(f"kachery: {info['hub_url']}, signed in as {info['user']['email']}, "
+              f"default project {info['default_project_id']}")
+    else:
+        print(f"kachery: {info['hub_url']} (ephemeral: reads public projects only)")
+    return 0
+
+
 def _cmd_client_id(args: argparse.Namespace) -> int:
     print(_identity.get_client_id())
     return 0
@@ -91,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("uri")
     p = add("info", _cmd_info, "Print what is known of a URI as JSON.")
     p.add_argument("uri")
+    p = add("init", _cmd_init, "Sign this computer in to a hub: with a token, or by confirming a printed link "
+            "in a browser (waits until confirmed).")
+    p.add_argument("--hub", help="the hub's URL (default $KACHERY_HUB_URL or the hub signed in to before)")
+    p.add_argument("--token", help="a sign-in token (default $KACHERY_HUB_TOKEN); without one, a link is printed")
     add("client-id", _cmd_client_id, "Print this computer's client ID (creates the key pair if needed).")
     add("dir", _cmd_dir, "Print the kachery directory in use.")
 

@@ -312,13 +312,18 @@ def connect_signed(what: str) -> HubClient:
     return client
 
 
-def init(hub_url: str | None = None, token: str | None = None, *, http_client: httpx2.Client | None = None) -> dict[str, Any]:
+def init(
+    hub_url: str | None = None, token: str | None = None, *, http_client: httpx2.Client | None = None,
+    wait: bool = True,
+) -> dict[str, Any]:
     """Choose a hub and sign this client in to it; returns :func:`get_client_info`.
 
     ``hub_url`` defaults to ``KACHERY_HUB_URL`` (or the hub of a previous
-    ``init``); ``token`` to ``KACHERY_HUB_TOKEN``. Signing in binds this
-    computer's key to the token's user, once; the hub is remembered in
-    ``hub.yaml`` so later sessions need neither.
+    ``init``); ``token`` to ``KACHERY_HUB_TOKEN``. Without a token, a client
+    the hub does not know yet prints a sign-in link and waits (polling the hub)
+    until someone confirms it in a browser; ``wait=False`` raises instead.
+    Signing in binds this computer's key to the user, once; the hub is
+    remembered in ``hub.yaml`` so later sessions need neither.
     """
     url = hub_url or configured_url()
     if not url:
@@ -329,9 +334,21 @@ def init(hub_url: str | None = None, token: str | None = None, *, http_client: h
         if token or configured_token():
             client.register(token)
         else:
-            client.me(refresh=True)
+            try:
+                client.me(refresh=True)
+            except HubAuthError as e:
+                if e.code != "client_not_registered" or not wait:
+                    raise
+                from ._signin import wait_for_browser_sign_in
+
+                wait_for_browser_sign_in(url)
         save_url(url)
     return get_client_info()
+
+
+def get_hub_url() -> str | None:
+    """The hub this process uses (``init``/``use_hub``, ``KACHERY_HUB_URL``, or the last signed-in one), or None."""
+    return configured_url()
 
 
 def get_client_info() -> dict[str, Any]:

@@ -9,7 +9,9 @@ window to talk back to the notebook, so it also works in Colab.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
 from . import _hub
@@ -56,6 +58,29 @@ def get_sign_in_status(registration_id: str, hub_url: str | None = None) -> str:
         client.forget()
         _hub.save_url(client.url)
     return status
+
+
+def wait_for_browser_sign_in(
+    hub_url: str | None = None, *, label: str | None = None, poll_interval: float = 1.0, out: TextIO | None = None,
+) -> None:
+    """Print a sign-in link and return once it is confirmed in a browser (no Enter needed).
+
+    Raises :class:`HubAuthError` when the sign-in is refused or the link expires.
+    """
+    stream = out if out is not None else sys.stdout
+    request = start_sign_in(hub_url, label)
+    print(f"To sign in this computer, open this link in a browser and confirm:\n    {request['url']}",
+          file=stream, flush=True)
+    while True:
+        status = get_sign_in_status(str(request["id"]), hub_url)
+        if status == "confirmed":
+            info = _hub.get_client_info()
+            print(f"Signed in as {info['user']['email']}.", file=stream, flush=True)
+            return
+        if status in ("refused", "expired"):
+            raise HubAuthError(str(_hub.configured_url()), f"the sign-in was {status}; run init again for a new link",
+                               code=f"sign_in_{status}")
+        time.sleep(poll_interval)
 
 
 def sign_out() -> None:

@@ -28,24 +28,33 @@ class KacheryMagics(Magics):
     @argument("name", help="a variable name, or a file path with --file")
     @argument("--file", action="store_true", help="store the file at this path instead of a variable")
     @argument("--label", help="label carried by the URI (default: the name plus an extension)")
+    @argument("--local", action="store_true", help="only the local store, even when a hub is configured")
+    @argument("--project", help="the hub project (default: KACHERY_CLOUD_PROJECT or the default project)")
     @line_magic
     def kc_store(self, line: str) -> str:
         """Store a variable (or a file) and return its sha1:// URI.
 
         Arrays are stored as npy, strings as text, JSON-able values as JSON and
-        anything else as a restricted pickle::
+        anything else as a restricted pickle. With a hub configured the content
+        goes to the current project (and stays in the local cache too)::
 
             %kc_store arr
             uri = %kc_store --file results/table.csv
         """
         args = parse_argstring(self.kc_store, line)
+        local = args.local or kc.get_hub_url() is None
         try:
             if args.file:
-                return kc.store_file_local(args.name, label=args.label or os.path.basename(args.name))
+                label = args.label or os.path.basename(args.name)
+                if local:
+                    return kc.store_file_local(args.name, label=label)
+                uri: str = kc.store_file(args.name, label=label, cache_locally=True, project_id=args.project)
+                return uri
             if args.name not in self.shell.user_ns:
                 raise UsageError(f"no variable named {args.name!r} in this notebook")
             obj = self.shell.user_ns[args.name]
-            return _objects.store_object(obj, label=args.label or _objects.default_label(args.name, obj))
+            label = args.label or _objects.default_label(args.name, obj)
+            return _objects.store_object(obj, label=label, local=local, project_id=args.project)
         except kc.KacheryError as e:
             raise _usage(e) from None
 
@@ -72,36 +81,46 @@ class KacheryMagics(Magics):
         return value
 
     @magic_arguments()
-    @argument("action", choices=("get", "set", "delete"))
-    @argument("key")
+    @argument("action", choices=("get", "set", "delete", "list"))
+    @argument("key", help="the key (for list: a prefix, may be empty)", nargs="?", default="")
     @argument("value", nargs="?", help="the value, for set")
+    @argument("--local", action="store_true", help="the local mutables, even when a hub is configured")
+    @argument("--project", help="the hub project (default: KACHERY_CLOUD_PROJECT or the default project)")
     @line_magic
-    def kc_mutable(self, line: str) -> str | None:
-        """Get, set or delete a mutable (key → text).
+    def kc_mutable(self, line: str) -> Any:
+        """Get, set, delete or list mutables (key → text), on the hub when one is configured.
 
             %kc_mutable set experiments/M12/latest sha1://…
             %kc_mutable get experiments/M12/latest
+            %kc_mutable list experiments/
         """
         args = parse_argstring(self.kc_mutable, line)
+        local = args.local or kc.get_hub_url() is None
+        if args.action != "list" and not args.key:
+            raise UsageError(f"%kc_mutable {args.action} needs a key")
+        if args.action == "set" and args.value is None:
+            raise UsageError("%kc_mutable set needs a value: %kc_mutable set KEY VALUE")
+        if args.action != "set" and args.value is not None:
+            raise UsageError(f"%kc_mutable {args.action} takes no value")
+        if local and args.action == "list":
+            raise UsageError("%kc_mutable list needs a hub (local mutables are files under mutables/)")
+        project = {} if local else {"project_id": args.project}
         try:
             if args.action == "set":
-                if args.value is None:
-                    raise UsageError("%kc_mutable set needs a value: %kc_mutable set KEY VALUE")
-                kc.set_mutable_local(args.key, args.value)
+                (kc.set_mutable_local if local else kc.set_mutable)(args.key, args.value, **project)
                 return None
-            if args.value is not None:
-                raise UsageError(f"%kc_mutable {args.action} takes no value")
+            if args.action == "list":
+                return kc.list_mutables(args.key, project_id=args.project)
             if args.action == "get":
-                value = kc.get_mutable_local(args.key)
+                value = (kc.get_mutable_local if local else kc.get_mutable)(args.key, **project)
                 if value is None:
                     raise UsageError(f"mutable {args.key!r} is not set")
                 return value
-            if not kc.delete_mutable_local(args.key):
+            if not (kc.delete_mutable_local if local else kc.delete_mutable)(args.key, **project):
                 raise UsageError(f"mutable {args.key!r} is not set")
             return None
         except kc.KacheryError as e:
             raise _usage(e) from None
-
 
     @magic_arguments()
     @argument("--hub", help="the hub's URL (default: KACHERY_HUB_URL or the hub signed in to before)")

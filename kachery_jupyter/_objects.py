@@ -20,14 +20,11 @@ def kind_of(obj: Any) -> str:
     return "json"
 
 
-def store_object(obj: Any, *, label: str | None) -> str:
-    store = {
-        "npy": kc.store_npy_local,
-        "text": kc.store_text_local,
-        "json": kc.store_json_local,
-        "pkl": kc.store_pkl_local,
-    }[kind_of(obj)]
-    return store(obj, label=label)
+def store_object(obj: Any, *, label: str | None, local: bool, project_id: str | None = None) -> str:
+    """Store ``obj`` on the hub (and cache it locally), or only locally."""
+    store = {"npy": kc.store_npy, "text": kc.store_text, "json": kc.store_json, "pkl": kc.store_pkl}[kind_of(obj)]
+    uri: str = store(obj, label=label, local=local, cache_locally=True, project_id=project_id)
+    return uri
 
 
 _EXTENSIONS = {"npy": "npy", "text": "txt", "json": "json", "pkl": "pkl"}

@@ -43,3 +43,21 @@ def test_every_public_function_is_documented() -> None:
         obj = getattr(kachery_core, name)
         if callable(obj) and not isinstance(obj, type):
             assert name in README, name
+
+
+def test_every_magic_is_documented() -> None:
+    from kachery_jupyter._magics import KacheryMagics
+
+    names = list(KacheryMagics.magics["line"]) + list(KacheryMagics.magics["cell"])
+    assert "kc_login" in names
+    for name in names:
+        assert f"`%{name}" in README, name
+
+
+def test_every_hub_environment_variable_is_documented() -> None:
+    from kachery_hub import _settings
+
+    names = [v for k, v in vars(_settings).items() if k.startswith("ENV_")]
+    assert len(names) >= 7
+    for name in names:
+        assert f"`{name}`" in README, name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,3 +139,44 @@ def test_sign_in_request_api_is_in_the_openapi_document(hub: Hub) -> None:
     paths = hub.http.get("/openapi.json").json()["paths"]
     assert "/api/sign-in-requests" in paths and "/api/sign-in-requests/{rid}" in paths
     assert not any(re.match(r"^/sign-in/", p) for p in paths)  # HTML pages are not API
+
+
+def test_init_without_a_token_prints_a_link_and_finishes_by_itself(
+    hub: Hub, browser: TestClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    hub.use("headless")
+    kc.use_hub(hub.url, http_client=hub.http)
+    result: dict[str, Any] = {}
+
+    def run_init() -> None:
+        try:
+            result["info"] = kc.init(hub_url=hub.url)
+        except Exception as e:  # reported below
+            result["error"] = e
+
+    worker = threading.Thread(target=run_init)
+    worker.start()
+    printed = ""
+    for _ in range(200):
+        printed += capsys.readouterr().out
+        if "/sign-in/" in printed:
+            break
+        time.sleep(0.05)
+    link = re.search(r"http://testserver(/sign-in/\S+)", printed)
+    assert link, printed
+    browser.get("/", params={"token": hub.token("ada@example.org")})
+    decide(browser, {"url": "http://testserver" + link.group(1)}, {"action": "confirm"})
+    worker.join(timeout=30)
+    printed += capsys.readouterr().out
+    assert "error" not in result, result
+    assert result["info"]["user"]["email"] == "ada@example.org"
+    assert "Signed in as ada@example.org." in printed
+
+
+def test_init_without_a_token_and_without_waiting_says_how_to_sign_in(hub: Hub) -> None:
+    hub.use("impatient")
+    kc.use_hub(hub.url, http_client=hub.http)
+    with pytest.raises(kc.HubAuthError, match="is not registered with this hub"):
+        kc.init(hub_url=hub.url, wait=False)

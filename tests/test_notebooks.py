@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,26 @@ def test_there_are_notebooks() -> None:
     assert any(p.name == "quickstart.ipynb" for p in NOTEBOOKS)
 
 
+@pytest.fixture
+def hub_for_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A real hub process; the kernel finds it (and a sign-in token) in its environment."""
+    from e2e.servers import free_port
+    from test_hub_e2e import HubProcess
+
+    hub = HubProcess(tmp_path / "hub-data", free_port())
+    hub.start()
+    monkeypatch.setenv("KACHERY_HUB_URL", hub.url)
+    monkeypatch.setenv("KACHERY_HUB_TOKEN", hub.token("scientist@example.org"))
+    try:
+        yield
+    finally:
+        hub.stop()
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path: Path, kachery_dir: Path) -> None:
+def test_notebook_runs(path: Path, kachery_dir: Path, request: pytest.FixtureRequest) -> None:
+    if path.name != "quickstart.ipynb":
+        request.getfixturevalue("hub_for_notebooks")
     nb = execute(path)
     text = text_of(nb)
     assert "Traceback" not in text
@@ -28,3 +47,7 @@ def test_notebook_runs(path: Path, kachery_dir: Path) -> None:
         assert "deterministic: sha1://" in text
         assert "UnknownURISchemeError - " in text
         assert (kachery_dir / "private.pem").exists(), "the kernel used the test's KACHERY_CLOUD_DIR"
+    if path.name == "sharing.ipynb":
+        assert "signed in as scientist@example.org" in text
+        assert "the other computer loaded (1000,)" in text
+        assert "'email': 'collaborator@example.org'" in text and "'role': 'read'}" in text
