@@ -80,11 +80,8 @@ class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
         try:
             kc.use_hub(self.hub_url)
             info = kc.get_client_info()
-        except kc.HubUnavailableError as e:
-            self._show("unreachable", str(e))
-            return
         except kc.KacheryError as e:
-            self._show("error", str(e))
+            self._show_error(e)
             return
         if info.get("hub_error"):
             self._show("unreachable", str(info["hub_error"]))
@@ -102,6 +99,9 @@ class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
         with self.hold_sync():
             self.message = message
             self.state = state
+
+    def _show_error(self, e: kc.KacheryError) -> None:
+        self._show("unreachable" if isinstance(e, kc.HubUnavailableError) else "error", str(e))
 
     def _show_signed_in(self, info: dict[str, Any]) -> None:
         projects = [{"id": p["project_id"], "name": p.get("name", "")} for p in kc.list_projects()]
@@ -134,10 +134,8 @@ class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
             elif kind == "set_project":
                 kc.set_default_project(str(content.get("project_id", "")))
                 self.refresh()
-        except kc.HubUnavailableError as e:
-            self._show("unreachable", str(e))
         except kc.KacheryError as e:
-            self._show("error", str(e))
+            self._show_error(e)
 
     def _use_token(self, token: str, *, source: str) -> None:
         try:
@@ -166,11 +164,8 @@ class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
         while not cancelled.wait(self.poll_interval):
             try:
                 status = kc.get_sign_in_status(registration_id, hub_url=self.hub_url)
-            except kc.HubUnavailableError as e:
-                self._show("unreachable", str(e))
-                return
             except kc.KacheryError as e:
-                self._show("error", str(e))
+                self._show_error(e)
                 return
             if cancelled.is_set():
                 return
