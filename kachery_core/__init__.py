@@ -79,10 +79,6 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-# Hub functions importable here but not yet in __all__ until the README documents them:
-# create_project, get_client_info, get_project, get_project_id, list_mutables, list_project_members,
-# list_projects, remove_project_member, rename_project, set_default_project, set_project_member,
-# set_project_public; get_sign_in_status, sign_out, start_sign_in, use_hub.
 __all__ = [
     "ByteRangeError",
     "ClockSkewError",
