@@ -38,7 +38,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_init(args: argparse.Namespace) -> int:
     from ._hub import init
 
-    info = init(hub_url=args.hub, token=args.token)
+    info = init(hub_url=args.hub, token=args.token, wait=True)
     if info.get("signed_in"):
         print(f"kachery: {info['hub_url']}, signed in as {info['user']['email']}, "
               f"default project {info['default_project_id']}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -314,14 +315,16 @@ def connect_signed(what: str) -> HubClient:
 
 def init(
     hub_url: str | None = None, token: str | None = None, *, http_client: httpx2.Client | None = None,
-    wait: bool = True,
+    wait: bool | None = None,
 ) -> dict[str, Any]:
     """Choose a hub and sign this client in to it; returns :func:`get_client_info`.
 
     ``hub_url`` defaults to ``KACHERY_HUB_URL`` (or the hub of a previous
     ``init``); ``token`` to ``KACHERY_HUB_TOKEN``. Without a token, a client
     the hub does not know yet prints a sign-in link and waits (polling the hub)
-    until someone confirms it in a browser; ``wait=False`` raises instead.
+    until someone confirms it in a browser; ``wait=False`` raises instead. By
+    default it waits only where someone can act on the link: in a notebook
+    kernel or at a terminal, not in a script running unattended.
     Signing in binds this computer's key to the user, once; the hub is
     remembered in ``hub.yaml`` so later sessions need neither.
     """
@@ -337,13 +340,19 @@ def init(
             try:
                 client.me(refresh=True)
             except HubAuthError as e:
-                if e.code != "client_not_registered" or not wait:
+                if e.code != "client_not_registered" or not (_interactive() if wait is None else wait):
                     raise
                 from ._signin import wait_for_browser_sign_in
 
                 wait_for_browser_sign_in(url)
         save_url(url)
     return get_client_info()
+
+
+def _interactive() -> bool:
+    if "ipykernel" in sys.modules:
+        return True
+    return bool(sys.stdin is not None and sys.stdin.isatty() and sys.stdout.isatty())
 
 
 def get_hub_url() -> str | None:

@@ -43,7 +43,10 @@ def validate_key(key: object) -> str:
 def validate_value(key: str, value: object) -> bytes:
     if not isinstance(value, str):
         raise MutableValueError(key, f"expected a string, got {type(value).__name__}")
-    data = value.encode("utf-8")
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise MutableValueError(key, f"not valid text: {e.reason} at position {e.start}") from None
     if len(data) > _constants.MAX_MUTABLE_VALUE_BYTES:
         raise MutableValueError(
             key, f"{len(data)} bytes is over the limit of {_constants.MAX_MUTABLE_VALUE_BYTES} bytes"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +37,21 @@ def kachery_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     d = tmp_path / "kachery-cloud"
     monkeypatch.setenv("KACHERY_CLOUD_DIR", str(d))
     return d
+
+
+@pytest.fixture
+def ip(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    """A real IPython shell with kachery_jupyter loaded (its load line already read)."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False  # its SQLite file would live in a test's temporary HOME
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "kachery_jupyter")
+    capsys.readouterr()
+    yield shell
+    shell.user_ns.clear()
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,83 +21,11 @@ import httpx2  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
 from hub_fixtures import postgres_server, s3_server  # noqa: E402,F401
+from hub_process import HUB_CMD, HubProcess, free_port, real_hub  # noqa: E402,F401
 from kachery_core import _hub  # noqa: E402
 from kachery_core._identity import load_client_keys  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-HUB_CMD = [sys.executable, "-c", "import sys; from kachery_hub._cli import main; sys.exit(main())"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class HubProcess:
-    def __init__(self, data: Path, port: int, *extra_args: str) -> None:
-        self.data = data
-        self.extra_args = list(extra_args)
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[str] | None = None
-        self.admin_token = ""
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*HUB_CMD, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra_args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        assert self.proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"KACHERY_HUB_URL=(\S+) KACHERY_HUB_TOKEN=(\S+)", line)
-            if m:
-                assert m.group(1) == self.url
-                self.admin_token = m.group(2)
-                break
-        assert self.admin_token, "".join(lines)
-        assert any(f"{self.url}/?token={self.admin_token}" in x for x in lines), lines
-        while time.monotonic() < deadline:
-            try:
-                if httpx2.get(self.url + "/api/health", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("hub did not answer /api/health")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            self.proc.wait(timeout=30)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def token(self, email: str) -> str:
-        out = subprocess.run([*HUB_CMD, "token", "create", "--data", str(self.data), "--user", email, *self.extra_args],
-                             capture_output=True, text=True, check=True, timeout=60)
-        return out.stdout.strip()
-
-
-@pytest.fixture
-def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
-    hub = HubProcess(tmp_path / "hub-data", _free_port())
-    hub.start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
-        _hub.close_connections()
-        _hub._chosen_url.clear()
-        _hub._chosen_token.clear()
-        _hub._me_cache.clear()
 
 
 def _computer(monkeypatch: pytest.MonkeyPatch, root: Path, name: str) -> None:
@@ -320,7 +244,7 @@ def test_a_hub_process_on_postgresql_and_s3_shares_files_directly_and_survives_a
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     _s3_client(endpoint).create_bucket(Bucket="e2e")
-    hub = HubProcess(tmp_path / "hub-data", _free_port(), "--database", database,
+    hub = HubProcess(tmp_path / "hub-data", free_port(), "--database", database,
                      "--storage", f"s3://e2e/kachery?endpoint_url={endpoint}")
     hub.start()
     try:

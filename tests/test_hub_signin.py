@@ -152,7 +152,7 @@ def test_init_without_a_token_prints_a_link_and_finishes_by_itself(
 
     def run_init() -> None:
         try:
-            result["info"] = kc.init(hub_url=hub.url)
+            result["info"] = kc.init(hub_url=hub.url, wait=True)
         except Exception as e:  # reported below
             result["error"] = e
 
@@ -180,3 +180,6 @@ def test_init_without_a_token_and_without_waiting_says_how_to_sign_in(hub: Hub) 
     kc.use_hub(hub.url, http_client=hub.http)
     with pytest.raises(kc.HubAuthError, match="is not registered with this hub"):
         kc.init(hub_url=hub.url, wait=False)
+    # unattended (no terminal, no notebook kernel, as here under pytest): no waiting by default
+    with pytest.raises(kc.HubAuthError, match="is not registered with this hub"):
+        kc.init(hub_url=hub.url)

@@ -11,6 +11,7 @@ import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hub_fixtures import Hub, make_hub
@@ -148,12 +149,9 @@ def test_colab_secret_signs_in_by_itself(notebook: Hub, monkeypatch: pytest.Monk
     assert w.state == "signed_in" and w.email == "colab@example.org"
 
 
-def test_kc_login_magic_shows_the_panel(notebook: Hub) -> None:
+def test_kc_login_magic_shows_the_panel(notebook: Hub, ip: Any) -> None:
     from IPython.core.error import UsageError
-    from IPython.core.interactiveshell import InteractiveShell
 
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "kachery_jupyter")
     w = ip.run_line_magic("kc_login", f"--hub {notebook.url}")
     assert isinstance(w, LoginWidget) and w.state == "signed_out"
     with pytest.raises(UsageError, match="must start with http"):

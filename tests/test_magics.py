@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,6 @@ from IPython.core.interactiveshell import InteractiveShell
 import kachery_core as kc
 
 
-@pytest.fixture
-def ip(capsys: pytest.CaptureFixture[str]) -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "kachery_jupyter")
-    capsys.readouterr()
-    yield shell
-    shell.user_ns.clear()
 
 
 def test_load_ext_prints_one_status_line(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], kachery_dir: Path) -> None:

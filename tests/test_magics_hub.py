@@ -19,13 +19,6 @@ def hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     yield from make_hub("sqlite", request, tmp_path, monkeypatch)
 
 
-@pytest.fixture
-def ip(capsys: pytest.CaptureFixture[str]) -> Iterator[InteractiveShell]:
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "kachery_jupyter")
-    capsys.readouterr()
-    yield shell
-    shell.user_ns.clear()
 
 
 def test_kc_store_shares_through_the_hub(hub: Hub, ip: InteractiveShell, tmp_path: Path) -> None:

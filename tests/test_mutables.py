@@ -74,6 +74,8 @@ def test_bad_values_are_refused_and_keep_the_old_value() -> None:
         kc.set_mutable_local("k", 5)  # type: ignore[arg-type]
     with pytest.raises(MutableValueError, match="over the limit of 1048576 bytes"):
         kc.set_mutable_local("k", "x" * (1024 * 1024 + 1))
+    with pytest.raises(MutableValueError, match="not valid text: surrogates not allowed"):
+        kc.set_mutable_local("k", "lone \ud800 surrogate")
     assert kc.get_mutable_local("k") == "kept"
 
 

@@ -23,8 +23,7 @@ def test_there_are_notebooks() -> None:
 @pytest.fixture
 def hub_for_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A real hub process; the kernel finds it (and a sign-in token) in its environment."""
-    from e2e.servers import free_port
-    from test_hub_e2e import HubProcess
+    from hub_process import HubProcess, free_port
 
     hub = HubProcess(tmp_path / "hub-data", free_port())
     hub.start()

@@ -10,9 +10,9 @@ import pytest
 from playwright.sync_api import expect
 
 from e2e.notebook import open_notebook, run_cell
-from e2e.servers import JupyterLab, OidcProvider, free_port, screenshot
+from e2e.servers import JupyterLab, OidcProvider, screenshot
 from e2e.signin import login_in_browser
-from test_hub_e2e import HubProcess
+from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -26,14 +26,6 @@ INFO_CELL = (
 )
 
 
-@pytest.fixture
-def hub_process(tmp_path: Path) -> Iterator[HubProcess]:
-    hub = HubProcess(tmp_path / "hub-data", free_port())
-    hub.start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
 
 
 def _login_notebook(lab: JupyterLab, hub: HubProcess, tmp_path: Path, name: str) -> str:
@@ -42,10 +34,10 @@ def _login_notebook(lab: JupyterLab, hub: HubProcess, tmp_path: Path, name: str)
     return f"{name}.ipynb"
 
 
-def test_sign_in_with_the_token_field(jupyterlab: JupyterLab, page: Page, hub_process: HubProcess, tmp_path: Path) -> None:
-    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, hub_process, tmp_path, "token-field"))
+def test_sign_in_with_the_token_field(jupyterlab: JupyterLab, page: Page, real_hub: HubProcess, tmp_path: Path) -> None:
+    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, real_hub, tmp_path, "token-field"))
     status = run_cell(page, 0)
-    assert f"hub {hub_process.url}" in status and "not signed in" in status
+    assert f"hub {real_hub.url}" in status and "not signed in" in status
     run_cell(page, 1)
     panel = page.locator(".kc-login")
     expect(panel).to_contain_text("Sign in with Google")
@@ -56,15 +48,15 @@ def test_sign_in_with_the_token_field(jupyterlab: JupyterLab, page: Page, hub_pr
     expect(panel).to_contain_text("did not accept the token")
     screenshot(panel, "login-token-refused")
 
-    panel.locator("input.kc-token").fill(hub_process.token("ada@example.org"))
+    panel.locator("input.kc-token").fill(real_hub.token("ada@example.org"))
     panel.get_by_role("button", name="Use token").click()
     expect(panel.locator(".kc-signed-in")).to_have_text("Signed in as ada@example.org")
     screenshot(panel, "login-signed-in")
     assert "signed in as ada@example.org" in run_cell(page, 2)
 
 
-def test_sign_in_in_a_new_window(jupyterlab: JupyterLab, page: Page, hub_process: HubProcess, tmp_path: Path) -> None:
-    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, hub_process, tmp_path, "new-window"))
+def test_sign_in_in_a_new_window(jupyterlab: JupyterLab, page: Page, real_hub: HubProcess, tmp_path: Path) -> None:
+    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, real_hub, tmp_path, "new-window"))
     run_cell(page, 0)
     run_cell(page, 1)
     panel = page.locator(".kc-login")
@@ -73,8 +65,8 @@ def test_sign_in_in_a_new_window(jupyterlab: JupyterLab, page: Page, hub_process
     popup = popup_info.value
     expect(panel).to_contain_text("Finish signing in in the new window")
     screenshot(panel, "login-waiting")
-    popup.wait_for_url(f"{hub_process.url}/sign-in/**")
-    popup.locator("input[name=token]").fill(hub_process.token("grace@example.org"))
+    popup.wait_for_url(f"{real_hub.url}/sign-in/**")
+    popup.locator("input[name=token]").fill(real_hub.token("grace@example.org"))
     popup.get_by_role("button", name="Confirm").click()
     expect(popup.locator("body")).to_contain_text("This sign-in was confirmed")
     # The kernel notices by itself: nothing is run in the notebook meanwhile.
@@ -82,16 +74,16 @@ def test_sign_in_in_a_new_window(jupyterlab: JupyterLab, page: Page, hub_process
     assert "signed in as grace@example.org" in run_cell(page, 2)
 
 
-def test_popup_blocked_shows_a_plain_link(jupyterlab: JupyterLab, page: Page, hub_process: HubProcess, tmp_path: Path) -> None:
+def test_popup_blocked_shows_a_plain_link(jupyterlab: JupyterLab, page: Page, real_hub: HubProcess, tmp_path: Path) -> None:
     page.add_init_script("window.open = () => null;")  # what a popup blocker does
-    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, hub_process, tmp_path, "blocked"))
+    open_notebook(page, jupyterlab, _login_notebook(jupyterlab, real_hub, tmp_path, "blocked"))
     run_cell(page, 0)
     run_cell(page, 1)
     panel = page.locator(".kc-login")
     panel.get_by_role("button", name="Sign in with Google").click()
     expect(panel).to_contain_text("blocked the sign-in window")
     link = panel.locator("a.kc-link")
-    assert (link.get_attribute("href") or "").startswith(f"{hub_process.url}/sign-in/")
+    assert (link.get_attribute("href") or "").startswith(f"{real_hub.url}/sign-in/")
     screenshot(panel, "login-popup-blocked")
 
 
