@@ -111,7 +111,7 @@ class OidcProvider:
             cached = self._keys
         if cached is not None and not refresh:
             return cached
-        keys = KeySet.import_key_set(self._get_json(self.metadata()["jwks_uri"]))  # type: ignore[arg-type]
+        keys: KeySet = KeySet.import_key_set(self._get_json(self.metadata()["jwks_uri"]))  # type: ignore[arg-type]
         with self._lock:
             self._keys = keys
         return keys

@@ -32,7 +32,7 @@ def colab_secret_token() -> str | None:
     if "google.colab" not in sys.modules:
         return None
     try:
-        from google.colab import userdata  # type: ignore[import-not-found]
+        from google.colab import userdata
 
         value = userdata.get(_COLAB_SECRET)
     except Exception:  # no such secret, or the notebook was not granted access to it
@@ -40,7 +40,7 @@ def colab_secret_token() -> str | None:
     return str(value) if value else None
 
 
-class LoginWidget(anywidget.AnyWidget):  # type: ignore[misc]
+class LoginWidget(anywidget.AnyWidget):
     """Sign this computer in to a kachery hub from a notebook."""
 
     _esm = asset("login.js")

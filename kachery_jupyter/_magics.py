@@ -24,6 +24,11 @@ def _usage(e: Exception) -> UsageError:
 
 @magics_class
 class KacheryMagics(Magics):
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "magics are registered with a shell"
+        ns: dict[str, Any] = self.shell.user_ns
+        return ns
+
     @magic_arguments()
     @argument("name", help="a variable name, or a file path with --file")
     @argument("--file", action="store_true", help="store the file at this path instead of a variable")
@@ -50,9 +55,10 @@ class KacheryMagics(Magics):
                     return kc.store_file_local(args.name, label=label)
                 uri: str = kc.store_file(args.name, label=label, cache_locally=True, project_id=args.project)
                 return uri
-            if args.name not in self.shell.user_ns:
+            user_ns = self._user_ns()
+            if args.name not in user_ns:
                 raise UsageError(f"no variable named {args.name!r} in this notebook")
-            obj = self.shell.user_ns[args.name]
+            obj = user_ns[args.name]
             label = args.label or _objects.default_label(args.name, obj)
             return _objects.store_object(obj, label=label, local=local, project_id=args.project)
         except kc.KacheryError as e:
@@ -77,7 +83,7 @@ class KacheryMagics(Magics):
         if args.output:
             if not args.output.isidentifier():
                 raise UsageError(f"{args.output!r} is not a valid variable name")
-            self.shell.user_ns[args.output] = value
+            self._user_ns()[args.output] = value
         return value
 
     @magic_arguments()

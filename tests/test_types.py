@@ -6,7 +6,7 @@ import sys
 from conftest import REPO
 
 
-def test_kachery_core_passes_mypy_strict() -> None:
+def test_every_package_passes_mypy_strict() -> None:
     # the packages and strictness come from [tool.mypy] in pyproject.toml
     out = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
