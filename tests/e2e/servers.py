@@ -403,17 +403,18 @@ def start_oidc_provider(
     require_oidc_provider()
     port = free_port()
     secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
-    argv = [
-        "node", str(OIDC_DIR / "provider.mjs"),
-        "--port", str(port),
-        "--client-id", client_id,
-        "--client-secret", secret,
-        "--token-auth-method", token_endpoint_auth_method,
-        "--accounts", json.dumps([a.as_json() for a in accounts]),
-        "--id-token-ttl", str(id_token_ttl_s),
-    ]  # fmt: skip
-    for uri in redirect_uris:
-        argv += ["--redirect-uri", uri]
+    # "--name=value": a value may start with "-" (a random secret can), which node's parseArgs
+    # would otherwise take for an option.
+    options = {
+        "port": str(port),
+        "client-id": client_id,
+        "client-secret": secret,
+        "token-auth-method": token_endpoint_auth_method,
+        "accounts": json.dumps([a.as_json() for a in accounts]),
+        "id-token-ttl": str(id_token_ttl_s),
+    }
+    argv = ["node", str(OIDC_DIR / "provider.mjs"), *(f"--{k}={v}" for k, v in options.items())]
+    argv += [f"--redirect-uri={uri}" for uri in redirect_uris]
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "oidc-provider.log"
     with running(argv, log=log, env=clean_env(), cwd=OIDC_DIR) as proc:
