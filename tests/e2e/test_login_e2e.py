@@ -95,8 +95,9 @@ def google_hub(tmp_path: Path, oidc_provider: OidcProvider) -> Iterator[HubProce
     """A hub process whose browser sign-in goes through the local OpenID provider (as it would to Google)."""
     port = free_port()
     client = oidc_provider.register_client([f"http://127.0.0.1:{port}/auth/callback"])
-    hub = HubProcess(tmp_path / "hub-data", port, "--oidc-issuer", oidc_provider.issuer,
-                     "--oidc-client-id", client.client_id, "--oidc-client-secret", client.client_secret)
+    # "--name=value": a generated secret may start with "-"
+    hub = HubProcess(tmp_path / "hub-data", port, f"--oidc-issuer={oidc_provider.issuer}",
+                     f"--oidc-client-id={client.client_id}", f"--oidc-client-secret={client.client_secret}")
     hub.start()
     try:
         yield hub
