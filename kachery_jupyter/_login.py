@@ -80,14 +80,14 @@ class LoginWidget(anywidget.AnyWidget):
         try:
             kc.use_hub(self.hub_url)
             info = kc.get_client_info()
-        except kc.KacheryError as e:
+            if info.get("hub_error"):
+                self._show("unreachable", str(info["hub_error"]))
+                return
+            if info.get("signed_in"):
+                self._show_signed_in(info)
+                return
+        except kc.KacheryError as e:  # also from a background thread: never let it escape
             self._show_error(e)
-            return
-        if info.get("hub_error"):
-            self._show("unreachable", str(info["hub_error"]))
-            return
-        if info.get("signed_in"):
-            self._show_signed_in(info)
             return
         token = colab_secret_token()
         if token:
