@@ -143,6 +143,9 @@ class LoginWidget(anywidget.AnyWidget):
         except kc.HubAuthError as e:
             self._show("refused", f"The hub did not accept {source}: {e}")
             return
+        except kc.KacheryError as e:
+            self._show_error(e)
+            return
         self.refresh()
 
     def start_sign_in(self) -> None:
