@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
+
+from kachery_core._fs import remove_stale_tmp_files
 
 from .errors import ConfigurationError, HashMismatch, PayloadTooLarge
 
@@ -160,16 +161,7 @@ class LocalFolderStore:
 
     def cleanup(self, max_age_seconds: float = _STALE_TMP_SECONDS) -> int:
         """Remove uploads abandoned by a crashed hub; returns how many."""
-        cutoff = time.time() - max_age_seconds
-        removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            try:
-                if entry.stat().st_mtime < cutoff:
-                    os.unlink(entry.path)
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
+        return remove_stale_tmp_files(self.tmp_dir, max_age_seconds)
 
 
 def open_byte_store(url: str) -> ByteStore:
