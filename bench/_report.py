@@ -50,9 +50,14 @@ def load_line() -> str:
 
 
 def save_results(name: str, data: dict[str, Any]) -> Path:
-    """Write ``data`` (plus machine info) to ``bench/results/<name>-<UTC time>.json``."""
+    """Write ``data`` (plus machine info) to ``bench/results/<name>-<UTC time>.json``.
+
+    Also prints how busy the machine was at the end and where the figures went.
+    """
     RESULTS_DIR.mkdir(exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS_DIR / f"{name}-{stamp}.json"
     path.write_text(json.dumps({"machine": machine_info(), **data}, indent=2) + "\n")
+    print(f"after: {load_line()}")
+    print(f"\nresults saved to {path}")
     return path

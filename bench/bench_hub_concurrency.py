@@ -212,10 +212,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {LABELS[phase]} error: {e}")
     errors = summary["ours"]["errors"]
     print(f"\nours: {errors} errors (aim 0); {summary['ours']['files_per_s']:,.0f} files/s")
-    path = save_results("hub_concurrency", {"clients": args.clients, "files": args.files, "users": args.users,
+    save_results("hub_concurrency", {"clients": args.clients, "files": args.files, "users": args.users,
                                             "summary": summary})
-    print(f"after: {load_line()}")
-    print(f"\nresults saved to {path}")
 
 
 if __name__ == "__main__":

@@ -150,11 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table(summary))
     aim_lines = aims(summary)
     print("\n" + "\n".join(aim_lines))
-    path = save_results("hub_mutables", {
+    save_results("hub_mutables", {
         "calls": args.calls, "warmup": args.warmup, "summary": summary, "seconds": seconds, "aims": aim_lines,
     })
-    print(f"after: {load_line()}")
-    print(f"\nresults saved to {path}")
 
 
 if __name__ == "__main__":

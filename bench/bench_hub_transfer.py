@@ -326,14 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     print(table(summary))
     aim_lines = aims(summary)
     print("\n" + "\n".join(aim_lines))
-    path = save_results("hub_transfer", {
+    save_results("hub_transfer", {
         "size_mib": args.size_mib, "repeat": args.repeat, "warmup": args.warmup,
         "summary": {n: vars(s) for n, s in summary.items()},
         "repetitions": [{n: vars(s) for n, s in r.items()} for r in reps],
         "aims": aim_lines,
     })
-    print(f"after: {load_line()}")
-    print(f"\nresults saved to {path}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f'python -X importtime -c "import {MODULE}": top {args.top} by cumulative time')
     rows = [[t.module, f"{t.cumulative_us / 1000:.1f}", f"{t.self_us / 1000:.1f}"] for t in top]
     print(format_table(["module", "cumulative ms", "self ms"], rows))
-    path = save_results(
+    save_results(
         "import",
         {
             "python": args.python,
@@ -111,8 +111,6 @@ def main(argv: list[str] | None = None) -> None:
             "importtime_top": [vars(t) for t in top],
         },
     )
-    print(f"after: {load_line()}")
-    print(f"\nresults saved to {path}")
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     print("* whole-process peak RSS of the external command (GNU time %M), not growth after imports")
     aim_lines = aims(summary)
     print("\n" + "\n".join(aim_lines))
-    path = save_results(
+    save_results(
         "store_local",
         {
             "size_mib": args.size_mib,
@@ -341,8 +341,6 @@ def main(argv: list[str] | None = None) -> None:
             "aims": aim_lines,
         },
     )
-    print(f"after: {load_line()}")
-    print(f"\nresults saved to {path}")
 
 
 if __name__ == "__main__":
