@@ -135,7 +135,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(UnicodeError, _on_bad_text)
     app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(_LimitJsonBodies, limit=settings.max_json_body_bytes)
-    for module in (_accounts, _projects, _files, _mutables, _signin):
+    for module in (_mutables, _files, _projects, _accounts, _signin):
         app.include_router(module.router, responses=_ERROR_RESPONSES)
 
     @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")

@@ -142,6 +142,11 @@ nonces = Table(
 )
 
 
+# ON CONFLICT DO NOTHING is understood by SQLite and PostgreSQL alike. Built once: every signed
+# request runs it, and building a statement costs more than running it.
+_REMEMBER_NONCE = text("INSERT INTO nonces (nonce, expires_at) VALUES (:n, :e) ON CONFLICT (nonce) DO NOTHING")
+
+
 def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_hex(8)
 
@@ -198,11 +203,7 @@ class Database:
         if now - self._last_purge > 60:
             self._last_purge = now
             conn.execute(delete(nonces).where(nonces.c.expires_at < now))
-        # ON CONFLICT DO NOTHING is understood by SQLite and PostgreSQL alike.
-        result = conn.execute(
-            text("INSERT INTO nonces (nonce, expires_at) VALUES (:n, :e) ON CONFLICT (nonce) DO NOTHING"),
-            {"n": nonce, "e": expires_at},
-        )
+        result = conn.execute(_REMEMBER_NONCE, {"n": nonce, "e": expires_at})
         return bool(result.rowcount)
 
     def close(self) -> None:

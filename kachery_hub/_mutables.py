@@ -13,18 +13,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import delete, func, select, text
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy import Connection, bindparam, delete, func, select, text
 
 from kachery_core import _constants
 from kachery_core._mutables import validate_key
 from kachery_core.errors import InvalidMutableKeyError
 
 from . import _database as tables
-from ._auth import Caller, caller
-from ._database import Database
+from ._auth import Caller, SignedRequest, signed_request
 from ._projects import require_role
-from ._state import HubState, hub_state
 from .errors import InvalidInput, MutableNotFound, PayloadTooLarge
 
 router = APIRouter(tags=["mutables"])
@@ -37,17 +34,28 @@ def _key(key: str) -> str:
         raise InvalidInput(str(e), key=key[:200]) from None
 
 
-def _get(db: Database, who: Caller, project_id: str, key: str) -> dict[str, Any]:
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "read")
-        row = conn.execute(select(tables.mutables).where(
-            tables.mutables.c.project_id == project_id, tables.mutables.c.key == key)).first()
+# Built once (see _projects.require_role): these run on every mutable request.
+_SELECT = select(tables.mutables.c.value, tables.mutables.c.updated_at).where(
+    tables.mutables.c.project_id == bindparam("pid"), tables.mutables.c.key == bindparam("key"))
+# ON CONFLICT ... DO UPDATE is understood by SQLite and PostgreSQL alike.
+_UPSERT = text(
+    "INSERT INTO mutables (project_id, key, value, updated_by, updated_at) "
+    "VALUES (:pid, :key, :value, :user, :now) ON CONFLICT (project_id, key) DO UPDATE "
+    "SET value = excluded.value, updated_by = excluded.updated_by, updated_at = excluded.updated_at"
+)
+_DELETE = delete(tables.mutables).where(
+    tables.mutables.c.project_id == bindparam("pid"), tables.mutables.c.key == bindparam("key"))
+
+
+def _get(conn: Connection, who: Caller, project_id: str, key: str) -> dict[str, Any]:
+    require_role(conn, who, project_id, "read")
+    row = conn.execute(_SELECT, {"pid": project_id, "key": key}).first()
     if row is None:
         raise MutableNotFound(f"mutable {key!r} is not set in project {project_id!r}", key=key)
     return {"key": key, "value": row.value, "updated_at": row.updated_at}
 
 
-def _set(db: Database, who: Caller, project_id: str, key: str, value: str) -> dict[str, Any]:
+def _set(conn: Connection, who: Caller, project_id: str, key: str, value: str) -> dict[str, Any]:
     size = len(value.encode("utf-8"))
     if size > _constants.MAX_MUTABLE_VALUE_BYTES:
         raise PayloadTooLarge(
@@ -56,36 +64,26 @@ def _set(db: Database, who: Caller, project_id: str, key: str, value: str) -> di
         )
     user_id = who.require_user()
     now = time.time()
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "write")
-        conn.execute(
-            text("INSERT INTO mutables (project_id, key, value, updated_by, updated_at) "
-                 "VALUES (:pid, :key, :value, :user, :now) ON CONFLICT (project_id, key) DO UPDATE "
-                 "SET value = excluded.value, updated_by = excluded.updated_by, updated_at = excluded.updated_at"),
-            {"pid": project_id, "key": key, "value": value, "user": user_id, "now": now},
-        )
+    require_role(conn, who, project_id, "write")
+    conn.execute(_UPSERT, {"pid": project_id, "key": key, "value": value, "user": user_id, "now": now})
     return {"key": key, "updated_at": now}
 
 
-def _delete(db: Database, who: Caller, project_id: str, key: str) -> bool:
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "write")
-        result = conn.execute(delete(tables.mutables).where(
-            tables.mutables.c.project_id == project_id, tables.mutables.c.key == key))
-    return bool(result.rowcount)
+def _delete(conn: Connection, who: Caller, project_id: str, key: str) -> bool:
+    require_role(conn, who, project_id, "write")
+    return bool(conn.execute(_DELETE, {"pid": project_id, "key": key}).rowcount)
 
 
-def _list(db: Database, who: Caller, project_id: str, prefix: str, limit: int, after: str | None) -> list[dict[str, Any]]:
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "read")
-        q = select(tables.mutables.c.key, tables.mutables.c.value, tables.mutables.c.updated_at).where(
-            tables.mutables.c.project_id == project_id)
-        if prefix:
-            # Not LIKE: prefixes may hold % and _, and SQLite's LIKE ignores case.
-            q = q.where(func.substr(tables.mutables.c.key, 1, len(prefix)) == prefix)
-        if after is not None:
-            q = q.where(tables.mutables.c.key > after)
-        rows = conn.execute(q.order_by(tables.mutables.c.key).limit(limit)).all()
+def _list(conn: Connection, who: Caller, project_id: str, prefix: str, limit: int, after: str | None) -> list[dict[str, Any]]:
+    require_role(conn, who, project_id, "read")
+    q = select(tables.mutables.c.key, tables.mutables.c.value, tables.mutables.c.updated_at).where(
+        tables.mutables.c.project_id == project_id)
+    if prefix:
+        # Not LIKE: prefixes may hold % and _, and SQLite's LIKE ignores case.
+        q = q.where(func.substr(tables.mutables.c.key, 1, len(prefix)) == prefix)
+    if after is not None:
+        q = q.where(tables.mutables.c.key > after)
+    rows = conn.execute(q.order_by(tables.mutables.c.key).limit(limit)).all()
     return [{"key": r.key, "size": len(r.value.encode("utf-8")), "updated_at": r.updated_at} for r in rows]
 
 
@@ -97,23 +95,21 @@ class SetMutable(BaseModel):
 async def get_mutables(project_id: str, prefix: str = Query(default="", max_length=1000),
                        limit: int = Query(default=1000, ge=1, le=10000),
                        after: str | None = Query(default=None, max_length=1000),
-                       who: Caller = Depends(caller), hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return {"mutables": await run_in_threadpool(_list, hub.db, who, project_id, prefix, limit, after)}
+                       req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return {"mutables": await req.run(_list, project_id, prefix, limit, after)}
 
 
 @router.get("/api/projects/{project_id}/mutables/{key:path}", summary="The value of a mutable")
-async def get_mutable(project_id: str, key: str, who: Caller = Depends(caller),
-                      hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return await run_in_threadpool(_get, hub.db, who, project_id, _key(key))
+async def get_mutable(project_id: str, key: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_get, project_id, _key(key))
 
 
 @router.put("/api/projects/{project_id}/mutables/{key:path}", summary="Set a mutable (value at most 1 MiB of UTF-8)")
-async def put_mutable(project_id: str, key: str, body: SetMutable, who: Caller = Depends(caller),
-                      hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return await run_in_threadpool(_set, hub.db, who, project_id, _key(key), body.value)
+async def put_mutable(project_id: str, key: str, body: SetMutable,
+                      req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_set, project_id, _key(key), body.value)
 
 
 @router.delete("/api/projects/{project_id}/mutables/{key:path}", summary="Delete a mutable")
-async def delete_mutable(project_id: str, key: str, who: Caller = Depends(caller),
-                         hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return {"deleted": await run_in_threadpool(_delete, hub.db, who, project_id, _key(key))}
+async def delete_mutable(project_id: str, key: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return {"deleted": await req.run(_delete, project_id, _key(key))}

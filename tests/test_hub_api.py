@@ -84,6 +84,21 @@ def test_replayed_request_is_refused(hub: Hub) -> None:
     assert _error(hub.http.get("/api/me", headers=headers))[:2] == (401, "replayed_request")
 
 
+
+def test_a_refused_request_cannot_be_replayed_once_it_would_succeed(hub: Hub) -> None:
+    # The refusal rolls back the request's transaction; its nonce must be kept all the same.
+    a, ia = _register(hub, "a@example.org")
+    b, _ = _register(hub, "b@example.org")
+    pid = ia["default_project_id"]
+    path, body = f"/api/projects/{pid}/mutables/k", b'{"value": "from b"}'
+    headers = _h(b, "PUT", path, body)
+    assert _error(hub.http.put(path, content=body, headers=headers))[:2] == (403, "forbidden")
+    member = f"/api/projects/{pid}/members/b@example.org"
+    role = b'{"role": "write"}'
+    assert hub.http.put(member, content=role, headers=_h(a, "PUT", member, role)).status_code == 200
+    assert _error(hub.http.put(path, content=body, headers=headers))[:2] == (401, "replayed_request")
+    assert _error(_get(hub, a, path))[:2] == (404, "mutable_not_found")
+
 @pytest.mark.parametrize("offset_s", [-3600, 3600])
 def test_clock_skew_refusal_states_the_skew(hub: Hub, offset_s: int) -> None:
     keys, _ = _register(hub, "a@example.org")
