@@ -178,36 +178,50 @@ def _not_found(uri: str, client: _hub.HubClient, e: HubNotFoundError) -> Kachery
     return KacheryFileNotFoundError(uri, f"not in the local store, and the hub {client.url} says: {e.message}")
 
 
+#: The reader hands the writer thread this much at a time: one hand-over per 64 KiB socket read
+#: costs more in thread switches than the hashing and writing it overlaps.
+_HANDOVER_BYTES = 4 * 1024 * 1024
+
+
 def _receive(response: Any, tmp: Path, label: str) -> str:
     """Write the body to ``tmp`` and return its sha1; hashing and writing run in a second
     thread while this one reads the socket (both release the GIL), in constant memory."""
     total = int(response.headers.get("content-length", "0") or 0)
     progress = _hashing.Progress(label, total)
-    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+    batches: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
     h = hashlib.sha1()
     failure: list[BaseException] = []
 
     def sink() -> None:
         with open(tmp, "xb") as f:
-            while (chunk := chunks.get()) is not None:
+            while (batch := batches.get()) is not None:
                 if failure:
                     continue  # keep draining so the reader never blocks
                 try:
-                    h.update(chunk)
-                    f.write(chunk)
+                    h.update(batch)
+                    f.write(batch)
                 except BaseException as e:
                     failure.append(e)
 
     writer = threading.Thread(target=sink, daemon=True)
     writer.start()
     done = 0
+    pending: list[bytes] = []
+    pending_bytes = 0
     try:
         for chunk in response.iter_raw():
-            chunks.put(chunk)
-            done += len(chunk)
-            progress(done)
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= _HANDOVER_BYTES:
+                batches.put(b"".join(pending))
+                done += pending_bytes
+                pending, pending_bytes = [], 0
+                progress(done)
+        if pending:
+            batches.put(b"".join(pending))
+            progress(done + pending_bytes)
     finally:
-        chunks.put(None)
+        batches.put(None)
         writer.join()
     if failure:
         raise failure[0]

@@ -120,6 +120,43 @@ def test_a_download_that_does_not_match_its_hash_is_refused(hub: Hub) -> None:
     assert list((Path(kc.get_kachery_cloud_dir()) / "sha1" / ".tmp").iterdir()) == []
 
 
+
+def test_a_disk_failure_during_a_download_is_raised_and_leaves_nothing(
+    hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.sign_in("A", "a@example.org")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(9 * 2**20))  # several hand-overs to the writer thread
+    uri = kc.store_file(str(src))
+    sha1 = kc.parse_sha1_uri(uri).sha1
+    hub.use("C")
+    kc.init(hub_url=hub.url, token=hub.token("a@example.org"), http_client=hub.http)
+
+    class FullDisk:  # the downloaded file: the second batch does not fit, as on a full disk
+        def __init__(self, path: Path, mode: str) -> None:
+            self.f = open(path, mode)
+            self.batches = 0
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+        def write(self, data: bytes) -> int:
+            self.batches += 1
+            if self.batches == 2:
+                raise OSError(28, "No space left on device")
+            return self.f.write(data)
+
+    monkeypatch.setattr("kachery_core._remote.open", FullDisk, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        kc.load_file(uri)
+    monkeypatch.delattr("kachery_core._remote.open")
+    assert not store_path(sha1).exists()
+    assert list((Path(kc.get_kachery_cloud_dir()) / "sha1" / ".tmp").iterdir()) == []
+    assert Path(kc.load_file(uri)).read_bytes() == src.read_bytes()  # and the retry works
+
 def test_ephemeral_clients_read_public_projects_only(hub: Hub) -> None:
     pa = hub.sign_in("A", "a@example.org")
     uri = kc.store_text("public data")
