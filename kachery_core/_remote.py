@@ -188,7 +188,7 @@ def _receive(response: Any, tmp: Path, label: str) -> str:
     thread while this one reads the socket (both release the GIL), in constant memory."""
     total = int(response.headers.get("content-length", "0") or 0)
     progress = _hashing.Progress(label, total)
-    batches: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+    batches: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
     h = hashlib.sha1()
     failure: list[BaseException] = []
 

@@ -164,6 +164,11 @@ class SignedRequest:
     hub: HubState
     signature: _Signature | None
 
+    @property
+    def body_sha1(self) -> str | None:
+        """The body hash the client signed (for an upload: the sha1 of the file)."""
+        return None if self.signature is None else self.signature.body_sha1
+
     def _run(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         signature = self.signature
         try:
@@ -218,7 +223,7 @@ async def caller(request: Request) -> Caller:
     return await (await signed_request(request)).run(_only_caller)
 
 
-async def streaming_caller(request: Request) -> Caller:
-    """Dependency: the verified caller of an upload; the body is checked while it streams."""
+async def signed_upload(request: Request) -> SignedRequest:
+    """Dependency: an upload whose signature verified; its body is checked against the hash as it streams."""
     hub = state_of(request)
-    return await SignedRequest(hub, _verify_headers(hub, request, None)).run(_only_caller)
+    return SignedRequest(hub, _verify_headers(hub, request, None))

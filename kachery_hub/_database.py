@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -36,6 +36,7 @@ from . import _migrations
 from .errors import ConfigurationError
 
 metadata = MetaData()
+T = TypeVar("T")
 
 users = Table(
     "users", metadata,
@@ -196,6 +197,11 @@ class Database:
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+
+    def run(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(conn, *args)`` in a transaction of its own (call it from a worker thread)."""
+        with self.engine.begin() as conn:
+            return work(conn, *args)
 
     def remember_nonce(self, conn: Connection, nonce: str, expires_at: float) -> bool:
         """Record a request nonce in ``conn``'s transaction; False if it was seen before (a replay)."""

@@ -18,17 +18,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Unsatisfiable
-from sqlalchemy import Connection, delete, select, text
+from sqlalchemy import Connection, bindparam, delete, or_, select, text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from kachery_core import _signing
 
 from . import _database as tables
-from ._auth import Caller, caller, streaming_caller
-from ._database import Database
-from ._projects import readable_by, require_role
-from ._state import HubState, hub_state
+from ._auth import Caller, SignedRequest, signed_request, signed_upload
+from ._bytestore import ByteStore
+from ._projects import require_role
 from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable
 
 router = APIRouter(tags=["files"])
@@ -64,85 +63,96 @@ def _file_json(row: Any) -> dict[str, Any]:
             "created_at": row.created_at}
 
 
-def _project_file(db: Database, who: Caller, project_id: str, sha1: str) -> dict[str, Any]:
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "read")
-        row = conn.execute(select(tables.files).where(
-            tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).first()
+# Built once (see _projects.require_role): these run on every file request.
+_PROJECT_FILE = select(tables.files).where(
+    tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
+_PRESENT = select(tables.files.c.sha1).where(
+    tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
+# ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
+_INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
+                    "ON CONFLICT (sha1) DO NOTHING")
+_INSERT_FILE = text(
+    "INSERT INTO files (project_id, sha1, size, label, created_by, created_at) "
+    "VALUES (:pid, :sha1, :size, :label, :user, :now) ON CONFLICT (project_id, sha1) DO UPDATE "
+    "SET label = COALESCE(excluded.label, files.label)"
+)
+_member = tables.members.alias("m")
+_READABLE_BY_ANYONE = (
+    select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
+    .where(tables.files.c.sha1 == bindparam("sha1"), tables.projects.c.public_read.is_(True)).limit(1)
+)
+_READABLE_BY_USER = (
+    select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
+    .where(tables.files.c.sha1 == bindparam("sha1"), or_(
+        tables.projects.c.public_read.is_(True),
+        tables.projects.c.id.in_(select(_member.c.project_id).where(_member.c.user_id == bindparam("user_id"))),
+    )).limit(1)
+)
+
+
+def _project_file(conn: Connection, who: Caller, project_id: str, sha1: str) -> dict[str, Any]:
+    require_role(conn, who, project_id, "read")
+    row = conn.execute(_PROJECT_FILE, {"pid": project_id, "sha1": sha1}).first()
     if row is None:
         raise FileNotFound(f"sha1://{sha1} is not in project {project_id!r}", sha1=sha1)
     return _file_json(row)
 
 
-def _list_files(db: Database, who: Caller, project_id: str, limit: int, after: str | None) -> list[dict[str, Any]]:
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "read")
-        q = select(tables.files).where(tables.files.c.project_id == project_id)
-        if after:
-            q = q.where(tables.files.c.sha1 > after)
-        rows = conn.execute(q.order_by(tables.files.c.sha1).limit(limit)).all()
+def _list_files(conn: Connection, who: Caller, project_id: str, limit: int, after: str | None) -> list[dict[str, Any]]:
+    require_role(conn, who, project_id, "read")
+    q = select(tables.files).where(tables.files.c.project_id == project_id)
+    if after:
+        q = q.where(tables.files.c.sha1 > after)
+    rows = conn.execute(q.order_by(tables.files.c.sha1).limit(limit)).all()
     return [_file_json(r) for r in rows]
 
 
-def _record(db: Database, who: Caller, project_id: str, sha1: str, size: int, label: str | None) -> dict[str, Any]:
+def _record(conn: Connection, who: Caller, project_id: str, sha1: str, size: int, label: str | None) -> dict[str, Any]:
     user_id = who.require_user()
     now = time.time()
-    # ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "write")
-        conn.execute(text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
-                          "ON CONFLICT (sha1) DO NOTHING"), {"sha1": sha1, "size": size, "now": now})
-        conn.execute(
-            text("INSERT INTO files (project_id, sha1, size, label, created_by, created_at) "
-                 "VALUES (:pid, :sha1, :size, :label, :user, :now) ON CONFLICT (project_id, sha1) DO UPDATE "
-                 "SET label = COALESCE(excluded.label, files.label)"),
-            {"pid": project_id, "sha1": sha1, "size": size, "label": label, "user": user_id, "now": now},
-        )
-    return _project_file(db, who, project_id, sha1)
+    require_role(conn, who, project_id, "write")
+    conn.execute(_INSERT_BLOB, {"sha1": sha1, "size": size, "now": now})
+    conn.execute(_INSERT_FILE, {"pid": project_id, "sha1": sha1, "size": size, "label": label, "user": user_id,
+                                "now": now})
+    return _project_file(conn, who, project_id, sha1)
 
 
 def find_readable(conn: Connection, who: Caller, sha1: str) -> Any:
     """A files row for ``sha1`` in a project ``who`` may read, or None."""
-    return conn.execute(
-        select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
-        .where(tables.files.c.sha1 == sha1, readable_by(who.user_id)).limit(1)
-    ).first()
+    if who.user_id is None:
+        return conn.execute(_READABLE_BY_ANYONE, {"sha1": sha1}).first()
+    return conn.execute(_READABLE_BY_USER, {"sha1": sha1, "user_id": who.user_id}).first()
 
 
-def _readable(db: Database, who: Caller, sha1: str) -> dict[str, Any]:
-    with db.begin() as conn:
-        row = find_readable(conn, who, sha1)
+def _readable(conn: Connection, who: Caller, sha1: str) -> dict[str, Any]:
+    row = find_readable(conn, who, sha1)
     if row is None:
         whom = "you" if who.user_id else "anonymous clients"
         raise FileNotFound(f"sha1://{sha1} is not in any project {whom} can read", sha1=sha1)
     return _file_json(row)
 
 
-def _unrecord(db: Database, who: Caller, project_id: str, sha1: str) -> bool:
-    with db.begin() as conn:
-        require_role(conn, who, project_id, "write")
-        result = conn.execute(delete(tables.files).where(
-            tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1))
-    return bool(result.rowcount)
+def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> bool:
+    require_role(conn, who, project_id, "write")
+    return bool(conn.execute(delete(tables.files).where(
+        tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).rowcount)
 
 
 @router.get("/api/projects/{project_id}/files", summary="Files of a project, by sha1 (paged with `after`)")
 async def get_files(project_id: str, limit: int = Query(default=1000, ge=1, le=10000),
-                    after: str | None = Query(default=None, max_length=40), who: Caller = Depends(caller),
-                    hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return {"files": await run_in_threadpool(_list_files, hub.db, who, project_id, limit, after)}
+                    after: str | None = Query(default=None, max_length=40),
+                    req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return {"files": await req.run(_list_files, project_id, limit, after)}
 
 
 @router.get("/api/projects/{project_id}/files/{sha1}", summary="A file's record in one project")
-async def get_project_file(project_id: str, sha1: str, who: Caller = Depends(caller),
-                           hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return await run_in_threadpool(_project_file, hub.db, who, project_id, _check_sha1(sha1))
+async def get_project_file(project_id: str, sha1: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_project_file, project_id, _check_sha1(sha1))
 
 
 @router.delete("/api/projects/{project_id}/files/{sha1}", summary="Remove a file from a project")
-async def delete_project_file(project_id: str, sha1: str, who: Caller = Depends(caller),
-                              hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return {"deleted": await run_in_threadpool(_unrecord, hub.db, who, project_id, _check_sha1(sha1))}
+async def delete_project_file(project_id: str, sha1: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return {"deleted": await req.run(_unrecord, project_id, _check_sha1(sha1))}
 
 
 @router.put(
@@ -152,17 +162,12 @@ async def delete_project_file(project_id: str, sha1: str, who: Caller = Depends(
 )
 async def put_project_file(project_id: str, sha1: str, request: Request,
                            label: str | None = Query(default=None, max_length=1000),
-                           who: Caller = Depends(streaming_caller), hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+                           req: SignedRequest = Depends(signed_upload)) -> dict[str, Any]:
     _check_sha1(sha1)
-    who.require_user()
-    if who.body_sha1 != sha1:
+    if req.body_sha1 != sha1:
         raise BadSignature(f"the {_signing.HEADER_BODY_SHA1} header of an upload must be the file's sha1 {sha1}")
-
-    def _check() -> None:
-        with hub.db.begin() as conn:
-            require_role(conn, who, project_id, "write")
-
-    await run_in_threadpool(_check)
+    hub = req.hub
+    who = await req.run(_may_write, project_id)  # refused before any byte is read
     length = request.headers.get("content-length")
     max_size = int(length) if length is not None and length.isdigit() else None
     incoming = await run_in_threadpool(hub.store.begin_upload, max_size)
@@ -191,7 +196,7 @@ async def put_project_file(project_id: str, sha1: str, request: Request,
         if isinstance(e, ClientDisconnect):
             raise InvalidInput("the client disconnected before the upload finished; nothing was stored") from None
         raise
-    return await run_in_threadpool(_record, hub.db, who, project_id, sha1, size, label)
+    return await run_in_threadpool(hub.db.run, _record, who, project_id, sha1, size, label)
 
 
 class UploadRequest(BaseModel):
@@ -202,14 +207,17 @@ class CompleteRequest(BaseModel):
     label: str | None = Field(default=None, max_length=1000)
 
 
-def _upload_target(hub: HubState, who: Caller, project_id: str, sha1: str) -> dict[str, Any]:
-    with hub.db.begin() as conn:
-        require_role(conn, who, project_id, "write")
-        present = conn.execute(select(tables.files.c.sha1).where(
-            tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).first() is not None
-    if present:
+def _may_write(conn: Connection, who: Caller, project_id: str) -> Caller:
+    who.require_user()
+    require_role(conn, who, project_id, "write")
+    return who
+
+
+def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str) -> dict[str, Any]:
+    _may_write(conn, who, project_id)
+    if conn.execute(_PRESENT, {"pid": project_id, "sha1": sha1}).first() is not None:
         return {"present": True, "upload": None}
-    target = hub.store.upload_target(sha1)
+    target = store.upload_target(sha1)  # presigning is computed here, no request to the store
     if target is None:
         return {"present": False, "upload": {"url": f"/api/projects/{project_id}/files/{sha1}", "method": "PUT",
                                              "headers": {}, "via_hub": True}}
@@ -217,32 +225,32 @@ def _upload_target(hub: HubState, who: Caller, project_id: str, sha1: str) -> di
                                          "via_hub": False}}
 
 
-def _complete(hub: HubState, who: Caller, project_id: str, sha1: str, label: str | None) -> dict[str, Any]:
-    size = hub.store.verified_size(sha1)
+def _complete(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str,
+              label: str | None) -> dict[str, Any]:
+    _may_write(conn, who, project_id)
+    size = store.verified_size(sha1)
     if size is None:
         raise FileNotFound(f"the object store holds no verified upload of sha1://{sha1}; upload it first", sha1=sha1)
-    return _record(hub.db, who, project_id, sha1, size, label)
+    return _record(conn, who, project_id, sha1, size, label)
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/upload",
              summary="Where to send a file's bytes (a presigned URL when the hub uses an object store)")
-async def post_upload(project_id: str, sha1: str, body: UploadRequest, who: Caller = Depends(caller),
-                      hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    who.require_user()
-    return await run_in_threadpool(_upload_target, hub, who, project_id, _check_sha1(sha1))
+async def post_upload(project_id: str, sha1: str, body: UploadRequest,
+                      req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_upload_target, req.hub.store, project_id, _check_sha1(sha1))
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/complete",
              summary="Record a directly uploaded file in the project once the store has verified its sha1")
-async def post_complete(project_id: str, sha1: str, body: CompleteRequest, who: Caller = Depends(caller),
-                        hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    who.require_user()
-    return await run_in_threadpool(_complete, hub, who, project_id, _check_sha1(sha1), body.label)
+async def post_complete(project_id: str, sha1: str, body: CompleteRequest,
+                        req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_complete, req.hub.store, project_id, _check_sha1(sha1), body.label)
 
 
 @router.get("/api/files/{sha1}/info", summary="Size and label of a file in a project the caller can read")
-async def get_file_info(sha1: str, who: Caller = Depends(caller), hub: HubState = Depends(hub_state)) -> dict[str, Any]:
-    return await run_in_threadpool(_readable, hub.db, who, _check_sha1(sha1))
+async def get_file_info(sha1: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_readable, _check_sha1(sha1))
 
 
 @router.get(
@@ -251,9 +259,9 @@ async def get_file_info(sha1: str, who: Caller = Depends(caller), hub: HubState 
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"}},
 )
-async def get_file(sha1: str, request: Request, who: Caller = Depends(caller),
-                   hub: HubState = Depends(hub_state)) -> Response:
-    info = await run_in_threadpool(_readable, hub.db, who, _check_sha1(sha1))
+async def get_file(sha1: str, request: Request, req: SignedRequest = Depends(signed_request)) -> Response:
+    info = await req.run(_readable, _check_sha1(sha1))
+    hub = req.hub
     _check_range(request, int(info["size"]))
     url = hub.store.download_url(sha1)
     if url is not None:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
@@ -88,14 +88,6 @@ def require_role(conn: Connection, who: Caller, project_id: str, needed: Role) -
         raise Forbidden(f"{who.email} has {role} access to project {project_id!r}; this needs {needed}",
                         project_id=project_id)
     return project
-
-
-def readable_by(user_id: str | None) -> Any:
-    """A condition on ``projects`` rows the user (or anonymous) may read."""
-    if user_id is None:
-        return tables.projects.c.public_read.is_(True)
-    member = select(tables.members.c.project_id).where(tables.members.c.user_id == user_id)
-    return or_(tables.projects.c.public_read.is_(True), tables.projects.c.id.in_(member))
 
 
 def _project_json(row: Row[Any], role: str | None) -> dict[str, Any]:
