@@ -26,7 +26,7 @@ from kachery_core import _signing
 
 from . import _database as tables
 from ._auth import Caller, SignedRequest, signed_request, signed_upload
-from ._bytestore import ByteStore
+from ._bytestore import ByteStore, IncomingBlob
 from ._projects import require_role
 from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable
 
@@ -50,6 +50,12 @@ def _check_range(request: Request, size: int) -> None:
         raise InvalidInput(f"malformed Range header {value[:100]!r} (expected bytes=START-END)") from None
     except _Unsatisfiable:
         raise RangeNotSatisfiable(f"range {value[:100]!r} is outside the {size} bytes of the file", size=size) from None
+
+
+def _write_all(incoming: IncomingBlob, chunks: list[bytes]) -> None:
+    # Chunk by chunk: joining them first would copy every byte once more on the event loop.
+    for chunk in chunks:
+        incoming.write(chunk)
 
 
 def _check_sha1(sha1: str) -> str:
@@ -182,12 +188,12 @@ async def put_project_file(project_id: str, sha1: str, request: Request,
                 # Hash and write this batch in a thread while the next one arrives.
                 if writing is not None:
                     await writing
-                writing = asyncio.ensure_future(run_in_threadpool(incoming.write, b"".join(batch)))
+                writing = asyncio.ensure_future(run_in_threadpool(_write_all, incoming, batch))
                 batch, pending = [], 0
         if writing is not None:
             await writing
         if batch:
-            await run_in_threadpool(incoming.write, b"".join(batch))
+            await run_in_threadpool(_write_all, incoming, batch)
         size = await run_in_threadpool(incoming.finish, sha1)
     except BaseException as e:
         if writing is not None and not writing.done():
