@@ -3,6 +3,14 @@
 A request without signature headers is anonymous: it may read public
 projects and nothing else. A signed request names a client; the client is
 bound to a user once, by presenting a sign-in token (``_accounts``).
+
+Endpoints take one of three dependencies. ``signed_request`` (a small body)
+and ``signed_upload`` (a streamed body) verify the signature and give a
+:class:`SignedRequest`, whose ``run(work, ...)`` records the nonce, finds the
+caller and does the work in one transaction, in one worker-thread hop: the
+files and mutables endpoints, which clients call most, use these. ``caller``
+gives the verified :class:`Caller` alone, for endpoints whose work opens its
+own transactions.
 """
 
 from __future__ import annotations

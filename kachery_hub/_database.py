@@ -8,6 +8,7 @@ here describe the latest schema for queries.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,18 +190,27 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         self._last_purge = 0.0
+        # SQLite has one writer at a time, and every transaction here is a writer (BEGIN
+        # IMMEDIATE). Threads of this process queue on a lock instead of SQLite's busy handler,
+        # which polls with sleeps of up to 100 ms and so gives long tails under load; other
+        # processes (``kachery-hub token create``) still meet the busy timeout.
+        self._writer = threading.Lock() if parsed.get_backend_name() == "sqlite" else None
 
     def migrate(self) -> list[int]:
         return _migrations.migrate(self.engine)
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        if self._writer is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._writer, self.engine.begin() as conn:
             yield conn
 
     def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(conn, *args)`` in a transaction of its own (call it from a worker thread)."""
-        with self.engine.begin() as conn:
+        with self.begin() as conn:
             return work(conn, *args)
 
     def remember_nonce(self, conn: Connection, nonce: str, expires_at: float) -> bool:
