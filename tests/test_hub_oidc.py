@@ -77,13 +77,18 @@ def provider_round_trip(web: TestClient, page: Page, provider: OidcProvider, ema
     assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
     assert query["state"][0] and query["nonce"][0]
     caught: list[str] = []
-    page.on("request", lambda r: caught.append(r.url) if r.url.startswith(HUB + "/") else None)
     page.context.clear_cookies()  # no provider session left from an earlier login: log in as `email`
+    # A page of its own: Chromium cannot reach the in-process hub, and the error page it then
+    # loads must not land in the middle of the next round trip's navigation.
+    tab = page.context.new_page()
+    tab.on("request", lambda r: caught.append(r.url) if r.url.startswith(HUB + "/") else None)
     try:
-        page.goto(authorize)
-        login_in_browser(page, provider, email)
-    except PlaywrightError as e:  # Chromium cannot reach the in-process hub; the URL it was sent to is what counts
+        tab.goto(authorize)
+        login_in_browser(tab, provider, email)
+    except PlaywrightError as e:  # the URL the provider sent the browser to is what counts
         assert caught, f"the provider did not send the browser back to the hub: {e}"
+    finally:
+        tab.close()
     assert caught, "the provider did not send the browser back to the hub"
     return caught[-1].removeprefix(HUB)
 
