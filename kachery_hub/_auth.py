@@ -49,7 +49,6 @@ class Caller:
     email: str | None = None
     is_admin: bool = False
     default_project_id: str | None = None
-    body_sha1: str | None = None
 
     def require_client(self) -> str:
         if self.client_id is None:
@@ -150,10 +149,10 @@ def _caller(hub: HubState, conn: Connection, signature: _Signature) -> Caller:
         raise ReplayedRequest("this signed request was already received once; a request cannot be replayed")
     row = conn.execute(_CLIENT, {"client_id": signature.client_id}).first()
     if row is None:
-        return Caller(client_id=signature.client_id, body_sha1=signature.body_sha1)
+        return Caller(client_id=signature.client_id)
     return Caller(
         client_id=signature.client_id, user_id=row.user_id, email=row.email, is_admin=bool(row.is_admin),
-        default_project_id=row.default_project_id, body_sha1=signature.body_sha1,
+        default_project_id=row.default_project_id,
     )
 
 

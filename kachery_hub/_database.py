@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -201,11 +201,7 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        if self._writer is None:
-            with self.engine.begin() as conn:
-                yield conn
-            return
-        with self._writer, self.engine.begin() as conn:
+        with self._writer or nullcontext(), self.engine.begin() as conn:
             yield conn
 
     def run(self, work: Callable[..., T], *args: Any) -> T:
