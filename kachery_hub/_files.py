@@ -72,8 +72,6 @@ def _file_json(row: Any) -> dict[str, Any]:
 # Built once (see _projects.require_role): these run on every file request.
 _PROJECT_FILE = select(tables.files).where(
     tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
-_PRESENT = select(tables.files.c.sha1).where(
-    tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
 # ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
 _INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
                     "ON CONFLICT (sha1) DO NOTHING")
@@ -82,18 +80,16 @@ _INSERT_FILE = text(
     "VALUES (:pid, :sha1, :size, :label, :user, :now) ON CONFLICT (project_id, sha1) DO UPDATE "
     "SET label = COALESCE(excluded.label, files.label)"
 )
-_member = tables.members.alias("m")
-_READABLE_BY_ANYONE = (
+_IN_A_PROJECT = (
     select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
-    .where(tables.files.c.sha1 == bindparam("sha1"), tables.projects.c.public_read.is_(True)).limit(1)
+    .where(tables.files.c.sha1 == bindparam("sha1"))
 )
-_READABLE_BY_USER = (
-    select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
-    .where(tables.files.c.sha1 == bindparam("sha1"), or_(
-        tables.projects.c.public_read.is_(True),
-        tables.projects.c.id.in_(select(_member.c.project_id).where(_member.c.user_id == bindparam("user_id"))),
-    )).limit(1)
-)
+_READABLE_BY_ANYONE = _IN_A_PROJECT.where(tables.projects.c.public_read.is_(True)).limit(1)
+_READABLE_BY_USER = _IN_A_PROJECT.where(or_(
+    tables.projects.c.public_read.is_(True),
+    tables.projects.c.id.in_(
+        select(tables.members.c.project_id).where(tables.members.c.user_id == bindparam("user_id"))),
+)).limit(1)
 
 
 def _project_file(conn: Connection, who: Caller, project_id: str, sha1: str) -> dict[str, Any]:
@@ -221,7 +217,7 @@ def _may_write(conn: Connection, who: Caller, project_id: str) -> Caller:
 
 def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str) -> dict[str, Any]:
     _may_write(conn, who, project_id)
-    if conn.execute(_PRESENT, {"pid": project_id, "sha1": sha1}).first() is not None:
+    if conn.execute(_PROJECT_FILE, {"pid": project_id, "sha1": sha1}).first() is not None:
         return {"present": True, "upload": None}
     target = store.upload_target(sha1)  # presigning is computed here, no request to the store
     if target is None:
