@@ -77,7 +77,8 @@ def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, conte
             raise FileChangedError(str(content))
         raise HubRequestError(client.url, f"the hub's object store refused the upload: HTTP {response.status_code} "
                                           f"{response.text[:200]!r}")
-    client.json("POST", f"/api/projects/{pid}/files/{sha1}/complete", json={"label": label})
+    client.json("POST", f"/api/projects/{pid}/files/{sha1}/complete",
+                json={"label": label, "upload_id": target["upload_id"]})
 
 
 def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, project_id: str | None) -> None:

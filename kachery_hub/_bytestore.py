@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,16 +52,28 @@ class UploadTarget:
     url: str
     headers: dict[str, str]
     method: str = "PUT"
+    #: Names this upload alone; the client presents it to complete the upload.
+    upload_id: str | None = None
 
 
 class ByteStore(Protocol):
     #: True when clients transfer bytes directly with the store (presigned URLs).
     direct: bool
 
-    def exists(self, sha1: str) -> bool: ...
+    def staged_size(self, sha1: str, upload_id: str) -> int | None:
+        """The size of direct upload ``upload_id`` if it holds content with that very sha1, else None.
 
-    def verified_size(self, sha1: str) -> int | None:
-        """The size of blob ``sha1`` if the store holds it with that very sha1, else None."""
+        Only bytes the client itself sent count: a blob the store already holds
+        for another project proves nothing about the caller.
+        """
+        ...
+
+    def adopt(self, sha1: str, upload_id: str) -> str:
+        """Make a proved direct upload the blob of ``sha1``; returns the storage key to record."""
+        ...
+
+    def discard(self, sha1: str, upload_id: str) -> None:
+        """Drop a proved direct upload of bytes the store already holds."""
         ...
 
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
@@ -73,7 +86,13 @@ class ByteStore(Protocol):
 
     def upload_target(self, sha1: str) -> UploadTarget | None: ...
 
-    def download_url(self, sha1: str) -> str | None: ...
+    def download_url(self, sha1: str, storage_key: str | None) -> str | None: ...
+
+    def staged_keys(self, older_than: float) -> Iterator[str]:
+        """Storage keys of direct uploads last written before ``older_than`` (epoch seconds)."""
+        ...
+
+    def remove(self, storage_key: str) -> None: ...
 
     def cleanup(self) -> int: ...
 
@@ -135,17 +154,23 @@ class LocalFolderStore:
     def blob_path(self, sha1: str) -> Path:
         return self.root / "sha1" / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
 
-    def exists(self, sha1: str) -> bool:
-        return self.blob_path(sha1).is_file()
-
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
         return _LocalIncoming(self, max_size)
 
-    def verified_size(self, sha1: str) -> int | None:
-        try:
-            return self.blob_path(sha1).stat().st_size  # only verified bytes get this name
-        except FileNotFoundError:
-            return None
+    def staged_size(self, sha1: str, upload_id: str) -> int | None:
+        return None  # every upload comes through the hub (PUT) and is verified as it streams
+
+    def adopt(self, sha1: str, upload_id: str) -> str:
+        raise AssertionError("a folder store has no direct uploads")
+
+    def discard(self, sha1: str, upload_id: str) -> None:
+        pass
+
+    def staged_keys(self, older_than: float) -> Iterator[str]:
+        return iter(())
+
+    def remove(self, storage_key: str) -> None:
+        raise AssertionError("a folder store has no direct uploads")
 
     def local_path(self, sha1: str) -> Path | None:
         return self.blob_path(sha1)
@@ -153,7 +178,7 @@ class LocalFolderStore:
     def upload_target(self, sha1: str) -> UploadTarget | None:
         return None
 
-    def download_url(self, sha1: str) -> str | None:
+    def download_url(self, sha1: str, storage_key: str | None) -> str | None:
         return None
 
     def close(self) -> None:

@@ -63,6 +63,9 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
     Column("revoked", Boolean, nullable=False),
+    Column("id", Text, unique=True),  # public: what lists show and revoke names
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
 )
 projects = Table(
     "projects", metadata,
@@ -85,12 +88,15 @@ clients = Table(
     Column("label", Text),
     Column("default_project_id", Text),
     Column("created_at", Float, nullable=False),
+    Column("token_id", Text),  # the token that signed it in (directly or through a browser session)
 )
 blobs = Table(
     "blobs", metadata,
     Column("sha1", Text, primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    # Object stores: the key holding the bytes (None: the sha1 path, or a folder store).
+    Column("storage_key", Text),
 )
 files = Table(
     "files", metadata,
@@ -115,6 +121,7 @@ sessions = Table(
     Column("user_id", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+    Column("token_id", Text),  # ended when that token is revoked; None after an OpenID sign-in
 )
 sign_in_requests = Table(
     "sign_in_requests", metadata,

@@ -6,6 +6,13 @@ computed and becomes visible only when the hash matches. Uploading into a
 project never reveals whether the bytes already exist in another project:
 the bytes are always streamed and verified, and only a project the caller can
 read answers "already here".
+
+A client adds a file to a project only by proving it holds the whole content:
+through the hub, by sending the bytes (hashed as they stream); with an object
+store, by sending them to a key of its own (an upload id handed to it alone)
+whose sha1 the store checks. That the hub already holds the bytes for another
+project is never a shortcut, and no answer differs by it: the redundant copy is
+dropped after the answer has gone.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from pydantic import BaseModel, Field
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Unsatisfiable
@@ -27,12 +34,15 @@ from kachery_core import _signing
 from . import _database as tables
 from ._auth import Caller, SignedRequest, signed_request, signed_upload
 from ._bytestore import ByteStore, IncomingBlob
+from ._database import Database
 from ._projects import require_role
-from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable
+from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable, UploadNotFound
 
 router = APIRouter(tags=["files"])
 
 _WRITE_BATCH = 4 * 1024 * 1024  # hand chunks to the writer thread in batches this big
+#: A direct upload not completed this long after its URL was handed out is removed (URLs last an hour).
+ABANDONED_UPLOAD_SECONDS = 2 * 3600.0
 
 
 class _BigChunkFileResponse(FileResponse):
@@ -73,15 +83,19 @@ def _file_json(row: Any) -> dict[str, Any]:
 _PROJECT_FILE = select(tables.files).where(
     tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
 # ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
-_INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
+_INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at, storage_key) VALUES (:sha1, :size, :now, :key) "
                     "ON CONFLICT (sha1) DO NOTHING")
+_BLOB_KEY = text("SELECT storage_key FROM blobs WHERE sha1 = :sha1")
+_BLOB_AT_KEY = text("SELECT sha1 FROM blobs WHERE storage_key = :key")
 _INSERT_FILE = text(
     "INSERT INTO files (project_id, sha1, size, label, created_by, created_at) "
     "VALUES (:pid, :sha1, :size, :label, :user, :now) ON CONFLICT (project_id, sha1) DO UPDATE "
     "SET label = COALESCE(excluded.label, files.label)"
 )
 _IN_A_PROJECT = (
-    select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
+    select(tables.files, tables.blobs.c.storage_key)
+    .join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
+    .join(tables.blobs, tables.blobs.c.sha1 == tables.files.c.sha1)
     .where(tables.files.c.sha1 == bindparam("sha1"))
 )
 _READABLE_BY_ANYONE = _IN_A_PROJECT.where(tables.projects.c.public_read.is_(True)).limit(1)
@@ -109,11 +123,13 @@ def _list_files(conn: Connection, who: Caller, project_id: str, limit: int, afte
     return [_file_json(r) for r in rows]
 
 
-def _record(conn: Connection, who: Caller, project_id: str, sha1: str, size: int, label: str | None) -> dict[str, Any]:
+def _record(conn: Connection, who: Caller, project_id: str, sha1: str, size: int, label: str | None,
+            storage_key: str | None = None) -> dict[str, Any]:
+    """Record bytes the caller proved it holds; ``storage_key`` names where a direct upload put them."""
     user_id = who.require_user()
     now = time.time()
     require_role(conn, who, project_id, "write")
-    conn.execute(_INSERT_BLOB, {"sha1": sha1, "size": size, "now": now})
+    conn.execute(_INSERT_BLOB, {"sha1": sha1, "size": size, "now": now, "key": storage_key})
     conn.execute(_INSERT_FILE, {"pid": project_id, "sha1": sha1, "size": size, "label": label, "user": user_id,
                                 "now": now})
     return _project_file(conn, who, project_id, sha1)
@@ -126,12 +142,21 @@ def find_readable(conn: Connection, who: Caller, sha1: str) -> Any:
     return conn.execute(_READABLE_BY_USER, {"sha1": sha1, "user_id": who.user_id}).first()
 
 
-def _readable(conn: Connection, who: Caller, sha1: str) -> dict[str, Any]:
+def _readable_row(conn: Connection, who: Caller, sha1: str) -> Any:
     row = find_readable(conn, who, sha1)
     if row is None:
         whom = "you" if who.user_id else "anonymous clients"
         raise FileNotFound(f"sha1://{sha1} is not in any project {whom} can read", sha1=sha1)
-    return _file_json(row)
+    return row
+
+
+def _readable(conn: Connection, who: Caller, sha1: str) -> dict[str, Any]:
+    return _file_json(_readable_row(conn, who, sha1))
+
+
+def _download(conn: Connection, who: Caller, sha1: str) -> tuple[int, str | None]:
+    row = _readable_row(conn, who, sha1)
+    return int(row.size), row.storage_key
 
 
 def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> bool:
@@ -207,6 +232,7 @@ class UploadRequest(BaseModel):
 
 class CompleteRequest(BaseModel):
     label: str | None = Field(default=None, max_length=1000)
+    upload_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="as handed out by .../upload")
 
 
 def _may_write(conn: Connection, who: Caller, project_id: str) -> Caller:
@@ -224,16 +250,15 @@ def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: 
         return {"present": False, "upload": {"url": f"/api/projects/{project_id}/files/{sha1}", "method": "PUT",
                                              "headers": {}, "via_hub": True}}
     return {"present": False, "upload": {"url": target.url, "method": target.method, "headers": target.headers,
-                                         "via_hub": False}}
+                                         "via_hub": False, "upload_id": target.upload_id}}
 
 
-def _complete(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str,
-              label: str | None) -> dict[str, Any]:
-    _may_write(conn, who, project_id)
-    size = store.verified_size(sha1)
-    if size is None:
-        raise FileNotFound(f"the object store holds no verified upload of sha1://{sha1}; upload it first", sha1=sha1)
-    return _record(conn, who, project_id, sha1, size, label)
+def _record_upload(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str, size: int,
+                   label: str | None, upload_id: str) -> tuple[dict[str, Any], bool]:
+    """Record a proved direct upload; also says whether its object became the blob (else it is redundant)."""
+    key = store.adopt(sha1, upload_id)
+    record = _record(conn, who, project_id, sha1, size, label, key)
+    return record, conn.execute(_BLOB_KEY, {"sha1": sha1}).scalar() == key
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/upload",
@@ -245,9 +270,32 @@ async def post_upload(project_id: str, sha1: str, body: UploadRequest,
 
 @router.post("/api/projects/{project_id}/files/{sha1}/complete",
              summary="Record a directly uploaded file in the project once the store has verified its sha1")
-async def post_complete(project_id: str, sha1: str, body: CompleteRequest,
+async def post_complete(project_id: str, sha1: str, body: CompleteRequest, background: BackgroundTasks,
                         req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    return await req.run(_complete, req.hub.store, project_id, _check_sha1(sha1), body.label)
+    _check_sha1(sha1)
+    who = await req.run(_may_write, project_id)
+    store = req.hub.store
+    size = await run_in_threadpool(store.staged_size, sha1, body.upload_id)  # outside any transaction
+    if size is None:
+        raise UploadNotFound(f"no upload {body.upload_id} of sha1://{sha1} has arrived in the object store; "
+                             "send the bytes to the URL that .../upload gave, then complete", sha1=sha1)
+    record, kept = await run_in_threadpool(req.hub.db.run, _record_upload, who, store, project_id, sha1, size,
+                                           body.label, body.upload_id)
+    if not kept:
+        # The hub held these bytes already. Dropped after the answer, so that answer and its
+        # timing are the same whether or not another project holds them.
+        background.add_task(run_in_threadpool, store.discard, sha1, body.upload_id)
+    return record
+
+
+def remove_abandoned_uploads(db: Database, store: ByteStore, older_than: float) -> int:
+    """Remove direct uploads never completed (last written before ``older_than``); returns how many."""
+    removed = 0
+    for key in store.staged_keys(older_than):
+        if db.run(lambda conn: conn.execute(_BLOB_AT_KEY, {"key": key}).first()) is None:
+            store.remove(key)
+            removed += 1
+    return removed
 
 
 @router.get("/api/files/{sha1}/info", summary="Size and label of a file in a project the caller can read")
@@ -262,14 +310,14 @@ async def get_file_info(sha1: str, req: SignedRequest = Depends(signed_request))
     responses={200: {"content": {"application/octet-stream": {}}}, 206: {"description": "Partial content"}},
 )
 async def get_file(sha1: str, request: Request, req: SignedRequest = Depends(signed_request)) -> Response:
-    info = await req.run(_readable, _check_sha1(sha1))
+    size, storage_key = await req.run(_download, _check_sha1(sha1))
     hub = req.hub
-    _check_range(request, int(info["size"]))
-    url = hub.store.download_url(sha1)
+    _check_range(request, size)
+    url = hub.store.download_url(sha1, storage_key)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     path = hub.store.local_path(sha1)
     if path is None or not path.is_file():
         raise FileNotFound(f"the bytes of sha1://{sha1} are missing from the hub's store", sha1=sha1)
     return _BigChunkFileResponse(path, media_type="application/octet-stream",
-                                 headers={"X-Kachery-Size": str(info["size"])})
+                                 headers={"X-Kachery-Size": str(size)})

@@ -136,6 +136,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE sign_in_requests ADD COLUMN label TEXT",
         ),
     ),
+    Migration(
+        4,
+        "where a blob's bytes are in an object store (each direct upload has a key of its own)",
+        ("ALTER TABLE blobs ADD COLUMN storage_key TEXT",),
+    ),
+    Migration(
+        5,
+        "sign-in tokens get a public ID, last use and revocation time; clients and sessions name their token",
+        (
+            "ALTER TABLE tokens ADD COLUMN id TEXT",
+            "ALTER TABLE tokens ADD COLUMN last_used_at DOUBLE PRECISION",
+            "ALTER TABLE tokens ADD COLUMN revoked_at DOUBLE PRECISION",
+            # Tokens made before: an ID from their hash (a secret's sha256 tells nothing of the secret).
+            "UPDATE tokens SET id = 't' || substr(token_hash, 1, 16) WHERE id IS NULL",
+            "CREATE UNIQUE INDEX tokens_by_id ON tokens (id)",
+            "ALTER TABLE clients ADD COLUMN token_id TEXT",
+            "ALTER TABLE sessions ADD COLUMN token_id TEXT",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -3,19 +3,27 @@
 Storage URL: ``s3://<bucket>[/<prefix>]?endpoint_url=http://host:port&region=us-east-1``
 (``endpoint_url`` is omitted for AWS itself). Credentials come from the usual
 AWS sources (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles...).
-Objects live at ``<prefix>sha1/ab/cd/ef/<sha1>``.
+Objects::
 
-An upload URL is presigned together with the header ``x-amz-checksum-sha1``,
-so the store itself refuses bytes whose sha1 is not the name they are sent
-under, and the client cannot drop or change that header. Before a file
-becomes visible in a project the hub asks the store for the object's recorded
-sha1 (``verified_size``); an object without a matching checksum never counts.
-Single PUTs are limited by the store (5 GiB on AWS).
+    <prefix>uploads/<sha1>/<upload id>   one client's upload; the first one proved becomes the blob
+    <prefix>sha1/ab/cd/ef/<sha1>         blobs recorded before upload ids existed (read only)
+
+Every upload goes to a key of its own, named by a random upload id that only
+the uploading client is told, presigned together with the header
+``x-amz-checksum-sha1``: the store itself refuses bytes whose sha1 is not the
+one they are sent under, and the client cannot drop or change that header.
+Completing an upload asks the store for that object's recorded sha1
+(``staged_size``), so a client proves it holds the whole content by having
+sent it; an object the hub already holds under another key is no proof for
+anyone. Which key holds a blob's bytes is recorded in the database
+(``blobs.storage_key``). Single PUTs are limited by the store (5 GiB on AWS).
 """
 
 from __future__ import annotations
 
 import base64
+import secrets
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -23,6 +31,11 @@ from ._bytestore import IncomingBlob, UploadTarget
 from .errors import ConfigurationError, DirectUploadRequired
 
 URL_SECONDS = 3600
+UPLOADS = "uploads/"
+
+
+def staging_key(sha1: str, upload_id: str) -> str:
+    return f"{UPLOADS}{sha1}/{upload_id}"
 
 
 def _checksum(sha1: str) -> str:
@@ -70,25 +83,44 @@ class S3ByteStore:
     def key(self, sha1: str) -> str:
         return f"{self.prefix}sha1/{sha1[0:2]}/{sha1[2:4]}/{sha1[4:6]}/{sha1}"
 
-    def _head(self, sha1: str) -> dict[str, Any] | None:
+    def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
         try:
-            head: dict[str, Any] = self._s3.head_object(Bucket=self.bucket, Key=self.key(sha1), ChecksumMode="ENABLED")
+            head: dict[str, Any] = self._s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
         return head
 
-    def exists(self, sha1: str) -> bool:
-        return self.verified_size(sha1) is not None
+    def object_key(self, sha1: str, storage_key: str | None) -> str:
+        """Where a blob's bytes are: its recorded key, or the sha1 path of blobs older than upload ids."""
+        return self.prefix + storage_key if storage_key else self.key(sha1)
 
-    def verified_size(self, sha1: str) -> int | None:
-        head = self._head(sha1)
+    def staged_size(self, sha1: str, upload_id: str) -> int | None:
+        """The size of upload ``upload_id`` if the store holds it with that very sha1, else None."""
+        head = self._head(self.prefix + staging_key(sha1, upload_id))
         if head is None or head.get("ChecksumSHA1") != _checksum(sha1):
             return None
         return int(head["ContentLength"])
+
+    def adopt(self, sha1: str, upload_id: str) -> str:
+        return staging_key(sha1, upload_id)  # the staged object itself becomes the blob: no copy
+
+    def discard(self, sha1: str, upload_id: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + staging_key(sha1, upload_id))
+
+    def staged_keys(self, older_than: float) -> Iterator[str]:
+        """Keys (after the prefix) of uploads last written before ``older_than`` (epoch seconds)."""
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + UPLOADS)
+        for page in pages:
+            for item in page.get("Contents", ()):
+                if item["LastModified"].timestamp() < older_than:
+                    yield str(item["Key"])[len(self.prefix):]
+
+    def remove(self, storage_key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + storage_key)
 
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
         raise DirectUploadRequired(
@@ -99,18 +131,20 @@ class S3ByteStore:
 
     def upload_target(self, sha1: str) -> UploadTarget:
         checksum = _checksum(sha1)
+        upload_id = secrets.token_hex(16)
         url = self._s3.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": self.key(sha1), "ChecksumSHA1": checksum},
-            ExpiresIn=URL_SECONDS,
+            "put_object", ExpiresIn=URL_SECONDS,
+            Params={"Bucket": self.bucket, "Key": self.prefix + staging_key(sha1, upload_id), "ChecksumSHA1": checksum},
         )
-        return UploadTarget(url=str(url), headers={"x-amz-checksum-sha1": checksum})
+        return UploadTarget(url=str(url), headers={"x-amz-checksum-sha1": checksum}, upload_id=upload_id)
 
-    def download_url(self, sha1: str) -> str:
+    def download_url(self, sha1: str, storage_key: str | None) -> str:
         return str(self._s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self.key(sha1)}, ExpiresIn=URL_SECONDS))
+            "get_object", Params={"Bucket": self.bucket, "Key": self.object_key(sha1, storage_key)},
+            ExpiresIn=URL_SECONDS))
 
     def cleanup(self) -> int:
-        return 0  # nothing is staged: the store refuses bad bytes itself
+        return 0  # abandoned uploads need the database: see _files.remove_abandoned_uploads
 
     def close(self) -> None:
         self._s3.close()

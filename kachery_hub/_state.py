@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -26,6 +27,9 @@ class HubState:
         db.migrate()
         store = open_byte_store(settings.resolved_storage_url)
         store.cleanup()
+        from ._files import ABANDONED_UPLOAD_SECONDS, remove_abandoned_uploads  # _files needs this module
+
+        remove_abandoned_uploads(db, store, time.time() - ABANDONED_UPLOAD_SECONDS)
         oidc = None
         if settings.oidc_client_id and settings.oidc_client_secret:
             oidc = OidcProvider(OidcConfig(settings.oidc_issuer, settings.oidc_client_id, settings.oidc_client_secret))

@@ -87,6 +87,12 @@ class FileNotFound(NotFound):
     code = "file_not_found"
 
 
+class UploadNotFound(NotFound):
+    """A direct upload to complete is not in the object store (never sent, or not with that sha1)."""
+
+    code = "upload_not_found"
+
+
 class MutableNotFound(NotFound):
     code = "mutable_not_found"
 

@@ -26,6 +26,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from sqlalchemy import text  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
@@ -84,7 +85,9 @@ class Hub:
 
         store = self.state.store
         assert isinstance(store, S3ByteStore)
-        store._s3.put_object(Bucket=store.bucket, Key=store.key(sha1), Body=data)
+        with self.state.db.begin() as conn:
+            key = conn.execute(text("SELECT storage_key FROM blobs WHERE sha1 = :s"), {"s": sha1}).scalar()
+        store._s3.put_object(Bucket=store.bucket, Key=store.object_key(sha1, key), Body=data)
 
     def token(self, email: str, *, admin: bool = False) -> str:
         return create_token(self.state.db, email, is_admin=admin)

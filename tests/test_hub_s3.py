@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +58,8 @@ def test_the_store_refuses_bytes_that_do_not_match_and_nothing_becomes_visible(h
     assert forged.status_code == 400 and "BadDigest" in forged.text
     dropped = httpx2.put(upload["url"], content=b"forged bytes!!")  # the checksum header is part of the signature
     assert dropped.status_code == 403
-    r = _signed(hub, "POST", path + "/complete", {"label": None})
-    assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
+    r = _signed(hub, "POST", path + "/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
     assert _signed(hub, "GET", f"/api/files/{claimed}/info").status_code == 404
 
 
@@ -66,11 +67,33 @@ def test_an_object_written_without_the_checksum_never_counts(hub: Hub) -> None:
     pid = hub.sign_in("A", "a@example.org")
     data = b"written around the hub"
     sha1 = hashlib.sha1(data).hexdigest()
+    path = f"/api/projects/{pid}/files/{sha1}"
+    upload_id = _signed(hub, "POST", path + "/upload", {"size": len(data)}).json()["upload"]["upload_id"]
     store = hub.state.store
-    store._s3.put_object(Bucket=store.bucket, Key=store.key(sha1), Body=data)  # type: ignore[attr-defined]
-    assert store.verified_size(sha1) is None
-    r = _signed(hub, "POST", f"/api/projects/{pid}/files/{sha1}/complete", {"label": None})
-    assert r.status_code == 404
+    for key in (store.key(sha1), store.prefix + f"uploads/{sha1}/{upload_id}"):  # type: ignore[attr-defined]
+        store._s3.put_object(Bucket=store.bucket, Key=key, Body=data)  # type: ignore[attr-defined]
+    assert store.staged_size(sha1, upload_id) is None
+    r = _signed(hub, "POST", path + "/complete", {"label": None, "upload_id": upload_id})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
+
+
+def test_uploads_never_completed_are_removed_and_blobs_are_kept(hub: Hub) -> None:
+    from kachery_hub._files import remove_abandoned_uploads
+
+    hub.sign_in("A", "a@example.org")
+    uri = kc.store_text("completed")
+    sha1 = hashlib.sha1(b"left behind").hexdigest()
+    pid = kc.get_project_id()
+    upload = _signed(hub, "POST", f"/api/projects/{pid}/files/{sha1}/upload", {"size": 11}).json()["upload"]
+    import httpx2
+
+    assert httpx2.put(upload["url"], content=b"left behind", headers=upload["headers"]).status_code == 200
+    store = hub.state.store
+    assert remove_abandoned_uploads(hub.state.db, store, time.time() - 3600) == 0  # too young to go
+    assert remove_abandoned_uploads(hub.state.db, store, time.time() + 60) == 1
+    assert store.staged_size(sha1, upload["upload_id"]) is None
+    assert kc.load_text(uri) == "completed"  # not cached locally: downloaded from the store
+    assert list(store.staged_keys(time.time() + 60)), "the completed upload is the blob and stays"
 
 
 def test_a_changed_source_file_is_refused_by_the_store(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

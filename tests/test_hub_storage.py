@@ -95,11 +95,11 @@ def test_upload_is_visible_only_after_its_hash_is_verified(tmp_path: Path) -> No
     sha1 = hashlib.sha1(data).hexdigest()
     incoming = store.begin_upload(len(data))
     incoming.write(data[:50_000])
-    assert not store.exists(sha1)
+    assert not store.blob_path(sha1).exists()
     incoming.write(data[50_000:])
-    assert not store.exists(sha1)
+    assert not store.blob_path(sha1).exists()
     assert incoming.finish(sha1) == len(data)
-    assert store.exists(sha1) and store.blob_path(sha1).read_bytes() == data
+    assert store.blob_path(sha1).is_file() and store.blob_path(sha1).read_bytes() == data
     assert list(store.tmp_dir.iterdir()) == []
 
 
@@ -111,7 +111,7 @@ def test_a_wrong_hash_or_size_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(HashMismatch) as err:
         incoming.finish(claimed)
     assert isinstance(err.value, ValueError)
-    assert not store.exists(claimed) and list(store.tmp_dir.iterdir()) == []
+    assert not store.blob_path(claimed).exists() and list(store.tmp_dir.iterdir()) == []
     incoming = store.begin_upload(max_size=3)
     with pytest.raises(PayloadTooLarge):
         incoming.write(b"four")
