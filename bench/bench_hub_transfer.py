@@ -8,6 +8,10 @@ of the server process over its RSS just before, from /proc/<pid>/status VmHWM):
   KACHERY_CLOUD_DIR, empty hash cache, so it hashes the file first) to a
   ``kachery-hub serve`` process (SQLite + folder), which hashes the stream,
   fsyncs and only then makes the file visible;
+- ours upload, bytes another project holds: the same file stored by another user
+  into their own project on the same hub. A client adds a file to a project only
+  by sending its bytes (the hub never takes "another project has it" as proof), so
+  this is what a cross-project dedup costs;
 - ours download: ``kachery_core.load_file(uri)`` in a second, fresh client dir of
   the same user: download, verify the sha1 while streaming, keep in the local store;
 - anchor upload: a streaming PUT of the file with httpx2 to a bare FastAPI app on
@@ -57,14 +61,16 @@ EMAIL = "bench@example.org"
 AIM_RSS_MIB = 64  # "far below the file size": the transfers hold a few MiB at a time
 
 OURS_STORE = "ours store_file (upload)"
+OURS_STORE_HELD = "ours store_file, bytes another project holds"
 ANCHOR_PUT = "anchor PUT, to disk"
 ANCHOR_PUT_VERIFIED = "anchor PUT verified (sha1 both ends, fsync)"
 OURS_LOAD = "ours load_file (download)"
 ANCHOR_GET = "anchor GET, to disk"
 ANCHOR_GET_VERIFIED = "anchor GET verified (sha1 while streaming)"
 #: Each row of ours, with the plain and the verified anchor it is compared to.
-PAIRS = {OURS_STORE: (ANCHOR_PUT, ANCHOR_PUT_VERIFIED), OURS_LOAD: (ANCHOR_GET, ANCHOR_GET_VERIFIED)}
-ROWS = (ANCHOR_PUT, ANCHOR_PUT_VERIFIED, OURS_STORE, ANCHOR_GET, ANCHOR_GET_VERIFIED, OURS_LOAD)
+PAIRS = {OURS_STORE: (ANCHOR_PUT, ANCHOR_PUT_VERIFIED), OURS_STORE_HELD: (ANCHOR_PUT, ANCHOR_PUT_VERIFIED),
+         OURS_LOAD: (ANCHOR_GET, ANCHOR_GET_VERIFIED)}
+ROWS = (ANCHOR_PUT, ANCHOR_PUT_VERIFIED, OURS_STORE, OURS_STORE_HELD, ANCHOR_GET, ANCHOR_GET_VERIFIED, OURS_LOAD)
 
 
 @dataclass
@@ -220,22 +226,27 @@ def run_child(op: str, a: str, b: str, env: dict[str, str], server_pid: int, sou
 def ours(i: int, source: Path, sha1: str, work: Path) -> dict[str, Sample]:
     """Upload then download through a fresh hub with two fresh client dirs."""
     hub = Hub(work / f"hub-{i}")
-    up, down = work / f"client-up-{i}", work / f"client-down-{i}"
+    up, down, other = work / f"client-up-{i}", work / f"client-down-{i}", work / f"client-other-{i}"
     samples: dict[str, Sample] = {}
     hub.start()
     try:
         token = hub.token(EMAIL)
         sign_in(up, hub.url, token)
         sign_in(down, hub.url, token)
+        sign_in(other, hub.url, hub.token("other-" + EMAIL))
         samples[OURS_STORE], uri = run_child("ours-store", str(source), "", client_env(up, hub.url), hub.pid, source, work)
         if sha1 not in uri:
             raise RuntimeError(f"store_file returned {uri}, expected sha1 {sha1}")
+        samples[OURS_STORE_HELD], again = run_child("ours-store", str(source), "", client_env(other, hub.url), hub.pid,
+                                                    source, work)
+        if again != uri:
+            raise RuntimeError(f"store_file by another user returned {again}, expected {uri}")
         samples[OURS_LOAD], path = run_child("ours-load", uri, "", client_env(down, hub.url), hub.pid, source, work)
         if os.path.getsize(path) != source.stat().st_size:
             raise RuntimeError(f"load_file gave {path} of the wrong size")
     finally:
         hub.stop()
-        for d in (hub.data, up, down):
+        for d in (hub.data, up, down, other):
             shutil.rmtree(d, ignore_errors=True)
     return samples
 
