@@ -46,8 +46,8 @@ GET             /api/projects/{project_id}/members                members and ro
 PUT,DELETE      /api/projects/{project_id}/members/{email}        add, change (read/write/admin), remove
 GET             /api/projects/{project_id}/files                  files of a project (paged)
 GET,PUT,DELETE  /api/projects/{project_id}/files/{sha1}           record; upload through the hub; remove
-POST            /api/projects/{project_id}/files/{sha1}/upload    where to upload (presigned with S3)
-POST            /api/projects/{project_id}/files/{sha1}/complete  record a direct upload
+POST            /api/projects/{project_id}/files/{sha1}/upload    where to upload (S3: presigned, an upload id)
+POST            /api/projects/{project_id}/files/{sha1}/complete  record a direct upload the store verified
 GET             /api/files/{sha1}                                 download from any readable project (ranges)
 GET             /api/files/{sha1}/info                            size and label
 GET             /api/projects/{project_id}/mutables               keys by ``prefix`` (paged)
