@@ -12,13 +12,26 @@ Layout of ``$KACHERY_CLOUD_DIR`` (default ``~/.kachery-cloud``)::
 
 Every write goes to a temporary file on the same file system, then is renamed
 into place, so readers see a whole file or none.
+
+Temp files in a shared temp folder (``sha1/.tmp/``) are *owned*: the process
+writing one holds an exclusive ``flock`` on it (:func:`open_owned_tmp`), which the
+kernel drops when the process ends, however it ends. :func:`remove_unowned_tmp_files`
+removes every temp file whose lock it can take, at once, whatever its age, and
+leaves those of live processes alone. Where ``flock`` does not exist (Windows),
+temp files are removed by age instead.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; temp files are removed by age
+    fcntl = None  # type: ignore[assignment]
 
 from . import _constants
 from .errors import ConfigError
@@ -114,8 +127,80 @@ def write_file_atomic(final: Path, data: bytes) -> None:
         raise
 
 
+def _still_linked(path: str | Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed or replaced)."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (own.st_ino, own.st_dev)
+
+
+def open_owned_tmp(folder: Path, suffix: str = ".tmp") -> tuple[Path, io.BufferedRandom]:
+    """A new, empty temp file in ``folder`` that this process owns while the returned file is open.
+
+    Ownership is an exclusive ``flock`` held by that open file; the kernel releases it when
+    the file is closed or the process ends (even by SIGKILL). Other open files of the same
+    path (e.g. ``open(path, "wb")`` to write it) do not disturb it. Rename or delete the file,
+    then close the returned file. ``suffix`` should end with ``.tmp``, which is what
+    :func:`remove_unowned_tmp_files` looks for.
+    """
+    while True:
+        path = folder / f"{os.getpid()}-{os.urandom(6).hex()}{suffix}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+        f = os.fdopen(fd, "r+b")
+        if fcntl is None:
+            return path, f
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # A cleaner locked it between our create and our lock: it is about to remove it.
+            f.close()
+            continue
+        if _still_linked(path, fd):
+            return path, f
+        f.close()  # a cleaner removed it before we locked it: take another name
+
+
+def remove_unowned_tmp_files(folder: Path, suffix: str = ".tmp") -> int:
+    """Delete the temp files in ``folder`` that no live process owns (see :func:`open_owned_tmp`),
+    whatever their age; returns how many were removed. Without ``flock`` (Windows), removes
+    those older than a day instead. A temp file written without the lock counts as unowned.
+    """
+    if fcntl is None:
+        return remove_stale_tmp_files(folder)
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if not entry.name.endswith(suffix) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            continue  # gone already, or not ours to open
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: its writer is alive
+            # Removed while we hold the lock, so a writer that locks it after us sees it unlinked.
+            if _still_linked(entry.path, fd):
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def remove_stale_tmp_files(folder: Path, max_age_seconds: float = _STALE_TMP_SECONDS) -> int:
-    """Delete temp files left by crashed writers; returns how many were removed."""
+    """Delete temp files older than ``max_age_seconds``, whoever owns them; returns how many were
+    removed. For temp files written without an owner's lock; see :func:`remove_unowned_tmp_files`."""
     removed = 0
     cutoff = time.time() - max_age_seconds
     try:

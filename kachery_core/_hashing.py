@@ -110,20 +110,28 @@ def hash_open_file(fd: int, size: int, on_progress: Callable[[int], None] | None
     return h.hexdigest()
 
 
+def sha1_of_open_file(fd: int, path: str, *, use_cache: bool = True) -> str:
+    """sha1 of the file open as ``fd`` (found at the absolute ``path``), using and filling the cache.
+
+    The cache is keyed by the identity of the open file (``fstat``), so a file replaced at
+    ``path`` since it was opened is not mistaken for the one that was hashed.
+    """
+    st = os.fstat(fd)
+    if use_cache:
+        cached = cached_sha1(path, st)
+        if cached is not None:
+            return cached
+    sha1 = hash_open_file(fd, st.st_size, Progress(f"sha1 {os.path.basename(path)}", st.st_size))
+    if use_cache and same_identity(st, os.fstat(fd)):
+        record_sha1(path, st, sha1)
+    return sha1
+
+
 def sha1_of_file(path: str | os.PathLike[str], *, use_cache: bool = True) -> str:
     """sha1 of the file at ``path``, using and filling the cache."""
     p = os.path.abspath(path)
     fd = os.open(p, os.O_RDONLY)
     try:
-        st = os.fstat(fd)
-        if use_cache:
-            cached = cached_sha1(p, st)
-            if cached is not None:
-                return cached
-        sha1 = hash_open_file(fd, st.st_size, Progress(f"sha1 {os.path.basename(p)}", st.st_size))
-        unchanged = same_identity(st, os.fstat(fd))
+        return sha1_of_open_file(fd, p, use_cache=use_cache)
     finally:
         os.close(fd)
-    if use_cache and unchanged:
-        record_sha1(p, st, sha1)
-    return sha1

@@ -185,8 +185,9 @@ _HANDOVER_BYTES = 4 * 1024 * 1024
 
 
 def _receive(response: Any, tmp: Path, label: str) -> str:
-    """Write the body to ``tmp`` and return its sha1; hashing and writing run in a second
-    thread while this one reads the socket (both release the GIL), in constant memory."""
+    """Write the body to ``tmp`` (created and owned by the caller) and return its sha1; hashing
+    and writing run in a second thread while this one reads the socket (both release the GIL),
+    in constant memory."""
     total = int(response.headers.get("content-length", "0") or 0)
     progress = _hashing.Progress(label, total)
     batches: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
@@ -194,7 +195,7 @@ def _receive(response: Any, tmp: Path, label: str) -> str:
     failure: list[BaseException] = []
 
     def sink() -> None:
-        with open(tmp, "xb") as f:
+        with open(tmp, "wb") as f:
             while (batch := batches.get()) is not None:
                 if failure:
                     continue  # keep draining so the reader never blocks
@@ -260,7 +261,12 @@ def download(parsed: Sha1URI, uri: str) -> Path:
         raise _not_found(uri, client, e) from None
     response = _follow(client, response, headers, stream=True)
     final = _store.store_path(sha1)
-    tmp = _store._tmp_dir() / f"{os.getpid()}-{os.urandom(6).hex()}.download.tmp"
+    try:
+        # Owned (locked) while we write it, so a killed download's file is removed at once by the next process.
+        tmp, owner = _fs.open_owned_tmp(_store._tmp_dir(), ".download.tmp")
+    except BaseException:
+        response.close()
+        raise
     try:
         actual = _receive(response, tmp, f"downloading {parsed.label or sha1}")
         if actual != sha1:
@@ -270,6 +276,7 @@ def download(parsed: Sha1URI, uri: str) -> Path:
     finally:
         response.close()
         tmp.unlink(missing_ok=True)
+        owner.close()
     return final
 
 

@@ -11,18 +11,39 @@ Storing a file copies it in the kernel (``copy_file_range``) in a background
 thread while the calling thread hashes it, so the data is read once and the copy
 costs almost nothing on top of the hash. The copy is renamed into place only
 when the hash is known, so no partial file is ever visible under a sha1 name.
-Loading checks the hash (cached by size/mtime/ctime/inode) and never returns
-bytes that do not match their URI.
+Loading never returns bytes that do not match their URI, even while another
+process rewrites the file (a shared multi-user store, or the source of a
+``reference=True`` URI):
+
+- ``load_text/json/npy/pkl``, ``load_bytes`` of the whole content and
+  ``cat_file`` of a file up to 64 MiB read the bytes once, hash exactly those
+  bytes, and only then deserialize or return them;
+- ``load_file(dest=...)`` copies, hashes the copy, and renames it into ``dest``
+  only if it matches;
+- ``load_file`` returns the path of a file it has verified (hash cached by
+  size/mtime/ctime/inode): what a caller later reads there is the caller's;
+- ``cat_file`` of a bigger file streams while hashing and raises
+  :class:`HashMismatchError` at the end if the bytes did not match (what was
+  already written cannot be taken back);
+- ``load_bytes`` of a range reads it from the same open file it verified; see
+  its docstring for what that does and does not guarantee.
+
+Partial files in ``.tmp/`` belong to the process writing them (an exclusive
+``flock``); the first store or download of a process, and one every ten minutes
+after, removes those whose process is gone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from . import _fs, _hashing, _serializers
 from ._uris import Sha1URI, format_sha1_uri, parse_sha1_uri
@@ -33,9 +54,20 @@ def store_path(sha1: str) -> Path:
     return Path(_fs.get_kachery_cloud_dir(), "sha1", sha1[0:2], sha1[2:4], sha1[4:6], sha1)
 
 
+#: Temp files of processes that died are looked for when a process first stores or downloads, then this often.
+_TMP_CLEANUP_SECONDS = 600.0
+_last_tmp_cleanup: dict[str, float] = {}
+
+
 def _tmp_dir() -> Path:
+    """The store's temp folder, cleared of what dead processes left (cheaply: not on every call)."""
     d = Path(_fs.get_kachery_cloud_dir(), "sha1", ".tmp")
     _fs.makedirs(d)
+    now = time.monotonic()
+    last = _last_tmp_cleanup.get(str(d))
+    if last is None or now - last > _TMP_CLEANUP_SECONDS:
+        _last_tmp_cleanup[str(d)] = now
+        _fs.remove_unowned_tmp_files(d)
     return d
 
 
@@ -63,9 +95,13 @@ def _store_copy(path: str) -> str:
     src_fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(src_fd)
-        tmp = _tmp_dir() / f"{os.getpid()}-{threading.get_ident()}-{os.urandom(6).hex()}.tmp"
         copy_src_fd = os.open(path, os.O_RDONLY)
-        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            tmp, owner = _fs.open_owned_tmp(_tmp_dir())
+        except BaseException:
+            os.close(copy_src_fd)
+            raise
+        dst_fd = owner.fileno()
         try:
             errors: list[BaseException] = []
             copier = threading.Thread(
@@ -79,15 +115,7 @@ def _store_copy(path: str) -> str:
                 raise errors[0]
             if not _hashing.same_identity(st, os.fstat(src_fd)) or os.fstat(dst_fd).st_size != st.st_size:
                 raise FileChangedError(path)
-        except BaseException:
-            os.close(dst_fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(copy_src_fd)
-        os.close(dst_fd)
-        final = store_path(sha1)
-        try:
+            final = store_path(sha1)
             if final.exists():
                 tmp.unlink()
             else:
@@ -96,6 +124,9 @@ def _store_copy(path: str) -> str:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(copy_src_fd)
+            owner.close()  # after the rename: the lock keeps a cleaner away until then
         _hashing.record_sha1(path, st, sha1)
         _hashing.record_sha1(str(final), os.stat(final), sha1)
         return sha1
@@ -126,7 +157,6 @@ def store_file_local(
     if cached is not None and store_path(cached).exists():
         sha1 = cached
     else:
-        _fs.remove_stale_tmp_files(_tmp_dir())
         sha1 = _store_copy(path)
     return format_sha1_uri(sha1, label=label)
 
@@ -155,7 +185,14 @@ def store_pkl_local(obj: Any, *, label: str | None = None) -> str:
     return store_bytes_local(_serializers.pkl_to_bytes(obj), label=label)
 
 
-def _quarantine(path: Path) -> None:
+def _quarantine(path: Path, st: os.stat_result) -> None:
+    """Move the store file ``path`` aside, if it is still the file ``st`` describes."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return
+    if (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+        return  # replaced since it was read: not the file found corrupt
     d = Path(_fs.get_kachery_cloud_dir(), "sha1", ".corrupt")
     _fs.makedirs(d)
     try:
@@ -164,17 +201,25 @@ def _quarantine(path: Path) -> None:
         pass
 
 
+def _mismatch(path: Path, st: os.stat_result, uri: str, sha1: str, actual: str, *, in_store: bool) -> HashMismatchError:
+    if in_store:
+        _quarantine(path, st)
+    return HashMismatchError(uri, sha1, actual, str(path))
+
+
 def _verified(path: Path, uri: str, sha1: str, *, in_store: bool) -> bool:
     """Whether ``path`` holds the content ``sha1``; a corrupt store file is moved aside."""
     try:
-        actual = _hashing.sha1_of_file(path)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
-    if actual == sha1:
-        return True
-    if in_store:
-        _quarantine(path)
-    raise HashMismatchError(uri, sha1, actual, str(path))
+    try:
+        actual = _hashing.sha1_of_open_file(fd, os.path.abspath(path))
+        if actual == sha1:
+            return True
+        raise _mismatch(path, os.fstat(fd), uri, sha1, actual, in_store=in_store)
+    finally:
+        os.close(fd)
 
 
 def find_local(uri: str) -> tuple[Sha1URI, Path | None]:
@@ -190,19 +235,6 @@ def find_local(uri: str) -> tuple[Sha1URI, Path | None]:
     return parsed, None
 
 
-def _copy_to_dest(src: Path, dest: str) -> str:
-    dest_path = Path(dest).absolute()
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _fs.tmp_path_beside(dest_path)
-    try:
-        shutil.copyfile(src, tmp)  # uses in-kernel copy on Linux
-        os.replace(tmp, dest_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return str(dest_path)
-
-
 def _use_hub(local_only: bool) -> bool:
     """Whether content missing here may be fetched from a hub."""
     from . import _remote  # imported only when needed: the hub client is optional
@@ -210,45 +242,147 @@ def _use_hub(local_only: bool) -> bool:
     return not local_only and _remote.hub_configured()
 
 
+_T = TypeVar("_T")
+
+
+def _load_verified(uri: str, local_only: bool, read: Callable[[Path, Sha1URI, str, bool], _T | None]) -> _T:
+    """``read`` applied to the store file, else the referenced ``location``, else a fresh
+    download into the store. ``read`` verifies what it returns; a file that does not match
+    (moved aside when it is the store's) is passed over for the next source."""
+    parsed = parse_sha1_uri(uri)
+    mismatch: HashMismatchError | None = None
+    sources = [(store_path(parsed.sha1), True)]
+    if parsed.location:
+        sources.append((Path(parsed.location), False))
+    for path, in_store in sources:
+        try:
+            result = read(path, parsed, uri, in_store)
+        except HashMismatchError as e:
+            mismatch = mismatch or e
+            continue
+        if result is not None:
+            return result
+    if _use_hub(local_only):
+        from . import _remote
+
+        result = read(_remote.download(parsed, uri), parsed, uri, True)  # verified as it arrived, and again here
+        if result is not None:
+            return result
+    if mismatch is not None:
+        raise mismatch
+    where = f"not in the local store {store_path(parsed.sha1)}"
+    if parsed.location:
+        where += f" nor at {parsed.location}"
+    raise KacheryFileNotFoundError(uri, where)
+
+
+def _read_path(path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> Path | None:
+    return path if path.is_file() and _verified(path, uri, parsed.sha1, in_store=in_store) else None
+
+
+def _read_bytes(path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> bytes | None:
+    """The whole file, read once; the bytes read are the bytes hashed."""
+    try:
+        f = open(path, "rb")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    with f:
+        st = os.fstat(f.fileno())
+        data = f.read()
+    actual = hashlib.sha1(data).hexdigest()
+    if actual != parsed.sha1:
+        raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=in_store)
+    return data
+
+
+def _copy_to(dest: Path) -> Callable[[Path, Sha1URI, str, bool], str | None]:
+    """A reader that copies the file beside ``dest``, hashes the copy, and renames it into ``dest``
+    only if it matches: ``dest`` never holds other bytes, even for a moment."""
+
+    def copy(path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> str | None:
+        try:
+            src_fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        tmp = _fs.tmp_path_beside(dest)
+        try:
+            st = os.fstat(src_fd)
+            dst_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                errors: list[BaseException] = []
+                _copy_range(src_fd, dst_fd, st.st_size, errors)  # in the kernel where it can
+                if errors:
+                    raise errors[0]
+                actual = _hashing.hash_open_file(dst_fd, st.st_size)  # the copy's bytes, not the source's
+            finally:
+                os.close(dst_fd)
+            if actual != parsed.sha1:
+                raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=in_store)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(src_fd)
+        return str(dest)
+
+    return copy
+
+
 def load_file(uri: str, *, local_only: bool = False, dest: str | None = None) -> str:
     """Path of a local file holding the content of ``uri`` (copied to ``dest`` if given).
 
-    The content is checked against the hash in the URI. Raises
+    The content is checked against the hash in the URI: without ``dest``, the file at the
+    returned path was verified (later changes to it are not); with ``dest``, the copy
+    itself was verified before it was renamed into ``dest``. Raises
     :class:`KacheryFileNotFoundError` when it is not available.
     """
-    try:
-        parsed, path = find_local(uri)
-    except HashMismatchError:
-        if not _use_hub(local_only):
-            raise
-        parsed, path = parse_sha1_uri(uri), None  # the corrupt copy was moved aside: fetch a good one
-    if path is None and _use_hub(local_only):
-        from . import _remote
-
-        path = _remote.download(parsed, uri)  # verified, and kept in the local store
-    if path is None:
-        where = f"not in the local store {store_path(parsed.sha1)}"
-        if parsed.location:
-            where += f" nor at {parsed.location}"
-        raise KacheryFileNotFoundError(uri, where)
-    return _copy_to_dest(path, dest) if dest is not None else str(path)
+    if dest is None:
+        return str(_load_verified(uri, local_only, _read_path))
+    dest_path = Path(dest).absolute()
+    dest_path.parent.mkdir(parents=True, exist_ok=True)
+    return _load_verified(uri, local_only, _copy_to(dest_path))
 
 
 def load_bytes(uri: str, start: int | None = None, end: int | None = None, *, local_only: bool = False) -> bytes:
-    """Bytes ``[start, end)`` of the content of ``uri``."""
-    if _use_hub(local_only) and find_local(uri)[1] is None:
+    """Bytes ``[start, end)`` of the content of ``uri``.
+
+    The whole content (no ``start``/``end``) is read once and those very bytes are checked
+    against the URI's hash (downloaded into the local store first if needed).
+
+    A range cannot be checked against the hash of the whole file without reading the whole
+    file. Locally, the range is read from the same open file whose hash was checked (hash
+    cached by size/mtime/ctime/inode) and the file must still have that identity after the
+    read: a file replaced or rewritten meanwhile is refused. Not guaranteed: an in-place
+    change that leaves size, mtime, ctime and inode as they were (within the file system's
+    timestamp granularity). From a hub (content not in the local store) the range is an HTTP
+    range request and is not verified at all. Read the whole content when it must be verified.
+    """
+    if start in (None, 0) and end is None:
+        return _load_verified(uri, local_only, _read_bytes)
+    parsed, path = find_local(uri)
+    if path is None and _use_hub(local_only):
         from . import _remote
 
         return _remote.load_bytes(uri, start, end)  # an HTTP range request, not the whole file
-    path = Path(load_file(uri, local_only=local_only))
-    size = path.stat().st_size
-    lo = 0 if start is None else start
-    hi = size if end is None else end
-    if not (0 <= lo <= hi <= size):
-        raise ByteRangeError(uri, start, end, size)
-    with open(path, "rb") as f:
-        f.seek(lo)
-        return f.read(hi - lo)
+    if path is None:
+        path = Path(load_file(uri, local_only=local_only))  # raises what is missing
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        actual = _hashing.sha1_of_open_file(fd, os.path.abspath(path))
+        if actual != parsed.sha1:
+            raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=path == store_path(parsed.sha1))
+        lo = 0 if start is None else start
+        hi = st.st_size if end is None else end
+        if not (0 <= lo <= hi <= st.st_size):
+            raise ByteRangeError(uri, start, end, st.st_size)
+        data = os.pread(fd, hi - lo, lo)
+        if len(data) != hi - lo or not _hashing.same_identity(st, os.fstat(fd)):
+            raise HashMismatchError(uri, parsed.sha1, "(changed while it was read)", str(path))
+        return data
+    finally:
+        os.close(fd)
 
 
 def load_text(uri: str, *, local_only: bool = False) -> str:
@@ -268,14 +402,41 @@ def load_pkl(uri: str, *, local_only: bool = False) -> Any:
 
 
 def _read(uri: str, local_only: bool) -> bytes:
-    return Path(load_file(uri, local_only=local_only)).read_bytes()
+    return _load_verified(uri, local_only, _read_bytes)
+
+
+#: cat_file checks files up to this size before it writes a byte; bigger ones as they stream.
+_CAT_VERIFY_FIRST_BYTES = 64 * 1024 * 1024
 
 
 def cat_file(uri: str, *, local_only: bool = False, out: BinaryIO | None = None) -> None:
-    """Write the content of ``uri`` to ``out`` (standard output by default)."""
+    """Write the content of ``uri`` to ``out`` (standard output by default).
+
+    Up to 64 MiB, the content is read and checked before anything is written. A bigger
+    file is hashed as it streams, in constant memory; if it turns out not to match (it
+    changed after it was checked), :class:`HashMismatchError` is raised at the end, and
+    what was already written cannot be taken back.
+    """
     stream = out if out is not None else sys.stdout.buffer
-    with open(load_file(uri, local_only=local_only), "rb") as f:
-        shutil.copyfileobj(f, stream, _hashing.CHUNK_SIZE)
+    sha1 = parse_sha1_uri(uri).sha1
+    path = Path(load_file(uri, local_only=local_only))
+    in_store = path == store_path(sha1)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size <= _CAT_VERIFY_FIRST_BYTES:
+            data = f.read()
+            actual = hashlib.sha1(data).hexdigest()
+            if actual != sha1:
+                raise _mismatch(path, st, uri, sha1, actual, in_store=in_store)
+            stream.write(data)
+        else:
+            h = hashlib.sha1()
+            while chunk := f.read(_hashing.CHUNK_SIZE):
+                h.update(chunk)
+                stream.write(chunk)
+            if h.hexdigest() != sha1:
+                stream.flush()
+                raise _mismatch(path, st, uri, sha1, h.hexdigest(), in_store=in_store)
     stream.flush()
 
 

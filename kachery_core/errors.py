@@ -97,14 +97,17 @@ class SerializationError(KacheryError, ValueError):
 
 
 class UnsafePickleError(SerializationError, pickle.UnpicklingError):
-    """A pickle that refers to a class outside the allowed set."""
+    """A pickle that refers to a class outside the allowed set, or uses an allowed one in a way
+    no pickle of a plain value does (e.g. to allocate far more memory than its own size)."""
 
-    def __init__(self, module: str, name: str) -> None:
+    def __init__(self, module: str, name: str, reason: str | None = None) -> None:
         self.module = module
         self.name = name
+        self.reason = reason
         super().__init__(
-            f"Refusing to unpickle {module}.{name}: only builtin containers and numpy arrays/scalars "
-            "are allowed (a pickle may run arbitrary code when loaded)"
+            f"Refusing to unpickle {module}.{name}: "
+            + (reason or "only builtin containers and numpy arrays/scalars are allowed "
+                         "(a pickle may run arbitrary code when loaded)")
         )
 
 

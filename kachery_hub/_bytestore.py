@@ -9,7 +9,10 @@ embedded default is :class:`LocalFolderStore` (``file://``)::
 
 An upload goes to a temp file while its sha1 is computed chunk by chunk
 (constant memory); it is renamed into place only when the hash matches, so a
-hub killed mid-upload leaves nothing visible. An object store (S3) fits the
+hub killed mid-upload leaves nothing visible. The uploading process holds a
+lock on its temp file (``kachery_core._fs.open_owned_tmp``); a temp file whose
+lock can be taken belongs to a process that is gone, and is removed when the
+hub starts and when an upload begins (at most every few minutes). An object store (S3) fits the
 same interface (:mod:`._s3store`): ``upload_target``/``download_url`` then
 return presigned URLs and clients transfer bytes directly; the local store
 returns None, meaning "through the hub".
@@ -19,18 +22,19 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
 
-from kachery_core._fs import remove_stale_tmp_files
+from kachery_core._fs import open_owned_tmp, remove_unowned_tmp_files
 
 from .errors import ConfigurationError, HashMismatch, PayloadTooLarge
 
-_STALE_TMP_SECONDS = 3600.0
+#: Uploads left by processes that are gone are looked for at most this often (and on start).
+_TMP_CLEANUP_SECONDS = 300.0
 
 
 class IncomingBlob(Protocol):
@@ -102,8 +106,7 @@ class ByteStore(Protocol):
 class _LocalIncoming:
     def __init__(self, store: LocalFolderStore, max_size: int | None) -> None:
         self._store = store
-        self._tmp = store.tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
-        self._file = open(self._tmp, "xb")
+        self._tmp, self._file = open_owned_tmp(store.tmp_dir)  # owned while open: see cleanup
         self._hash = hashlib.sha1()
         self._size = 0
         self._max_size = max_size
@@ -125,13 +128,13 @@ class _LocalIncoming:
                 )
             self._file.flush()
             os.fsync(self._file.fileno())  # the database will say the blob exists: make it so
-            self._file.close()
             final = self._store.blob_path(expected_sha1)
             if final.exists():
                 self._tmp.unlink()
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self._tmp, final)
+            self._file.close()  # only now: the lock keeps a cleanup from taking the file before the rename
             return self._size
         except BaseException:
             self.abort()
@@ -139,8 +142,8 @@ class _LocalIncoming:
 
     def abort(self) -> None:
         if not self._file.closed:
+            self._tmp.unlink(missing_ok=True)
             self._file.close()
-        self._tmp.unlink(missing_ok=True)
 
 
 class LocalFolderStore:
@@ -150,11 +153,14 @@ class LocalFolderStore:
         self.root = root
         self.tmp_dir = root / ".tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._last_cleanup = 0.0
 
     def blob_path(self, sha1: str) -> Path:
         return self.root / "sha1" / sha1[0:2] / sha1[2:4] / sha1[4:6] / sha1
 
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
+        if time.monotonic() - self._last_cleanup > _TMP_CLEANUP_SECONDS:
+            self.cleanup()
         return _LocalIncoming(self, max_size)
 
     def staged_size(self, sha1: str, upload_id: str) -> int | None:
@@ -184,9 +190,10 @@ class LocalFolderStore:
     def close(self) -> None:
         pass
 
-    def cleanup(self, max_age_seconds: float = _STALE_TMP_SECONDS) -> int:
-        """Remove uploads abandoned by a crashed hub; returns how many."""
-        return remove_stale_tmp_files(self.tmp_dir, max_age_seconds)
+    def cleanup(self) -> int:
+        """Remove uploads whose process is gone (a hub killed mid-upload), whatever their age; returns how many."""
+        self._last_cleanup = time.monotonic()
+        return remove_unowned_tmp_files(self.tmp_dir)
 
 
 def open_byte_store(url: str) -> ByteStore:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -119,15 +121,26 @@ def test_a_wrong_hash_or_size_leaves_nothing(tmp_path: Path) -> None:
     assert list(store.tmp_dir.iterdir()) == []
 
 
-def test_stale_uploads_of_a_killed_hub_are_cleaned(tmp_path: Path) -> None:
+def test_an_upload_of_a_hub_that_is_gone_is_removed_at_once_and_a_live_one_is_kept(tmp_path: Path) -> None:
     store = LocalFolderStore(tmp_path / "blobs")
-    old = store.tmp_dir / "123-abc.tmp"
-    old.write_bytes(b"partial")
-    os.utime(old, (time.time() - 7200, time.time() - 7200))
-    fresh = store.tmp_dir / "456-def.tmp"
-    fresh.write_bytes(b"in progress")
+    live = store.begin_upload()
+    live.write(b"in progress, in this process")
+    # Another hub process, killed mid-upload: its temp file is minutes old, not hours.
+    code = ("import os, signal, sys; from pathlib import Path; from kachery_hub._bytestore import LocalFolderStore; "
+            "u = LocalFolderStore(Path(sys.argv[1])).begin_upload(); u.write(b'partial'); u._file.flush(); "
+            "print('ready', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "blobs")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    assert len(list(store.tmp_dir.iterdir())) == 2
+    assert store.cleanup() == 0, "both owners are alive"
+    child.kill()
+    child.communicate()  # waits, and closes its pipes
     assert store.cleanup() == 1
-    assert not old.exists() and fresh.exists()
+    assert len(list(store.tmp_dir.iterdir())) == 1
+    data = b"in progress, in this process"
+    assert live.finish(hashlib.sha1(data).hexdigest()) == len(data)
+    assert list(store.tmp_dir.iterdir()) == []
 
 
 def test_storage_and_database_urls_are_checked(tmp_path: Path) -> None:
