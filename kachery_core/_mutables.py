@@ -8,6 +8,7 @@ kachery-cloud.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from . import _constants, _fs
@@ -15,6 +16,7 @@ from .errors import InvalidMutableKeyError, MutableValueError
 
 _MAX_KEY_LENGTH = 1000
 _MAX_SEGMENT_BYTES = 200  # file systems allow 255 per name; keep room for temp suffixes
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def validate_key(key: object) -> str:
@@ -26,8 +28,8 @@ def validate_key(key: object) -> str:
         raise InvalidMutableKeyError(key[:40] + "…", f"longer than {_MAX_KEY_LENGTH} characters")
     if key.startswith("/"):
         raise InvalidMutableKeyError(key, "absolute paths are not keys; drop the leading '/'")
-    if "\\" in key or "\x00" in key:
-        raise InvalidMutableKeyError(key, "backslashes and NUL characters are not allowed")
+    if "\\" in key or _CONTROL.search(key):  # a hub refuses control characters in keys: so do we
+        raise InvalidMutableKeyError(key, "backslashes and control characters (NUL, tab, newline...) are not allowed")
     for segment in key.split("/"):
         if segment == "":
             raise InvalidMutableKeyError(key, "empty segment ('//' or a trailing '/')")
@@ -43,6 +45,8 @@ def validate_key(key: object) -> str:
 def validate_value(key: str, value: object) -> bytes:
     if not isinstance(value, str):
         raise MutableValueError(key, f"expected a string, got {type(value).__name__}")
+    if "\x00" in value:  # refused locally too, so a value that works here also works on a hub
+        raise MutableValueError(key, f"NUL characters are not allowed in a value (one at position {value.index(chr(0))})")
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError as e:

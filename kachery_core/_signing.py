@@ -1,6 +1,6 @@
 """How a client signs a hub request; shared by the client and the hub.
 
-A signed request carries four headers::
+A signed request carries five headers::
 
     X-Kachery-Client     the 64-hex client ID (raw Ed25519 public key)
     X-Kachery-Time       the client's clock, milliseconds since the epoch
@@ -8,11 +8,15 @@ A signed request carries four headers::
     X-Kachery-Body-Sha1  sha1 of the request body (of b"" when there is none)
     X-Kachery-Signature  Ed25519 signature of :func:`signing_message`
 
-The signature covers the method, the Host header, the raw path with its
-query, the body hash, the time and the nonce, so a request cannot be altered,
-moved to another endpoint or another hub, or replayed (the hub remembers
-nonces for as long as their time is acceptable). For a file upload the body hash is the file's sha1, which the hub
-checks while the bytes stream in.
+The signature covers the method, the host of the hub URL the client was given
+(as its Host header says it: lower case, default port left out), the raw path
+with its query, the body hash, the time and the nonce, so a request cannot be
+altered, moved to another endpoint, or replayed (the hub remembers nonces for
+as long as their time is acceptable, failed requests' included). Nor can it be
+moved to another hub: a hub accepts only signatures for the hosts of its own
+public URLs, whatever Host header reaches it through a proxy. For a file
+upload the body hash is the file's sha1, which the hub checks while the bytes
+stream in.
 """
 
 from __future__ import annotations

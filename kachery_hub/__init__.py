@@ -9,10 +9,23 @@ Command line::
     kachery-hub serve [--host 127.0.0.1] [--port 8555] [--data DIR] [--database URL] [--storage URL]
                       [--admin-email admin@localhost] [--log-level warning]
                       [--oidc-issuer URL] [--oidc-client-id ID] [--oidc-client-secret S] [--admin-emails A,B]
+                      [--public-url URL]
         prints a sign-in URL with an admin token (reused across restarts), as Jupyter does;
-        with an OpenID Connect client ID (Google by default) browsers sign in there
-    kachery-hub token create --data DIR --user EMAIL [--admin] [--label TEXT] [--database URL]
-        prints a new sign-in token for EMAIL (the user is created if new)
+        with an OpenID Connect client ID (Google by default) browsers sign in there.
+        --public-url (repeatable, or comma-separated; ``KACHERY_HUB_PUBLIC_URL``) names the
+        URLs clients reach the hub at, e.g. https://lab.example.org behind a reverse proxy;
+        signed requests for any other host are refused (``wrong_hub``). Default: where it
+        listens (http://127.0.0.1:PORT and http://localhost:PORT; on 0.0.0.0 also this
+        machine's host name)
+    kachery-hub token create --data DIR --user EMAIL [--admin] [--label TEXT] [--expires-in 7d] [--database URL]
+        prints a new sign-in token for EMAIL (the user is created if new); it expires after
+        --expires-in (3600, 30m, 12h, 7d, 2w or never; default 7d). The token ``serve``
+        prints never expires; once revoked, the next ``serve`` prints a new one
+    kachery-hub token list [--user EMAIL]  /  kachery-hub token revoke ID [--sign-out-clients]
+        tokens by ID (never the secret) with user, status, dates; revoking ends the browser
+        sessions the token opened (and, with --sign-out-clients, the clients it signed in)
+    kachery-hub client list [--user EMAIL]  /  kachery-hub client revoke CLIENT_ID
+        signed-in clients (keys) with user and the token that signed them in; sign one out
 
 Backends, chosen by URL only (or ``KACHERY_HUB_DATA``, ``KACHERY_HUB_DATABASE_URL``,
 ``KACHERY_HUB_STORAGE_URL``; ``KACHERY_HUB_MAX_CLOCK_SKEW`` sets the accepted clock
@@ -34,10 +47,12 @@ requests may only read public projects. Every error is
 method          path                                              what
 ==============  ================================================  ===============================================
 GET             /api/health                                       up? and ``direct_transfers``
-POST            /api/clients                                      bind the signing key to a token's user
+GET,POST        /api/clients                                      all clients (hub admins); bind the signing key to a token's user
+DELETE          /api/clients/{client_id}                          sign a client out (hub admins)
 GET,DELETE      /api/me                                           the client, its user, default project; sign out
 PUT             /api/me/default-project                           set the default project
-POST            /api/tokens                                       new sign-in token (hub admins)
+GET,POST        /api/tokens                                       tokens, never their secrets; a new one (hub admins)
+DELETE          /api/tokens/{token_id}                            revoke a token, end its sessions (hub admins)
 POST            /api/sign-in-requests                             a one-time browser sign-in link
 GET             /api/sign-in-requests/{rid}                       pending / confirmed / refused / expired
 GET,POST        /api/projects                                     your projects; create one
@@ -54,9 +69,22 @@ GET             /api/projects/{project_id}/mutables               keys by ``pref
 GET,PUT,DELETE  /api/projects/{project_id}/mutables/{key}         get, set (at most 1 MiB), delete
 ==============  ================================================  ===============================================
 
-Browser pages: ``/`` (``/?token=...`` signs the browser in), ``/sign-in/{rid}`` (confirm a
-notebook's sign-in; CSRF-protected form), ``/auth/login`` and ``/auth/callback`` (OpenID Connect
-authorization code with PKCE; state, nonce and the id_token checked).
+Browser pages: ``/`` (``/?token=...`` asks "Sign in to this hub as X?"; the browser is signed in
+only when that form is posted), ``/sign-in/{rid}`` (confirm a notebook's sign-in; "Not X?" signs
+the browser out to choose another token or account), ``/sign-out``, ``/auth/login`` and
+``/auth/callback`` (OpenID Connect authorization code with PKCE; state, nonce and the id_token
+checked). Forms are CSRF-protected and same-origin; pages send their origin only as Referer.
+
+Limits (``Settings`` fields; see :mod:`kachery_hub._settings`): a request body is
+counted as it arrives and refused with 413 ``payload_too_large`` past 4 MiB on
+``/api/...`` (uploads excepted: streamed and hash-checked) or 64 KiB on a page;
+``serve`` refuses a request line plus headers over 64 KiB with 431
+``headers_too_large``; the sign-in endpoints (``POST /api/sign-in-requests``,
+``POST /api/clients``, ``/auth/login``, ``POST /sign-in/{rid}``, ``/?token=``,
+``POST /``) allow 30 requests a minute per client address, bursts of 60
+(``KACHERY_HUB_RATE_LIMIT``; 0 is off), then answer 429 ``rate_limited`` with
+``Retry-After``. The data folder and all in it are owner-only (umask 077; an
+older, looser folder is tightened on start).
 """
 
 from __future__ import annotations

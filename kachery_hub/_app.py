@@ -19,7 +19,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import _accounts, _files, _mutables, _projects, _signin
+from . import _accounts, _files, _mutables, _projects, _signin, _text
+from ._auth import parse_decimal
+from ._ratelimit import RateLimiter, RateLimitSignIns
 from ._settings import Settings
 from ._state import HubState
 from .errors import HubError
@@ -28,7 +30,7 @@ log = logging.getLogger("kachery_hub")
 
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 416: "range_not_satisfiable",
+    405: "method_not_allowed", 413: "payload_too_large", 416: "range_not_satisfiable", 429: "rate_limited",
 }
 
 
@@ -69,22 +71,76 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal_error", "the hub failed to handle this request; see its log")
 
 
-class _LimitJsonBodies:
-    """Refuse an announced body over the limit before anything reads it (uploads excepted)."""
+class _LimitBodies:
+    """Count request bytes as they arrive and refuse past the limit with 413 (uploads excepted).
 
-    def __init__(self, app: Any, limit: int) -> None:
+    A body announced over the limit is refused before anything reads it; any
+    other (chunked) as soon as the count passes the limit, whoever is reading
+    it. The connection is then closed, as after any answer given before its
+    request's body was read, so the hub does not go on reading what it refused.
+    API paths take ``api_limit``; browser pages, which post small forms, ``page_limit``.
+    """
+
+    def __init__(self, app: Any, api_limit: int, page_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self.api_limit = api_limit
+        self.page_limit = page_limit
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and not _is_upload(scope["method"], scope["path"]):
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = _error(413, "payload_too_large",
-                                      f"request body of {int(value)} bytes is over the limit of {self.limit} bytes")
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or _is_upload(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)  # uploads stream to the byte store, with limits of their own
+            return
+        limit = self.api_limit if scope["path"].startswith("/api/") else self.page_limit
+        length, chunked = None, False
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                length = parse_decimal(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if length is not None and length > limit:
+            await _too_large(f"request body of {length} bytes is over the limit of {limit} bytes")(scope, receive, send)
+            return
+        received = 0
+        body_read = not (chunked or length)
+        refused = started = False
+
+        async def counting_receive() -> Any:
+            nonlocal received, body_read, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                body_read = body_read or not message.get("more_body", False)
+                if received > limit:
+                    refused = True
+                    if not started:
+                        await _too_large(f"request body is over the limit of {limit} bytes")(scope, receive, send)
+                    # else the answer is under way and cannot change: it is cut short, the connection closed.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer
+            if message["type"] == "http.response.start":
+                started = True
+                if not body_read:
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise  # after a 413, the reader's complaint about the missing body is no news
+
+
+def _too_large(message: str) -> JSONResponse:
+    response = _error(413, "payload_too_large", message)
+    response.headers["Connection"] = "close"  # do not read on
+    return response
 
 
 def _is_upload(method: str, path: str) -> bool:
@@ -134,9 +190,13 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(UnicodeError, _on_bad_text)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(_LimitJsonBodies, limit=settings.max_json_body_bytes)
+    app.add_middleware(_LimitBodies, api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes)
+    app.add_middleware(_text.CheckUrlText)  # strict UTF-8, no control characters in path and query
     for module in (_mutables, _files, _projects, _accounts, _signin):
         app.include_router(module.router, responses=_ERROR_RESPONSES)
+    if settings.rate_limit_per_minute > 0:  # outermost: a refused sign-in costs nothing else
+        app.add_middleware(RateLimitSignIns, limiter=RateLimiter(settings.rate_limit_per_minute,
+                                                                 settings.resolved_rate_limit_burst))
 
     @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")
     async def health() -> dict[str, Any]:

@@ -11,11 +11,21 @@ caller and does the work in one transaction, in one worker-thread hop: the
 files and mutables endpoints, which clients call most, use these. ``caller``
 gives the verified :class:`Caller` alone, for endpoints whose work opens its
 own transactions.
+
+Host binding: a signature covers the host of the hub URL the client was
+given. The hub checks it against the hosts of its public URLs
+(``Settings.public_urls``), not against whatever Host header arrived, so a
+reverse proxy may rewrite Host, and a request signed for another hub (which
+that hub's operator could replay here within the clock-skew window) is
+refused with ``wrong_hub``. Nonces: a request whose signature verified
+uses up its nonce whatever becomes of it (done, refused, or failed with a
+500); only the replay itself records nothing new.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -35,11 +45,38 @@ from .errors import (
     BadSignature,
     ClientNotRegistered,
     ClockSkew,
-    HubError,
+    InvalidInput,
     PayloadTooLarge,
     ReplayedRequest,
     Unauthenticated,
+    WrongHub,
 )
+
+log = logging.getLogger("kachery_hub")
+
+
+_DECIMAL = re.compile(r"[0-9]{1,18}")
+
+
+def parse_decimal(value: str | bytes) -> int | None:
+    """A number in a header, if it is 1 to 18 ASCII digits; else None.
+
+    ``str.isdigit`` and ``int`` accept much more: "²" (isdigit, then int fails),
+    "١٢", " 1", "+1", "1_0", and thousands of digits that ``int`` refuses.
+    """
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return int(text) if _DECIMAL.fullmatch(text) else None
+
+
+def content_length(request: Request) -> int | None:
+    """The announced body size; None when not announced; a 400 when it is not a plain number."""
+    text = request.headers.get("content-length")
+    if text is None:
+        return None
+    length = parse_decimal(text)
+    if length is None:
+        raise InvalidInput(f"malformed Content-Length header {text[:40]!r} (expected a number of bytes)")
+    return length
 
 
 @dataclass(frozen=True)
@@ -113,13 +150,14 @@ def _verify_headers(hub: HubState, request: Request, body_sha1: str | None) -> _
         return None
     client_id = _header(request, _signing.HEADER_CLIENT, _signing.CLIENT_ID_RE)
     time_text = request.headers.get(_signing.HEADER_TIME, "")
-    if not time_text.isdigit() or len(time_text) > 16:
+    time_ms = parse_decimal(time_text) if len(time_text) <= 16 else None
+    if time_ms is None:
         raise BadSignature(f"header {_signing.HEADER_TIME} must be milliseconds since the epoch, not {time_text[:40]!r}")
     nonce = _header(request, _signing.HEADER_NONCE, _signing.NONCE_RE)
     declared_sha1 = _header(request, _signing.HEADER_BODY_SHA1, _signing.SHA1_RE)
     signature = _header(request, _signing.HEADER_SIGNATURE, _signing.SIGNATURE_RE)
 
-    request_time = int(time_text) / 1000.0
+    request_time = time_ms / 1000.0
     now = time.time()
     skew = request_time - now
     limit = hub.settings.max_clock_skew_seconds
@@ -132,15 +170,47 @@ def _verify_headers(hub: HubState, request: Request, body_sha1: str | None) -> _
         )
     if body_sha1 is not None and body_sha1 != declared_sha1:
         raise BadSignature(f"the request body does not match its {_signing.HEADER_BODY_SHA1} header")
-    message = _signing.signing_message(
-        method=request.method, host=request.headers.get("host", ""), path_and_query=_path_and_query(request),
-        time_ms=int(time_text),
-        nonce=nonce, body_sha1=declared_sha1, client_id=client_id,
-    )
-    if not verify_signature(client_id, message, signature):
+
+    def verifies(host: str, path_and_query: str) -> bool:
+        message = _signing.signing_message(
+            method=request.method, host=host, path_and_query=path_and_query, time_ms=time_ms,
+            nonce=nonce, body_sha1=declared_sha1, client_id=client_id,
+        )
+        return verify_signature(client_id, message, signature)
+
+    path = _path_and_query(request)
+    host_header = request.headers.get("host", "").lower()
+    # The Host header's own base first (one check in the usual case), then the others: a proxy may rewrite Host.
+    bases = sorted(hub.settings.signing_bases, key=lambda base: base[0] != host_header)
+    if not any(verifies(host, _with_prefix(prefix, path)) for host, prefix in bases):
+        if host_header not in hub.settings.signed_hosts and verifies(host_header, path):
+            raise _wrong_hub(hub, host_header)
         raise BadSignature("the request signature does not verify for this client key, method, host, path and body")
     # A nonce is remembered until its request's time can no longer be accepted.
     return _Signature(client_id, f"{client_id}:{nonce}", request_time + limit + 1, declared_sha1)
+
+
+def _with_prefix(prefix: str, path: str) -> str:
+    """The path a client signed, when a proxy stripped the public URL's path prefix before the hub."""
+    if not prefix or path == prefix or path.startswith((prefix + "/", prefix + "?")):
+        return path
+    return prefix + path
+
+
+def _wrong_hub(hub: HubState, signed_host: str) -> WrongHub:
+    urls = hub.settings.public_urls
+    if not urls:
+        return WrongHub(
+            f"this request was signed for {signed_host!r}, but this hub has no public URL configured, so it accepts "
+            "no signed request (set Settings.public_urls, KACHERY_HUB_PUBLIC_URL or kachery-hub serve --public-url)",
+            signed_host=signed_host, hub_urls=[],
+        )
+    return WrongHub(
+        f"this request was signed for the hub at {signed_host!r}, but this hub is {', '.join(urls)}; a request "
+        "meant for another hub is refused. If this hub is reached at that address, add it to the hub's public "
+        "URLs (kachery-hub serve --public-url, or KACHERY_HUB_PUBLIC_URL)",
+        signed_host=signed_host, hub_urls=list(urls),
+    )
 
 
 def _caller(hub: HubState, conn: Connection, signature: _Signature) -> Caller:
@@ -164,8 +234,9 @@ class SignedRequest:
     the body's fields (an Ed25519 check is ~0.1 ms of CPU, done on the event
     loop). Then one thread hop and one transaction: the nonce is recorded,
     the client looked up, and ``work(conn, caller, *args)`` runs and commits
-    with them. If the work is refused, the nonce is still recorded, so a
-    refused request cannot be replayed later either.
+    with them. If the work is refused or fails (a 500 rolls its transaction
+    back), the nonce is recorded on its own afterwards, so such a request
+    cannot be replayed later either.
     """
 
     hub: HubState
@@ -184,11 +255,18 @@ class SignedRequest:
                 return work(conn, who, *args)
         except ReplayedRequest:
             raise
-        except HubError:
+        except Exception:
             if signature is not None:
-                with self.hub.db.begin() as conn:
-                    self.hub.db.remember_nonce(conn, signature.nonce, signature.remember_until)
+                self._burn_nonce(signature)
             raise
+
+    def _burn_nonce(self, signature: _Signature) -> None:
+        try:
+            with self.hub.db.begin() as conn:
+                self.hub.db.remember_nonce(conn, signature.nonce, signature.remember_until)
+        except Exception:
+            # The request's own error is the one to report; this one goes to the log.
+            log.exception("could not record the nonce of a failed request from client %s", signature.client_id)
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(conn, caller, *args)`` in a worker thread, in the caller's transaction."""
@@ -200,8 +278,8 @@ def _only_caller(conn: Connection, who: Caller) -> Caller:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
+    length = content_length(request)
+    if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0

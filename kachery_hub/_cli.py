@@ -1,17 +1,22 @@
-"""The ``kachery-hub`` command: run a hub, create sign-in tokens."""
+"""The ``kachery-hub`` command: run a hub; create, list and revoke sign-in tokens; list and sign out clients."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import _accounts
 from ._database import Database
-from ._settings import Settings
+from ._headlimit import http_options
+from ._settings import Settings, default_public_urls
 from ._state import HubState
 from .errors import HubError
 
@@ -28,23 +33,40 @@ def _settings(args: argparse.Namespace) -> Settings:
         oidc_client_id=getattr(args, "oidc_client_id", None),
         oidc_client_secret=getattr(args, "oidc_client_secret", None),
         admin_emails=tuple(args.admin_emails.split(",")) if getattr(args, "admin_emails", None) else None,
+        public_urls=tuple(u for v in args.public_url for u in v.split(",")) if getattr(args, "public_url", None) else None,
     )
 
 
 def _serve_token(state: HubState, email: str) -> str:
-    """The admin token printed by ``serve``: made once per data folder and reused, as Jupyter reuses its token."""
+    """The admin token printed by ``serve``: made once per data folder and reused, as Jupyter reuses its token.
+
+    It does not expire (whoever can read the data folder holds the hub anyway); once revoked
+    (``kachery-hub token revoke``), the next ``serve`` makes a new one.
+    """
     path = state.settings.data_dir / _SERVE_TOKEN_FILE
     try:
         lines = path.read_text().split()
-        if len(lines) == 2 and lines[0] == email:
+        if len(lines) == 2 and lines[0] == email and _accounts.token_is_usable(state.db, lines[1]):
             return lines[1]
     except FileNotFoundError:
         pass
-    token = _accounts.create_token(state.db, email, is_admin=True, label="kachery-hub serve")
+    token = _accounts.create_token(state.db, email, is_admin=True, label="kachery-hub serve", expires_in=None)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(f"{email}\n{token}\n")
     return token
+
+
+class _HideTokens(logging.Filter):
+    """Keep sign-in tokens (``/?token=...``) out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) > 2 and "token=" in str(record.args[2]):
+            record.args = (*record.args[:2], _TOKEN_IN_QUERY.sub(r"\1(hidden)", str(record.args[2])), *record.args[3:])
+        return True
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -65,15 +87,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror}", file=sys.stderr)
         return 1
     port = sock.getsockname()[1]
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    url = f"http://{host}:{port}"
+    if not settings.public_urls:  # signatures are bound to the hub's URLs: by default, where it listens
+        state.settings = settings = settings.with_overrides(public_urls=default_public_urls(args.host, port))
+    url = settings.public_urls[0]
     print(f"kachery hub: data in {settings.data_dir}", flush=True)
     print(f"    To sign in as {args.admin_email} (hub admin), open:\n    {url}/?token={token}", flush=True)
     print(f"    or set KACHERY_HUB_URL={url} KACHERY_HUB_TOKEN={token}", flush=True)
     if state.oidc is not None:
         print(f"    Browser sign-in through {settings.oidc_issuer} is on.", flush=True)
+    print(f"    Signed requests are accepted for {', '.join(settings.public_urls)} (set with --public-url)", flush=True)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="on")).run(sockets=[sock])
+        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on", **http_options(settings.max_header_bytes))
+        logging.getLogger("uvicorn.access").addFilter(_HideTokens())  # after Config: it sets logging up
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         state.close()
     return 0
@@ -85,10 +111,72 @@ def _cmd_token_create(args: argparse.Namespace) -> int:
     db = Database(settings.resolved_database_url)  # tokens are metadata only: no byte store needed
     try:
         db.migrate()
-        print(_accounts.create_token(db, args.user, is_admin=args.admin, label=args.label))
+        print(_accounts.create_token(db, args.user, is_admin=args.admin, label=args.label, expires_in=args.expires_in))
     finally:
         db.close()
     return 0
+
+
+@contextmanager
+def _metadata(args: argparse.Namespace) -> Iterator[Database]:
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    try:
+        db.migrate()
+        yield db
+    finally:
+        db.close()
+
+
+def _date(t: float | None, none: str = "-") -> str:
+    return none if t is None else time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
+
+
+def _table(header: Sequence[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header) - 1)]
+    for r in [list(header), *rows]:
+        print("  ".join([*(v.ljust(w) for v, w in zip(r, widths)), r[-1]]).rstrip())
+
+
+def _cmd_token_list(args: argparse.Namespace) -> int:
+    with _metadata(args) as db:
+        tokens = _accounts.list_tokens(db, args.user)
+    _table(["ID", "USER", "STATUS", "CREATED", "EXPIRES", "LAST-USED", "LABEL"],
+           [[t["id"], t["email"], t["status"], _date(t["created_at"]), _date(t["expires_at"], "never"),
+             _date(t["last_used_at"]), t["label"] or ""] for t in tokens])
+    return 0
+
+
+def _cmd_token_revoke(args: argparse.Namespace) -> int:
+    with _metadata(args) as db:
+        done = _accounts.revoke_token(db, args.id, sign_out_clients=args.sign_out_clients)
+    print(f"revoked {done['id']}; {done['sessions_ended']} browser session(s) ended, "
+          f"{done['clients_signed_out']} client(s) signed out")
+    return 0
+
+
+def _cmd_client_list(args: argparse.Namespace) -> int:
+    with _metadata(args) as db:
+        clients = _accounts.list_clients(db, args.user)
+    _table(["CLIENT", "USER", "TOKEN", "CREATED", "LABEL"],
+           [[c["client_id"], c["email"], c["token_id"] or "-", _date(c["created_at"]), c["label"] or ""]
+            for c in clients])
+    return 0
+
+
+def _cmd_client_revoke(args: argparse.Namespace) -> int:
+    with _metadata(args) as db:
+        _accounts.revoke_client(db, args.client_id)
+    print(f"signed out {args.client_id}")
+    return 0
+
+
+def _duration(text: str) -> float | None:
+    try:
+        return _accounts.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "without one, browser sign-in uses tokens only")
     s.add_argument("--oidc-client-secret", help="its client secret (default $KACHERY_HUB_OIDC_CLIENT_SECRET)")
     s.add_argument("--admin-emails", help="comma-separated emails that are hub admins (default $KACHERY_HUB_ADMIN_EMAILS)")
+    s.add_argument("--public-url", action="append", metavar="URL",
+                   help="a URL clients reach the hub at, e.g. behind a reverse proxy; repeat or comma-separate for "
+                   "several; signed requests for any other host are refused (default $KACHERY_HUB_PUBLIC_URL, "
+                   "else where the hub listens: http://127.0.0.1:PORT and http://localhost:PORT)")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_cmd_serve)
 
@@ -122,12 +214,41 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--user", required=True, help="the user's email address")
     c.add_argument("--admin", action="store_true", help="make the user a hub admin")
     c.add_argument("--label", help="a note to remember the token by")
+    c.add_argument("--expires-in", type=_duration, default=float(_accounts.DEFAULT_TOKEN_SECONDS), metavar="DURATION",
+                   help="how long the token signs in: 3600, 30m, 12h, 7d, 2w, or never (default 7d)")
     c.set_defaults(func=_cmd_token_create)
+    ls = tsub.add_parser("list", help="List sign-in tokens (never their secrets).",
+                         description="List sign-in tokens: ID, user, status (active, expired, revoked), dates, label.")
+    storage_args(ls)
+    ls.add_argument("--user", help="only the tokens of this email address")
+    ls.set_defaults(func=_cmd_token_list)
+    rv = tsub.add_parser("revoke", help="Revoke a sign-in token and end the browser sessions it opened.",
+                         description="Revoke a sign-in token (by the ID `token list` shows) and end the browser "
+                         "sessions it opened; clients it signed in stay signed in unless --sign-out-clients.")
+    storage_args(rv)
+    rv.add_argument("id", help="the token's ID, e.g. t0123456789abcdef")
+    rv.add_argument("--sign-out-clients", action="store_true", help="also sign out the clients it signed in")
+    rv.set_defaults(func=_cmd_token_revoke)
+
+    k = sub.add_parser("client", help="List and sign out clients.", description="List and sign out clients (keys).")
+    ksub = k.add_subparsers(dest="client_command", required=True, metavar="ACTION")
+    kl = ksub.add_parser("list", help="List signed-in clients.", description="List signed-in clients: "
+                         "client ID, user, the token that signed it in, date, label.")
+    storage_args(kl)
+    kl.add_argument("--user", help="only the clients of this email address")
+    kl.set_defaults(func=_cmd_client_list)
+    kr = ksub.add_parser("revoke", help="Sign a client out.", description="Sign a client out; its key can sign in again "
+                         "with a new token.")
+    storage_args(kr)
+    kr.add_argument("client_id", help="the client's ID (64 hex)")
+    kr.set_defaults(func=_cmd_client_revoke)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The hub's data is private: everything it creates (database, WAL, blobs, uploads) is owner-only.
+    umask = os.umask(0o077)
     try:
         code: int = args.func(args)
     except HubError as e:
@@ -135,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        os.umask(umask)
     return code
 
 

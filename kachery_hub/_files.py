@@ -32,10 +32,11 @@ from starlette.requests import ClientDisconnect
 from kachery_core import _signing
 
 from . import _database as tables
-from ._auth import Caller, SignedRequest, signed_request, signed_upload
+from ._auth import Caller, SignedRequest, content_length, signed_request, signed_upload
 from ._bytestore import ByteStore, IncomingBlob
 from ._database import Database
 from ._projects import require_role
+from ._text import Line
 from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable, UploadNotFound
 
 router = APIRouter(tags=["files"])
@@ -167,7 +168,7 @@ def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> bool
 
 @router.get("/api/projects/{project_id}/files", summary="Files of a project, by sha1 (paged with `after`)")
 async def get_files(project_id: str, limit: int = Query(default=1000, ge=1, le=10000),
-                    after: str | None = Query(default=None, max_length=40),
+                    after: Line | None = Query(default=None, max_length=40),
                     req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     return {"files": await req.run(_list_files, project_id, limit, after)}
 
@@ -188,15 +189,14 @@ async def delete_project_file(project_id: str, sha1: str, req: SignedRequest = D
     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {}}}},
 )
 async def put_project_file(project_id: str, sha1: str, request: Request,
-                           label: str | None = Query(default=None, max_length=1000),
+                           label: Line | None = Query(default=None, max_length=1000),
                            req: SignedRequest = Depends(signed_upload)) -> dict[str, Any]:
     _check_sha1(sha1)
     if req.body_sha1 != sha1:
         raise BadSignature(f"the {_signing.HEADER_BODY_SHA1} header of an upload must be the file's sha1 {sha1}")
     hub = req.hub
     who = await req.run(_may_write, project_id)  # refused before any byte is read
-    length = request.headers.get("content-length")
-    max_size = int(length) if length is not None and length.isdigit() else None
+    max_size = content_length(request)
     incoming = await run_in_threadpool(hub.store.begin_upload, max_size)
     writing: asyncio.Task[None] | None = None
     try:
@@ -231,7 +231,7 @@ class UploadRequest(BaseModel):
 
 
 class CompleteRequest(BaseModel):
-    label: str | None = Field(default=None, max_length=1000)
+    label: Line | None = Field(default=None, max_length=1000)
     upload_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="as handed out by .../upload")
 
 

@@ -22,6 +22,7 @@ from kachery_core.errors import InvalidMutableKeyError
 from . import _database as tables
 from ._auth import Caller, SignedRequest, signed_request
 from ._projects import require_role
+from ._text import Line, Value
 from .errors import InvalidInput, MutableNotFound, PayloadTooLarge
 
 router = APIRouter(tags=["mutables"])
@@ -88,13 +89,13 @@ def _list(conn: Connection, who: Caller, project_id: str, prefix: str, limit: in
 
 
 class SetMutable(BaseModel):
-    value: str
+    value: Value
 
 
 @router.get("/api/projects/{project_id}/mutables", summary="Mutables of a project whose key starts with `prefix`")
-async def get_mutables(project_id: str, prefix: str = Query(default="", max_length=1000),
+async def get_mutables(project_id: str, prefix: Line = Query(default="", max_length=1000),
                        limit: int = Query(default=1000, ge=1, le=10000),
-                       after: str | None = Query(default=None, max_length=1000),
+                       after: Line | None = Query(default=None, max_length=1000),
                        req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     return {"mutables": await req.run(_list, project_id, prefix, limit, after)}
 

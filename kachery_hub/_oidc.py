@@ -7,6 +7,12 @@ verifier and accepts the id_token only if its signature checks against the
 provider's published keys and its issuer, audience, expiry and nonce are the
 expected ones. Users are identified by issuer + subject and carry the email
 the provider verified.
+
+A person who wants to sign in with another account than the one the provider
+remembers ("Not you?" on a sign-in page) gets a login with ``prompt``
+``select_account`` or ``login``, as the provider's ``prompt_values_supported``
+says (without it: ``select_account`` at Google, ``login`` elsewhere), so the
+provider asks rather than reusing its session.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from ._settings import GOOGLE_ISSUER
 from .errors import HubError
 
 SCOPES = "openid email profile"
@@ -127,16 +134,33 @@ class OidcProvider:
 
     # -- the flow ------------------------------------------------------------
 
-    def begin(self, redirect_uri: str) -> tuple[str, LoginAttempt]:
-        """The provider URL to send the browser to, and what to keep until the callback."""
+    def _choose_account_prompt(self) -> str | None:
+        supported = self.metadata().get("prompt_values_supported")
+        if not isinstance(supported, list):
+            # Google does not list them and prefers select_account; "login" is the one providers implement.
+            return "select_account" if self.config.issuer == GOOGLE_ISSUER else "login"
+        for value in ("select_account", "login"):
+            if value in supported:
+                return value
+        return None
+
+    def begin(self, redirect_uri: str, *, choose_account: bool = False) -> tuple[str, LoginAttempt]:
+        """The provider URL to send the browser to, and what to keep until the callback.
+
+        ``choose_account``: the provider is to ask which account, not reuse the one signed in there.
+        """
         attempt = LoginAttempt(
             state=secrets.token_urlsafe(24), nonce=secrets.token_urlsafe(24),
             code_verifier=secrets.token_urlsafe(48),
         )
+        extra: dict[str, str] = {}
+        prompt = self._choose_account_prompt() if choose_account else None
+        if prompt is not None:
+            extra["prompt"] = prompt
         with self._client(redirect_uri) as client:
             url, _ = client.create_authorization_url(
                 self.metadata()["authorization_endpoint"], state=attempt.state,
-                code_verifier=attempt.code_verifier, nonce=attempt.nonce,
+                code_verifier=attempt.code_verifier, nonce=attempt.nonce, **extra,
             )
         return str(url), attempt
 

@@ -20,6 +20,7 @@ from . import _database as tables
 from ._auth import Caller, caller
 from ._database import Database, new_id
 from ._state import HubState, hub_state
+from ._text import Line
 from .errors import Conflict, Forbidden, InvalidInput, ProjectNotFound, UserNotFound
 
 Role = Literal["read", "write", "admin"]
@@ -177,11 +178,11 @@ def _set_member(db: Database, who: Caller, project_id: str, email: str, role: Ro
 
 
 class CreateProject(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Line = Field(min_length=1, max_length=200)
 
 
 class UpdateProject(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    name: Line | None = Field(default=None, min_length=1, max_length=200)
     public_read: bool | None = None
 
 

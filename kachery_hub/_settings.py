@@ -12,15 +12,41 @@ build ``Settings(data_dir=...)`` directly.
 ``KACHERY_HUB_OIDC_CLIENT_ID``  the hub's client ID at that issuer; sign-in with it is off without one
 ``KACHERY_HUB_OIDC_CLIENT_SECRET``  the matching client secret
 ``KACHERY_HUB_ADMIN_EMAILS``    comma-separated emails that are hub admins when they sign in
+``KACHERY_HUB_PUBLIC_URL``      comma-separated URLs clients reach the hub at (default: where it listens)
+``KACHERY_HUB_RATE_LIMIT``      sign-in requests a minute per client address (default 30, bursts of
+                                twice that; 0 turns the limit off)
 ==============================  ======================================================
+
+Limits against anonymous abuse (fields of :class:`Settings`): request bodies
+are counted as they arrive and refused with 413 past ``max_json_body_bytes``
+(4 MiB, API) or ``max_form_body_bytes`` (64 KiB, browser pages), file uploads
+excepted (they stream to the byte store and are checked against their hash);
+``kachery-hub serve`` refuses a request line plus headers over
+``max_header_bytes`` (64 KiB) with 431; the sign-in endpoints (``POST
+/api/sign-in-requests``, ``POST /api/clients``, ``/auth/login``, ``POST
+/sign-in/{rid}``, ``/?token=``, ``POST /``) share a token bucket per client address
+(``rate_limit_per_minute``, ``rate_limit_burst``) and answer 429 with
+``Retry-After`` when it is empty.
+
+Public URLs bind signatures to this hub: a client signs the host of the hub URL
+it was given, and the hub accepts only signatures made for the host of one of
+its public URLs, whatever the Host header (a reverse proxy may rewrite it).
+``kachery-hub serve`` defaults them to :func:`default_public_urls` of its listen
+address; given explicitly they replace that default. ``Settings`` built without
+any (an embedded app) refuses every signed request: it cannot tell a request
+meant for it from one replayed from another hub. A path in a public URL is a
+prefix the proxy strips: the signed path is checked with it put back.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
@@ -32,12 +58,20 @@ ENV_OIDC_ISSUER = "KACHERY_HUB_OIDC_ISSUER"
 ENV_OIDC_CLIENT_ID = "KACHERY_HUB_OIDC_CLIENT_ID"
 ENV_OIDC_CLIENT_SECRET = "KACHERY_HUB_OIDC_CLIENT_SECRET"
 ENV_ADMIN_EMAILS = "KACHERY_HUB_ADMIN_EMAILS"
+ENV_PUBLIC_URL = "KACHERY_HUB_PUBLIC_URL"
+ENV_RATE_LIMIT = "KACHERY_HUB_RATE_LIMIT"
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 
 DEFAULT_DATA_DIR = "~/.kachery-hub"
 #: Bodies of JSON requests (not file uploads) may not exceed this.
 MAX_JSON_BODY_BYTES = 4 * 1024 * 1024
+#: Bodies of browser form posts (sign-in pages) may not exceed this.
+MAX_FORM_BODY_BYTES = 64 * 1024
+#: A request line plus headers may not exceed this (``kachery-hub serve``).
+MAX_HEADER_BYTES = 64 * 1024
+#: Sign-in requests a minute per client address; bursts of twice as many.
+RATE_LIMIT_PER_MINUTE = 30
 
 
 @dataclass(frozen=True)
@@ -47,13 +81,20 @@ class Settings:
     storage_url: str | None = None
     max_clock_skew_seconds: float = 300.0
     max_json_body_bytes: int = MAX_JSON_BODY_BYTES
+    max_form_body_bytes: int = MAX_FORM_BODY_BYTES
+    max_header_bytes: int = MAX_HEADER_BYTES
+    rate_limit_per_minute: float = RATE_LIMIT_PER_MINUTE
+    rate_limit_burst: int | None = None  # default: twice the rate
     oidc_issuer: str = GOOGLE_ISSUER
     oidc_client_id: str | None = None
     oidc_client_secret: str | None = None
     admin_emails: tuple[str, ...] = ()
+    public_urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
+        urls = tuple(dict.fromkeys(_public_url(u) for u in self.public_urls if u.strip()))
+        object.__setattr__(self, "public_urls", urls)
         object.__setattr__(self, "admin_emails", tuple(e.strip().lower() for e in self.admin_emails if e.strip()))
         if self.oidc_client_id and not self.oidc_client_secret:
             raise ConfigurationError(
@@ -63,6 +104,28 @@ class Settings:
             raise ConfigurationError(f"the OpenID Connect issuer must be an https:// URL, not {self.oidc_issuer!r}")
         if not self.max_clock_skew_seconds > 0:
             raise ConfigurationError(f"max_clock_skew_seconds must be positive, not {self.max_clock_skew_seconds!r}")
+        if not 0 <= self.rate_limit_per_minute < float("inf"):
+            raise ConfigurationError(f"rate_limit_per_minute must be 0 (off) or more, not {self.rate_limit_per_minute!r}")
+        if self.rate_limit_burst is not None and self.rate_limit_burst < 1:
+            raise ConfigurationError(f"rate_limit_burst must be 1 or more, not {self.rate_limit_burst!r}")
+        for name in ("max_json_body_bytes", "max_form_body_bytes", "max_header_bytes"):
+            if getattr(self, name) < 1024:
+                raise ConfigurationError(f"{name} must be at least 1024, not {getattr(self, name)!r}")
+
+    @cached_property  # both are read on every signed request
+    def signed_hosts(self) -> tuple[str, ...]:
+        """The Host a client signs for each public URL (lower case, default port left out)."""
+        return tuple(_host_and_prefix(u)[0] for u in self.public_urls)
+
+    @cached_property
+    def signing_bases(self) -> tuple[tuple[str, str], ...]:
+        """(host, path prefix) of each public URL, as a signature is checked against them."""
+        return tuple(dict.fromkeys(_host_and_prefix(u) for u in self.public_urls))
+
+    @property
+    def resolved_rate_limit_burst(self) -> int:
+        """How many sign-in requests one address may make at once: ``rate_limit_burst``, or twice the rate."""
+        return self.rate_limit_burst or max(1, round(2 * self.rate_limit_per_minute))
 
     @property
     def resolved_database_url(self) -> str:
@@ -83,14 +146,75 @@ class Settings:
             skew = float(skew_text) if skew_text else 300.0
         except ValueError:
             raise ConfigurationError(f"{ENV_MAX_CLOCK_SKEW}={skew_text!r} is not a number of seconds") from None
+        rate_text = env.get(ENV_RATE_LIMIT)
+        try:
+            rate = float(rate_text) if rate_text else RATE_LIMIT_PER_MINUTE
+        except ValueError:
+            raise ConfigurationError(f"{ENV_RATE_LIMIT}={rate_text!r} is not a number of requests a minute") from None
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
             storage_url=env.get(ENV_STORAGE_URL) or None,
             max_clock_skew_seconds=skew,
+            rate_limit_per_minute=rate,
             oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
             oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,
             oidc_client_secret=env.get(ENV_OIDC_CLIENT_SECRET) or None,
             admin_emails=tuple((env.get(ENV_ADMIN_EMAILS) or "").split(",")),
+            public_urls=tuple((env.get(ENV_PUBLIC_URL) or "").split(",")),
         )
         return base.with_overrides(**overrides)
+
+
+def _public_url(text: str) -> str:
+    """``text`` checked and normalized: scheme and host in lower case, default port and final slash left out."""
+    url = text.strip()
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (parts.scheme.lower() not in ("http", "https") or not parts.hostname or port == -1 or parts.username is not None
+            or parts.password is not None or parts.query or parts.fragment or "@" in parts.netloc):
+        raise ConfigurationError(
+            f"a public URL must be http(s)://HOST[:PORT][/PREFIX] with no user, query or fragment, not {url!r} "
+            f"({ENV_PUBLIC_URL} or --public-url)"
+        )
+    scheme = parts.scheme.lower()
+    try:
+        host = parts.hostname.encode("idna").decode("ascii") if not parts.hostname.isascii() else parts.hostname
+    except UnicodeError:
+        raise ConfigurationError(f"the host of public URL {url!r} is not a valid host name") from None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def _host_and_prefix(public_url: str) -> tuple[str, str]:
+    parts = urlsplit(public_url)
+    return parts.netloc, parts.path
+
+
+def default_public_urls(host: str, port: int) -> tuple[str, ...]:
+    """The URLs a hub listening on ``host``:``port`` is reached at, by default.
+
+    Loopback: its address and ``localhost``. All interfaces (``0.0.0.0``, ``::``):
+    loopback and this machine's host name; clients using an IP address or
+    another name need ``--public-url``. Any other address: that address.
+    """
+    def url(h: str) -> str:
+        return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+
+    if host == "127.0.0.1":
+        return (url("127.0.0.1"), url("localhost"))
+    if host == "localhost":
+        return (url("localhost"), url("127.0.0.1"))
+    if host == "::1":
+        return (url("::1"), url("localhost"))
+    if host in ("", "0.0.0.0", "::"):
+        loopback = (url("127.0.0.1"), url("localhost")) + ((url("::1"),) if host == "::" else ())
+        name = socket.gethostname().lower()
+        return tuple(dict.fromkeys(loopback + ((url(name),) if name and name != "localhost" else ())))
+    return (url(host),)

@@ -1,19 +1,29 @@
 """Signing in from a browser: sessions, and sign-in requests a notebook confirms there.
 
 A browser gets a session by opening ``/?token=...`` (the URL ``kachery-hub
-serve`` prints) or by entering a token on a sign-in page; an OpenID Connect
-sign-in will create the same kind of session. A notebook that cannot run a
-terminal asks the hub for a sign-in request (``POST /api/sign-in-requests``,
-signed by its key), opens the returned URL in a browser, and polls its status
-until the user confirms or refuses there. Confirming binds the notebook's key
+serve`` prints) and confirming there ("Sign in to this hub as X?": a form
+posted to ``/``, so that a link alone never signs a browser in as someone
+else), by entering a token on a sign-in page, or through OpenID Connect. A
+session opened with a token ends when that token is revoked and lasts no
+longer than the token. ``POST /sign-out`` ends the session; a sign-in page
+shown to a signed-in browser offers it ("Not X?"), then comes back to the
+same page to sign in with another token or account.
+
+A notebook that cannot run a terminal asks the hub for a sign-in request
+(``POST /api/sign-in-requests``, signed by its key), opens the returned URL in
+a browser, and polls its status until the user confirms or refuses there. Confirming binds the notebook's key
 to the browser's user, exactly as presenting a token would.
 
 The request ID is an unguessable capability and only its hash is stored, like
 tokens and sessions. Pages are HTML with every value escaped; forms are posted
 same-origin, carry a CSRF token that must match a cookie of this browser (a
-double-submit check), and the session cookie is ``HttpOnly``, ``SameSite=Lax``
-(the browser comes back from the identity provider by a top-level redirect) and
-``Secure`` under https.
+double-submit check) and an ``Origin`` of this hub when the browser sends one,
+with a body of at most :data:`MAX_FORM_BYTES`. The session cookie is
+``HttpOnly``, ``SameSite=Lax`` (the browser comes back from the identity
+provider by a top-level redirect) and ``Secure`` under https. Pages send only
+their origin as ``Referer`` (``strict-origin``: the path and query of
+``/?token=...`` travel nowhere, yet form posts keep a real ``Origin``, which
+``no-referrer`` would turn into ``null``), are never cached and cannot be framed.
 
 With an OpenID Connect provider configured (Google by default), a browser
 without a session is sent there first (``/auth/login``), and comes back to
@@ -29,8 +39,9 @@ import hashlib
 import html
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -39,12 +50,14 @@ from sqlalchemy import delete, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
-from ._accounts import bind_client, ensure_user, user_of_token
+from ._accounts import TokenUse, bind_client, check_token, ensure_user, use_token
 from ._auth import Caller, caller
 from ._database import Database
 from ._state import HubState, hub_state
+from ._text import Line
 from ._oidc import LOGIN_SECONDS, LoginAttempt, OidcProvider, VerifiedIdentity
-from .errors import Forbidden, HubError, InvalidToken, NotFound
+from ._settings import GOOGLE_ISSUER
+from .errors import Forbidden, HubError, InvalidInput, InvalidToken, NotFound, PayloadTooLarge
 
 SESSION_COOKIE = "kachery_hub_session"
 CSRF_COOKIE = "kachery_hub_csrf"
@@ -52,6 +65,8 @@ LOGIN_COOKIE = "kachery_hub_login"
 MAX_LABEL_LENGTH = 200
 SESSION_SECONDS = 30 * 24 * 3600
 REQUEST_SECONDS = 15 * 60
+#: a sign-in form holds a CSRF value, a token and a button: far less than this
+MAX_FORM_BYTES = 16 * 1024
 
 router = APIRouter(tags=["sign-in"])
 
@@ -66,40 +81,62 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 <body style="font-family: sans-serif; max-width: 46em; margin: 2em auto; padding: 0 1em">
 <h1>{html.escape(title)}</h1>{body}</body></html>"""
     return HTMLResponse(doc, status_code=status,
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "same-origin",
+                        headers={"Cache-Control": "no-store", "Referrer-Policy": "strict-origin",
                                  "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'self'; "
                                  "style-src 'unsafe-inline'; frame-ancestors 'none'"})
 
 
-def _new_session(db: Database, user_id: str) -> str:
+@dataclass(frozen=True)
+class Session:
+    """A browser's live session: who, and the token that opened it (None after an OpenID sign-in)."""
+
+    user_id: str
+    email: str
+    token_id: str | None
+
+
+def _new_session(db: Database, user_id: str, token: TokenUse | None = None, previous: str | None = None) -> str:
+    """A new session secret; the browser's ``previous`` session, if any, ends."""
     secret = secrets.token_urlsafe(32)
     now = time.time()
+    expires_at = now + SESSION_SECONDS
+    if token is not None and token.expires_at is not None:
+        expires_at = min(expires_at, token.expires_at)  # no longer than the token that opened it
     with db.begin() as conn:
         conn.execute(delete(tables.sessions).where(tables.sessions.c.expires_at < now))
+        if previous:
+            conn.execute(delete(tables.sessions).where(tables.sessions.c.session_hash == _hash(previous)))
         conn.execute(insert(tables.sessions).values(
-            session_hash=_hash(secret), user_id=user_id, created_at=now, expires_at=now + SESSION_SECONDS))
+            session_hash=_hash(secret), user_id=user_id, created_at=now, expires_at=expires_at,
+            token_id=token.token_id if token is not None else None))
     return secret
 
 
-def _session_user(db: Database, request: Request) -> tuple[str, str] | None:
-    """(user id, email) of the browser's session, if it has a live one."""
+def _end_session(db: Database, secret: str) -> None:
+    with db.begin() as conn:
+        conn.execute(delete(tables.sessions).where(tables.sessions.c.session_hash == _hash(secret)))
+
+
+def _session_user(db: Database, request: Request) -> Session | None:
+    """The browser's session, if it has a live one."""
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret:
         return None
     with db.begin() as conn:
         row = conn.execute(
-            select(tables.users.c.id, tables.users.c.email)
+            select(tables.users.c.id, tables.users.c.email, tables.sessions.c.token_id)
             .join(tables.sessions, tables.sessions.c.user_id == tables.users.c.id)
             .where(tables.sessions.c.session_hash == _hash(secret), tables.sessions.c.expires_at > time.time())
         ).first()
-    return (str(row.id), str(row.email)) if row is not None else None
+    return Session(str(row.id), str(row.email), row.token_id) if row is not None else None
 
 
-def _token_user(db: Database, token: str) -> tuple[str, str]:
+def _token_user(db: Database, token: str, *, use: bool = False) -> tuple[TokenUse, str]:
+    """What ``token`` signs in as and its user's email; ``use`` records that it was used."""
     with db.begin() as conn:
-        user_id = user_of_token(conn, token)
-        email = conn.execute(select(tables.users.c.email).where(tables.users.c.id == user_id)).scalar_one()
-    return user_id, str(email)
+        found = use_token(conn, token) if use else check_token(conn, token)
+        email = conn.execute(select(tables.users.c.email).where(tables.users.c.id == found.user_id)).scalar_one()
+    return found, str(email)
 
 
 def _set_cookie(response: HTMLResponse | RedirectResponse, request: Request, name: str, value: str,
@@ -121,8 +158,39 @@ def _csrf_field(request: Request) -> tuple[str, str]:
 def _check_csrf(request: Request, form: dict[str, list[str]]) -> None:
     cookie = request.cookies.get(CSRF_COOKIE, "")
     sent = form.get("csrf", [""])[0]
-    if not cookie or not sent or not secrets.compare_digest(cookie, sent):
+    if not cookie or not sent or not secrets.compare_digest(cookie.encode(), sent.encode()):
         raise Forbidden("the form's CSRF token is missing or does not match this browser; reload the page and try again")
+
+
+async def _read_form(request: Request) -> dict[str, list[str]]:
+    """A posted form of this hub's pages, its CSRF value and origin checked; bytes counted as they arrive."""
+    origin = request.headers.get("origin")
+    if origin is not None and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+        raise Forbidden("sign-in forms are accepted from this hub's own pages only")
+    length = request.headers.get("content-length", "")
+    if length.isascii() and length.isdigit() and int(length) > MAX_FORM_BYTES:
+        raise PayloadTooLarge(f"a sign-in form is at most {MAX_FORM_BYTES} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > MAX_FORM_BYTES:
+            raise PayloadTooLarge(f"a sign-in form is at most {MAX_FORM_BYTES} bytes")
+        chunks.append(chunk)
+    try:
+        form = parse_qs(b"".join(chunks).decode("ascii"), max_num_fields=20, errors="strict")
+    except (UnicodeError, ValueError):
+        raise InvalidInput("the form is not valid (expected a form of this hub's pages)") from None
+    _check_csrf(request, form)
+    return form
+
+
+def _field(form: dict[str, list[str]], name: str) -> str:
+    return form.get(name, [""])[0]
+
+
+def _form_error(title: str, e: HubError) -> HTMLResponse:
+    return _page(title, f"<p>{html.escape(e.message)}</p>", e.status)
 
 
 # ---------------------------------------------------------------- sign-in requests
@@ -154,7 +222,7 @@ def _status(row: Any) -> str:
     return str(row.status)
 
 
-def _decide(db: Database, rid: str, user_id: str | None, confirm: bool) -> str:
+def _decide(db: Database, rid: str, user_id: str | None, confirm: bool, token_id: str | None = None) -> str:
     """Confirm or refuse a pending request; returns the resulting status."""
     with db.begin() as conn:
         row = conn.execute(select(tables.sign_in_requests).where(tables.sign_in_requests.c.id_hash == _hash(rid))).first()
@@ -167,12 +235,12 @@ def _decide(db: Database, rid: str, user_id: str | None, confirm: bool) -> str:
                      .values(status=status, user_id=user_id))
         if confirm:
             assert user_id is not None
-            bind_client(conn, row.client_id, user_id, row.label or "signed in from a browser")
+            bind_client(conn, row.client_id, user_id, row.label or "signed in from a browser", token_id)
     return status
 
 
 class SignInRequestBody(BaseModel):
-    label: str | None = Field(None, max_length=MAX_LABEL_LENGTH,
+    label: Line | None = Field(None, max_length=MAX_LABEL_LENGTH,
                               description="how the sign-in page names this computer, e.g. 'Jupyter on lab-pc'")
 
 
@@ -208,19 +276,66 @@ The API is described at <a href="{b}/docs">{b}/docs</a>.</p>"""
 @router.get("/", include_in_schema=False)
 async def home(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
     base = str(request.base_url).rstrip("/")
-    token = request.query_params.get("token", "")
-    if token:
-        try:
-            user_id, email = await run_in_threadpool(_token_user, hub.db, token)
-        except InvalidToken as e:
-            return _page("kachery hub", f"<p>{html.escape(e.message)}</p>" + _instructions(base, ""), 401)
-        response = _page("kachery hub", f"<p>This browser is signed in as <b>{html.escape(email)}</b>.</p>"
-                         + _instructions(base, token))
-        _set_session(response, request, await run_in_threadpool(_new_session, hub.db, user_id))
-        return response
+    token = request.query_params.get("token", "").strip()
     session = await run_in_threadpool(_session_user, hub.db, request)
-    who = f"<p>This browser is signed in as <b>{html.escape(session[1])}</b>.</p>" if session else ""
-    return _page("kachery hub", who + _instructions(base, ""))
+    csrf, csrf_field = _csrf_field(request)
+    if not token:
+        body = _instructions(base, "")
+        if session is not None:
+            body = (f"<p>This browser is signed in as <b>{html.escape(session.email)}</b>.</p>"
+                    + _sign_out_form(csrf_field, "/", "Sign out") + body)
+        response = _page("kachery hub", body)
+    else:
+        try:
+            _, email = await run_in_threadpool(_token_user, hub.db, token)
+        except InvalidToken as e:
+            return _page("kachery hub", f"<p>{html.escape(e.message)}</p>" + _instructions(base, ""), e.status)
+        # Opening a link must not sign a browser in: someone else's link would make this browser
+        # act as them (login CSRF). The person confirms with a same-origin form; the token goes in
+        # its body, to "/", so that it is not written into one more URL.
+        now = (f"<p>This browser is signed in as <b>{html.escape(session.email)}</b> now.</p>"
+               if session is not None else "")
+        confirm = f"""<p>Sign in to this hub as <b>{html.escape(email)}</b>?</p>{now}
+<p>Only continue if you opened this link yourself, from the hub's own output or from someone you trust:
+a link from anyone else would make this browser act as them.</p>
+<form method="post" action="/">{csrf_field}<input type="hidden" name="token" value="{html.escape(token)}">
+<button name="action" value="confirm">Sign in</button> <a href="/">Cancel</a></form>"""
+        response = _page("kachery hub", confirm + _instructions(base, token))
+    _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
+    return response
+
+
+@router.post("/", include_in_schema=False, response_model=None)
+async def home_sign_in(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
+    try:
+        form = await _read_form(request)
+        if _field(form, "action") != "confirm":
+            raise InvalidInput("press Sign in to sign this browser in")
+        found, _ = await run_in_threadpool(lambda: _token_user(hub.db, _field(form, "token").strip(), use=True))
+        secret = await run_in_threadpool(_new_session, hub.db, found.user_id, found, request.cookies.get(SESSION_COOKIE))
+    except HubError as e:
+        return _form_error("kachery hub", e)
+    response = RedirectResponse("/", status_code=303)  # the address bar and history keep no token
+    _set_session(response, request, secret)
+    return response
+
+
+@router.post("/sign-out", include_in_schema=False, response_model=None)
+async def sign_out(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
+    """End this browser's session, then go back where it was (a sign-in page: to choose who signs in)."""
+    try:
+        form = await _read_form(request)
+    except HubError as e:
+        return _form_error("Sign out", e)
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        await run_in_threadpool(_end_session, hub.db, secret)
+    target = _safe_next(_field(form, "next") or "/")
+    if target.startswith("/sign-in/"):
+        target = target.split("?", 1)[0] + "?with=token"  # show the choices, not the provider straight away
+    response = RedirectResponse(target, status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
 
 
 _STATUS_TEXT = {
@@ -237,6 +352,16 @@ def _who_asks(row: Any) -> str:
     return f"a notebook (client <code>{client}…</code>)"
 
 
+def _sign_out_form(csrf_field: str, next_path: str, button: str, before: str = "") -> str:
+    return (f'<form method="post" action="/sign-out">{csrf_field}'
+            f'<input type="hidden" name="next" value="{html.escape(next_path)}">'
+            f"<p>{before}<button>{html.escape(button)}</button></p></form>")
+
+
+def _provider_name(provider: OidcProvider) -> str:
+    return "Google" if provider.config.issuer == GOOGLE_ISSUER else provider.config.issuer
+
+
 @router.get("/sign-in/{rid}", include_in_schema=False, response_model=None)
 async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
     try:
@@ -246,53 +371,59 @@ async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_s
     status = _status(row)
     if status != "pending":
         return _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>", 200 if status == "confirmed" else 410)
+    here = f"/sign-in/{quote(rid, safe='')}"
     session = await run_in_threadpool(_session_user, hub.db, request)
     if session is None and hub.oidc is not None and request.query_params.get("with") != "token":
-        return RedirectResponse(f"/auth/login?next=/sign-in/{rid}", status_code=303)
+        return RedirectResponse(f"/auth/login?next={here}", status_code=303)
     who = _who_asks(row)
+    csrf, csrf_field = _csrf_field(request)
+    other = ""
     if session is not None:
-        ask = f"<p>{who[0].upper() + who[1:]} asks to act as <b>{html.escape(session[1])}</b>.</p>"
+        email = html.escape(session.email)
+        ask = f"<p>{who[0].upper() + who[1:]} asks to act as <b>{email}</b>.</p>"
         fields = ""
+        # The browser may be signed in as someone else than the person at it (an admin's browser):
+        # they sign it out and come back here to sign in with their own token or account.
+        other = _sign_out_form(csrf_field, here, "Use another token or account", f"Not {email}? ")
     else:
         ask = (f"<p>{who[0].upper() + who[1:]} asks to sign in. "
                "Enter a sign-in token (from <code>kachery-hub token create</code> or whoever runs this hub):</p>")
         fields = '<p><input name="token" type="password" size="50" autocomplete="off" autofocus></p>'
-    csrf, csrf_field = _csrf_field(request)
-    form = f"""<form method="post">{csrf_field}{fields}
+        if hub.oidc is not None:
+            # account=choose: the provider asks which account, rather than reusing the one it knows.
+            other = (f'<p>Or <a href="/auth/login?next={html.escape(here)}&amp;account=choose">sign in with '
+                     f"{html.escape(_provider_name(hub.oidc))}</a>.</p>")
+    form = f"""<form method="post" action="{html.escape(here)}">{csrf_field}{fields}
 <p>Only confirm if you started this sign-in yourself.</p>
 <button name="action" value="confirm">Confirm</button> <button name="action" value="refuse">Refuse</button></form>"""
-    response = _page("Sign in", ask + form)
+    response = _page("Sign in", ask + form + other)
     _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
     return response
 
 
 @router.post("/sign-in/{rid}", include_in_schema=False)
 async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
-    origin = request.headers.get("origin")
-    if origin is not None and origin.rstrip("/") != str(request.base_url).rstrip("/"):
-        return _page("Sign in", "<p>Sign-in forms are accepted from this hub's own pages only.</p>", 403)
-    form = parse_qs((await request.body()).decode("utf-8", "replace"))
-    try:
-        _check_csrf(request, form)
-    except Forbidden as e:
-        return _page("Sign in", f"<p>{html.escape(e.message)}</p>", 403)
-    action = form.get("action", [""])[0]
-    token = form.get("token", [""])[0].strip()
-    if action not in ("confirm", "refuse"):
-        return _page("Sign in", "<p>Choose Confirm or Refuse.</p>", 400)
     new_session = None
     try:
+        form = await _read_form(request)
+        action = _field(form, "action")
+        token = _field(form, "token").strip()
+        if action not in ("confirm", "refuse"):
+            return _page("Sign in", "<p>Choose Confirm or Refuse.</p>", 400)
+        token_id: str | None
         if token:
-            user_id, _ = await run_in_threadpool(_token_user, hub.db, token)
-            new_session = await run_in_threadpool(_new_session, hub.db, user_id)
+            found, _ = await run_in_threadpool(lambda: _token_user(hub.db, token, use=True))
+            user_id, token_id = found.user_id, found.token_id
+            new_session = await run_in_threadpool(
+                _new_session, hub.db, found.user_id, found, request.cookies.get(SESSION_COOKIE))
         else:
             session = await run_in_threadpool(_session_user, hub.db, request)
             if session is None:
                 return _page("Sign in", "<p>Enter a sign-in token first.</p>", 401)
-            user_id = session[0]
-        status = await run_in_threadpool(_decide, hub.db, rid, user_id, action == "confirm")
+            user_id, token_id = session.user_id, session.token_id
+        status = await run_in_threadpool(_decide, hub.db, rid, user_id, action == "confirm", token_id)
     except HubError as e:
-        return _page("Sign in", f"<p>{html.escape(e.message)}</p>", e.status)
+        return _form_error("Sign in", e)
     response = _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>")
     if new_session is not None:
         _set_session(response, request, new_session)
@@ -369,7 +500,8 @@ def _provider(hub: HubState) -> OidcProvider:
 async def oidc_login(request: Request, hub: HubState = Depends(hub_state)) -> RedirectResponse:
     provider = _provider(hub)
     next_path = _safe_next(request.query_params.get("next", "/"))
-    url, attempt = await run_in_threadpool(provider.begin, _callback_url(request))
+    choose = request.query_params.get("account") == "choose"
+    url, attempt = await run_in_threadpool(lambda: provider.begin(_callback_url(request), choose_account=choose))
     browser = secrets.token_urlsafe(24)
     await run_in_threadpool(_save_login, hub.db, attempt, browser, next_path)
     response = RedirectResponse(url, status_code=303)
@@ -398,6 +530,7 @@ async def oidc_callback(request: Request, hub: HubState = Depends(hub_state)) ->
     except HubError as e:
         return _page("Sign-in failed", f"<p>{html.escape(e.message)}</p>", e.status)
     response = RedirectResponse(login.next_path, status_code=303)
-    _set_session(response, request, await run_in_threadpool(_new_session, hub.db, user_id))
+    _set_session(response, request, await run_in_threadpool(
+        _new_session, hub.db, user_id, None, request.cookies.get(SESSION_COOKIE)))
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response

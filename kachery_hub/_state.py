@@ -1,11 +1,23 @@
-"""What every request handler reaches: settings, database and byte store."""
+"""What every request handler reaches: settings, database and byte store.
+
+The hub's data is private to the user running it: ``kachery-hub`` runs with
+umask 077, and on start the data folder (and a ``file://`` byte store or SQLite
+database outside it) loses its group and other permissions. A folder that had
+any, as made by an older version, has everything in it this user owns made
+owner-only too (0700 folders, 0600 files); later starts need not walk it again.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from fastapi import Request
+from sqlalchemy.engine import make_url
 
 from ._bytestore import ByteStore, open_byte_store
 from ._database import Database
@@ -22,7 +34,9 @@ class HubState:
 
     @classmethod
     def open(cls, settings: Settings) -> HubState:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for path in _hub_paths(settings):  # before the database opens: SQLite gives -wal/-shm its file's mode
+            make_private(path)
         db = Database(settings.resolved_database_url)
         db.migrate()
         store = open_byte_store(settings.resolved_storage_url)
@@ -38,6 +52,41 @@ class HubState:
     def close(self) -> None:
         self.db.close()
         self.store.close()
+
+
+def _hub_paths(settings: Settings) -> list[Path]:
+    """The data folder, and the hub's files outside it (a local byte store, a SQLite database and its journals)."""
+    paths = [settings.data_dir]
+    storage = settings.resolved_storage_url
+    if storage.startswith(("file:", "/")):
+        paths.append(Path(unquote(urlsplit(storage).path)))
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        db = Path(url.database)
+        paths += [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+    return [p for p in paths if not p.is_relative_to(settings.data_dir) or p == settings.data_dir]
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permissions off ``path``; if it had any, off everything under it this user owns."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or not st.st_mode & 0o077:
+        return
+    os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            child = os.path.join(folder, name)
+            try:
+                st = os.lstat(child)
+                if not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+                    os.chmod(child, stat.S_IMODE(st.st_mode) & 0o700)
+            except FileNotFoundError:
+                continue  # removed meanwhile
 
 
 async def hub_state(request: Request) -> HubState:

@@ -53,6 +53,12 @@ class BadSignature(Unauthenticated):
     code = "bad_signature"
 
 
+class WrongHub(Unauthenticated):
+    """A request signed for another hub (or for an address this hub was not told it has)."""
+
+    code = "wrong_hub"
+
+
 class ClockSkew(Unauthenticated):
     code = "clock_skew"
 

@@ -295,7 +295,8 @@ def make_hub(kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypa
         bucket = "hub-" + secrets.token_hex(6)
         _s3_client(endpoint).create_bucket(Bucket=bucket)
         storage_url = f"s3://{bucket}/blobs?endpoint_url={endpoint}"
-    app = create_app(Settings(data_dir=tmp_path / "hub", database_url=database_url, storage_url=storage_url))
+    app = create_app(Settings(data_dir=tmp_path / "hub", database_url=database_url, storage_url=storage_url,
+                              public_urls=(HUB_URL,)))  # TestClient's requests say Host: testserver
     with TestClient(app, raise_server_exceptions=False) as http:
         yield Hub(http=http, state=app.state.hub, root=tmp_path, monkeypatch=monkeypatch, kind=kind)
     for url in (HUB_URL,):

@@ -32,17 +32,20 @@ def free_port() -> int:
 
 
 class HubProcess:
-    def __init__(self, data: Path, port: int, *extra_args: str) -> None:
+    def __init__(self, data: Path, port: int, *extra_args: str, public_url: str | None = None) -> None:
         self.data = data
         self.extra_args = list(extra_args)
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        # serve --public-url: the hub then prints it (normalized) as its URL, and signatures are checked against it.
+        self.public_url = public_url
         self.proc: subprocess.Popen[str] | None = None
         self.admin_token = ""
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [*HUB_CMD, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra_args],
+            [*HUB_CMD, "serve", "--data", str(self.data), "--port", str(self.port), *self.extra_args,
+             *(["--public-url", self.public_url] if self.public_url else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         assert self.proc.stdout is not None
@@ -55,11 +58,11 @@ class HubProcess:
             lines.append(line)
             m = re.search(r"KACHERY_HUB_URL=(\S+) KACHERY_HUB_TOKEN=(\S+)", line)
             if m:
-                assert m.group(1) == self.url
+                assert m.group(1) == self.printed_url
                 self.admin_token = m.group(2)
                 break
         assert self.admin_token, "".join(lines)
-        assert any(f"{self.url}/?token={self.admin_token}" in x for x in lines), lines
+        assert any(f"{self.printed_url}/?token={self.admin_token}" in x for x in lines), lines
         while time.monotonic() < deadline:
             try:
                 if httpx2.get(self.url + "/api/health", timeout=1).status_code == 200:
@@ -67,6 +70,11 @@ class HubProcess:
             except httpx2.TransportError:
                 time.sleep(0.05)
         raise AssertionError("hub did not answer /api/health")
+
+    @property
+    def printed_url(self) -> str:
+        """The URL the hub prints for clients: its first public URL."""
+        return self.public_url.rstrip("/") if self.public_url else self.url
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from e2e.signin import confirm_token_link
 from hub_process import HubProcess, real_hub  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def test_init_prints_a_link_and_finishes_when_it_is_confirmed(real_hub: HubProce
         link = re.search(r"(http://\S+/sign-in/\S+)", "".join(lines))
         assert link, lines
         with httpx2.Client(base_url=real_hub.url) as browser:
-            browser.get("/", params={"token": real_hub.token("grace@example.org")})
+            confirm_token_link(browser, real_hub.token("grace@example.org"))
             csrf = browser.get(link.group(1)).cookies["kachery_hub_csrf"]
             done = browser.post(link.group(1), data={"action": "confirm", "csrf": csrf})
             assert "confirmed" in done.text

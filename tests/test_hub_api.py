@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from hub_fixtures import *  # noqa: F403
 from hub_fixtures import Hub, make_hub, new_keys, signed_headers
 
@@ -347,43 +345,4 @@ def test_every_endpoint_and_cli_command_is_documented_in_the_package(hub: Hub) -
                     assert flag in doc, (name, flag)
 
 
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["name", "value", "role", "token", "size", "label", "project_id", "public_read", "email"])
-        | st.text(max_size=8), inner, max_size=4),
-    max_leaves=10,
-)
-_PATHS = [
-    "/api/clients", "/api/me", "/api/me/default-project", "/api/tokens", "/api/projects", "/api/projects/{p}",
-    "/api/projects/{p}/members", "/api/projects/{p}/members/{s}", "/api/projects/{p}/files",
-    "/api/projects/{p}/files/{s}", "/api/projects/{p}/files/{s}/upload", "/api/projects/{p}/files/{s}/complete",
-    "/api/files/{s}", "/api/files/{s}/info", "/api/projects/{p}/mutables", "/api/projects/{p}/mutables/{s}",
-    "/api/sign-in-requests", "/api/sign-in-requests/{s}",
-]
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
-    template=st.sampled_from(_PATHS),
-    segment=st.text(min_size=1, max_size=50),
-    own_project=st.booleans(),
-    body=_JSON.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64),
-    query=st.dictionaries(st.sampled_from(["limit", "after", "prefix", "label"]), st.text(max_size=20), max_size=2),
-)
-def test_no_input_makes_the_hub_fail(hub: Hub, method: str, template: str, segment: str, own_project: bool,
-                                     body: bytes, query: dict[str, str]) -> None:
-    from urllib.parse import quote, urlencode
-
-    if not hasattr(hub, "_fuzz_keys"):
-        hub._fuzz_keys = _register(hub, "fuzz@example.org")  # type: ignore[attr-defined]
-    keys, info = hub._fuzz_keys  # type: ignore[attr-defined]
-    pid = info["default_project_id"] if own_project else quote(segment, safe="")
-    path = template.format(p=pid, s=quote(segment, safe=""))
-    if query:
-        path += "?" + urlencode(query)
-    r = hub.http.request(method, path, content=body, headers=_h(keys, method, path, body))
-    assert r.status_code < 500, (method, path, body[:80], r.text[:300])
-    if r.status_code >= 400:
-        _error(r)
+# The property-based fuzzing of every endpoint is in test_hub_fuzz.py.

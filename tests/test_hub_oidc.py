@@ -9,7 +9,9 @@ is caught in Chromium and handed to the hub by that client).
 from __future__ import annotations
 
 import base64
+import html
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from starlette.testclient import TestClient
 
 import kachery_core as kc
 from e2e.servers import OidcProvider
-from e2e.signin import login_in_browser
+from e2e.signin import confirm_token_link, login_in_browser
 from playwright.sync_api import Error as PlaywrightError
 from kachery_hub import Settings, create_app
 from kachery_hub._database import oidc_logins
@@ -49,6 +51,7 @@ def oidc_hub(oidc_provider: OidcProvider, tmp_path: Path, monkeypatch: pytest.Mo
     settings = Settings(
         data_dir=tmp_path / "hub", oidc_issuer=oidc_provider.issuer, oidc_client_id=client.client_id,
         oidc_client_secret=client.client_secret, admin_emails=("bob@example.org",),
+        public_urls=(HUB,),  # TestClient's requests say Host: testserver
     )
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as http:
@@ -68,14 +71,20 @@ def web(oidc_hub: Hub) -> Iterator[TestClient]:
         yield b
 
 
-def provider_round_trip(web: TestClient, page: Page, provider: OidcProvider, email: str, next_path: str = "/") -> str:
-    """Start a login at the hub, log in at the provider in Chromium; returns the callback path (not yet visited)."""
-    start = web.get(f"/auth/login?next={next_path}", follow_redirects=False)
+def provider_round_trip(
+    web: TestClient, page: Page, provider: OidcProvider, email: str, next_path: str = "/", login: str | None = None
+) -> str:
+    """Start a login at the hub (at ``login``, else /auth/login?next=...), log in at the provider in
+    Chromium; returns the callback path (not yet visited)."""
+    start = web.get(login or f"/auth/login?next={next_path}", follow_redirects=False)
     assert start.status_code == 303
     authorize = start.headers["location"]
     query = parse_qs(urlsplit(authorize).query)
     assert query["code_challenge_method"] == ["S256"] and query["code_challenge"][0]
     assert query["state"][0] and query["nonce"][0]
+    # "Sign in with another account": the provider is asked to let the person choose
+    # (this provider lists no prompt_values_supported and knows "login", not "select_account")
+    assert query.get("prompt") == (["login"] if login and "account=choose" in login else None)
     caught: list[str] = []
     page.context.clear_cookies()  # no provider session left from an earlier login: log in as `email`
     # A page of its own: Chromium cannot reach the in-process hub, and the error page it then
@@ -118,6 +127,29 @@ def test_google_style_sign_in_confirms_a_notebook(
     assert kc.get_sign_in_status(str(request["id"])) == "confirmed"
     info = kc.get_client_info()
     assert info["user"]["email"] == "alice@example.org" and info["user"]["is_admin"] is False
+
+
+def test_a_browser_signed_in_as_the_admin_lets_someone_else_sign_the_notebook_in(
+    oidc_hub: Hub, web: TestClient, page: Page, oidc_provider: OidcProvider
+) -> None:
+    request = notebook_asks(oidc_hub)
+    link = str(request["url"]).removeprefix(HUB)
+    confirm_token_link(web, oidc_hub.token("root@example.org", admin=True))  # the admin's link, in this browser
+    form = web.get(link)
+    assert "asks to act as <b>root@example.org</b>" in form.text and "Not root@example.org?" in form.text
+    out = web.post("/sign-out", data={"next": link, "csrf": web.cookies[CSRF_COOKIE]}, follow_redirects=False)
+    assert out.status_code == 303
+    choices = web.get(out.headers["location"])
+    assert choices.status_code == 200 and 'name="token"' in choices.text and "act as" not in choices.text
+    found = re.search(r'href="(/auth/login\?[^"]+)">sign in with ', choices.text)
+    assert found, choices.text
+    login = html.unescape(found.group(1))
+    assert web.get(provider_round_trip(web, page, oidc_provider, "alice@example.org", login=login),
+                   follow_redirects=False).headers["location"] == link  # back to the same request
+    assert "asks to act as <b>alice@example.org</b>" in web.get(link).text
+    done = web.post(link, data={"action": "confirm", "csrf": web.cookies[CSRF_COOKIE]})
+    assert done.status_code == 200 and kc.get_sign_in_status(str(request["id"])) == "confirmed"
+    assert kc.get_client_info()["user"]["email"] == "alice@example.org"
 
 
 def test_token_user_and_provider_user_with_the_same_email_are_one_account(
@@ -189,7 +221,7 @@ def test_csrf_open_redirect_and_escaping(oidc_hub: Hub, web: TestClient) -> None
     evil = "<img src=x onerror=alert(1)>"
     request = notebook_asks(oidc_hub, label=evil)
     link = str(request["url"]).removeprefix(HUB)
-    web.get("/", params={"token": oidc_hub.token("ada@example.org")})
+    confirm_token_link(web, oidc_hub.token("ada@example.org"))
     page_text = web.get(link).text
     assert evil not in page_text and "&lt;img src=x onerror=alert(1)&gt;" in page_text
     missing = web.post(link, data={"action": "confirm"})

@@ -171,7 +171,12 @@ def test_a_hub_created_at_version_1_upgrades_to_the_latest_keeping_its_users(tmp
     url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
     db = Database(url)
     assert migrate(db.engine, MIGRATIONS[:1]) == [1]
-    token = create_token(db, "early@example.org")
+    token = "khub_made-at-version-1"  # as version 1 stored it (today's create_token writes later columns)
+    with db.begin() as conn:
+        conn.execute(text("INSERT INTO users (id, email, email_verified, is_admin, created_at) "
+                          "VALUES ('u1', 'early@example.org', FALSE, FALSE, 0)"))
+        conn.execute(text("INSERT INTO tokens (token_hash, user_id, created_at, revoked) VALUES (:h, 'u1', 0, FALSE)"),
+                     {"h": hashlib.sha256(token.encode()).hexdigest()})
     db.close()
     app = create_app(Settings(data_dir=tmp_path, database_url=url))
     state = app.state.hub

@@ -18,6 +18,7 @@ from hub_fixtures import Hub, make_hub
 from starlette.testclient import TestClient
 
 import kachery_core as kc
+from e2e.signin import confirm_token_link
 from kachery_hub._signin import CSRF_COOKIE
 from kachery_jupyter import LoginWidget
 
@@ -37,7 +38,7 @@ def notebook(hub: Hub) -> Hub:
 
 def browser_confirms(hub: Hub, url: str, email: str, action: str = "confirm") -> None:
     with TestClient(hub.http.app, raise_server_exceptions=False) as browser:
-        assert browser.get("/", params={"token": hub.token(email)}).status_code == 200
+        assert confirm_token_link(browser, hub.token(email)).status_code == 200
         path = url.removeprefix(hub.url)
         csrf = browser.get(path).cookies[CSRF_COOKIE]
         assert browser.post(path, data={"action": action, "csrf": csrf}).status_code == 200

@@ -1,19 +1,48 @@
-"""Sign in at the local OpenID provider from a browser page, as a person would.
+"""Browser steps of signing in, as a person takes them.
 
-The provider's dev interactions show a login form (any password) and then a consent
-form; a browser that already consented to the same client skips the consent form.
+At the local OpenID provider (Chromium): the provider's dev interactions show a login
+form (any password) and then a consent form; a browser that already consented to the
+same client skips the consent form.
+
+At the hub (any cookie-keeping HTTP client): opening the ``/?token=...`` link that
+``kachery-hub serve`` prints shows a confirmation page; the browser is signed in only
+once its "Sign in" button posts the form.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from playwright.sync_api import Error as PlaywrightError
+import re
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
     from e2e.servers import OidcProvider
+
+_CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def confirm_token_link(browser: Any, token: str) -> Any:
+    """Open the hub's ``/?token=...`` link in ``browser`` and press "Sign in"; returns the final answer.
+
+    ``browser`` is a ``TestClient`` or an ``httpx2.Client`` with the hub as its ``base_url``.
+    """
+    page = browser.get("/", params={"token": token})
+    csrf = _CSRF_FIELD.search(page.text)
+    assert page.status_code == 200 and csrf, page.text
+    return browser.post("/", data={"token": token, "csrf": csrf.group(1), "action": "confirm"})
+
+
+def confirm_token_link_in_chromium(page: Page, hub_url: str, token: str) -> None:
+    """The same in a real browser: open the link, read who it signs in as, press "Sign in"."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{hub_url}/?token={token}")
+    expect(page.locator("body")).to_contain_text("Sign in to this hub as")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("body")).to_contain_text("This browser is signed in as")
+
 
 LOGIN_FORM = "form:has(input[name='prompt'][value='login'])"
 CONSENT_FORM = "form:has(input[name='prompt'][value='consent'])"
@@ -45,6 +74,8 @@ def login_in_browser(
 
 def _submit(page: Page, form: str, timeout_ms: float) -> None:
     """Click the form's button and wait for the page it leads to, through every redirect."""
+    from playwright.sync_api import Error as PlaywrightError
+
     try:
         with page.expect_navigation(timeout=timeout_ms):
             page.locator(f"{form} button[type='submit']").click()
