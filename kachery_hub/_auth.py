@@ -277,19 +277,20 @@ def _only_caller(conn: Connection, who: Caller) -> Caller:
     return who
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The whole body, refused (413) as soon as it is announced or counted over ``limit`` bytes."""
     length = content_length(request)
     if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+        raise PayloadTooLarge(f"{what} of {length} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            raise PayloadTooLarge(f"{what} is over the limit of {limit} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
-    request._body = body  # lets FastAPI parse the JSON body we already consumed
+    request._body = body  # lets FastAPI parse the body we already consumed
     return body
 
 
@@ -299,7 +300,7 @@ async def signed_request(request: Request) -> SignedRequest:
     The endpoint then does its work with :meth:`SignedRequest.run`, which finds the caller.
     """
     hub = state_of(request)
-    body = await _read_body(request, hub.settings.max_json_body_bytes)
+    body = await read_body(request, hub.settings.max_json_body_bytes)
     return SignedRequest(hub, _verify_headers(hub, request, hashlib.sha1(body).hexdigest()))
 
 

@@ -51,13 +51,13 @@ from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
 from ._accounts import TokenUse, bind_client, check_token, ensure_user, use_token
-from ._auth import Caller, caller
+from ._auth import Caller, caller, read_body
 from ._database import Database
 from ._state import HubState, hub_state
 from ._text import Line
 from ._oidc import LOGIN_SECONDS, LoginAttempt, OidcProvider, VerifiedIdentity
 from ._settings import GOOGLE_ISSUER
-from .errors import Forbidden, HubError, InvalidInput, InvalidToken, NotFound, PayloadTooLarge
+from .errors import Forbidden, HubError, InvalidInput, InvalidToken, NotFound
 
 SESSION_COOKIE = "kachery_hub_session"
 CSRF_COOKIE = "kachery_hub_csrf"
@@ -167,18 +167,9 @@ async def _read_form(request: Request) -> dict[str, list[str]]:
     origin = request.headers.get("origin")
     if origin is not None and origin.rstrip("/") != str(request.base_url).rstrip("/"):
         raise Forbidden("sign-in forms are accepted from this hub's own pages only")
-    length = request.headers.get("content-length", "")
-    if length.isascii() and length.isdigit() and int(length) > MAX_FORM_BYTES:
-        raise PayloadTooLarge(f"a sign-in form is at most {MAX_FORM_BYTES} bytes")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > MAX_FORM_BYTES:
-            raise PayloadTooLarge(f"a sign-in form is at most {MAX_FORM_BYTES} bytes")
-        chunks.append(chunk)
+    body = await read_body(request, MAX_FORM_BYTES, "a sign-in form")
     try:
-        form = parse_qs(b"".join(chunks).decode("ascii"), max_num_fields=20, errors="strict")
+        form = parse_qs(body.decode("ascii"), max_num_fields=20, errors="strict")
     except (UnicodeError, ValueError):
         raise InvalidInput("the form is not valid (expected a form of this hub's pages)") from None
     _check_csrf(request, form)

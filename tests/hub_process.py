@@ -98,7 +98,12 @@ def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield hub
     finally:
         hub.stop()
-        _hub.close_connections()
-        _hub._chosen_url.clear()
-        _hub._chosen_token.clear()
-        _hub._me_cache.clear()
+        forget_hubs()
+
+
+def forget_hubs() -> None:
+    """Drop this process's hub connections and choices (a test's hubs are gone)."""
+    _hub.close_connections()
+    _hub._chosen_url.clear()
+    _hub._chosen_token.clear()
+    _hub._me_cache.clear()

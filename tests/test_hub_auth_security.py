@@ -22,7 +22,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
 from hub_fixtures import HUB_URL, Hub, hub, make_hub, new_keys, postgres_server, s3_server, signed_headers  # noqa: E402,F401
-from hub_process import HubProcess, free_port, real_hub  # noqa: E402,F401
+from hub_process import HubProcess, forget_hubs, free_port, real_hub  # noqa: E402,F401
 from kachery_core import _hub, _signing  # noqa: E402
 from kachery_core._identity import ClientKeys, load_client_keys  # noqa: E402
 from kachery_hub import Settings, create_app  # noqa: E402
@@ -172,10 +172,7 @@ def test_a_request_signed_for_one_real_hub_is_refused_by_another(tmp_path: Path)
             b.stop()
     finally:
         a.stop()
-        _hub.close_connections()
-        _hub._chosen_url.clear()
-        _hub._chosen_token.clear()
-        _hub._me_cache.clear()
+        forget_hubs()
 
 
 @pytest.mark.slow

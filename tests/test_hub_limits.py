@@ -25,8 +25,7 @@ from fastapi import FastAPI  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
-from hub_process import HubProcess, free_port, real_hub  # noqa: E402,F401
-from kachery_core import _hub  # noqa: E402
+from hub_process import HubProcess, forget_hubs, free_port, real_hub  # noqa: E402,F401
 from kachery_hub import Settings, create_app  # noqa: E402
 from kachery_hub._ratelimit import RateLimiter  # noqa: E402
 from kachery_hub._settings import ENV_RATE_LIMIT  # noqa: E402
@@ -207,10 +206,7 @@ def hub_on_old_data(tmp_path: Path) -> Iterator[HubProcess]:
         yield hub
     finally:
         hub.stop()
-        _hub.close_connections()
-        _hub._chosen_url.clear()
-        _hub._chosen_token.clear()
-        _hub._me_cache.clear()
+        forget_hubs()
 
 
 @pytest.mark.slow
