@@ -18,6 +18,26 @@ from typing import Any
 from .errors import SerializationError, UnsafePickleError
 
 PICKLE_PROTOCOL = 4  # fixed so that Python upgrades do not change URIs
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def what_it_is(data: bytes) -> str:
+    """What ``data`` looks like ("an npy array", "a pickle", "JSON", "text", "binary data"),
+    so that loading it the wrong way can say what it is instead of what the loader expected."""
+    if data.startswith(_NPY_MAGIC):
+        return "an npy array"
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle"
+    try:
+        json.loads(data)
+        return "JSON"
+    except (ValueError, RecursionError):
+        pass
+    try:
+        data.decode("utf-8")
+        return "text"
+    except UnicodeDecodeError:
+        return "binary data"
 
 
 def text_to_bytes(text: str) -> bytes:
@@ -30,7 +50,9 @@ def bytes_to_text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SerializationError(f"content is not UTF-8 text ({e})") from None
+        what = what_it_is(data)
+        raise SerializationError(f"content is not UTF-8 text: it is {what}" if what != "binary data"
+                                 else f"content is not UTF-8 text ({e})") from None
 
 
 def json_dumps_deterministic(obj: Any) -> str:
@@ -51,7 +73,9 @@ def bytes_to_json(data: bytes) -> Any:
     try:
         return json.loads(data)
     except ValueError as e:
-        raise SerializationError(f"content is not JSON ({e})") from None
+        what = what_it_is(data)
+        raise SerializationError(f"content is not JSON: it is {what}" if what in ("an npy array", "a pickle")
+                                 else f"content is not JSON ({e})") from None
 
 
 def npy_to_bytes(array: Any) -> bytes:
@@ -73,7 +97,10 @@ def bytes_to_npy(data: bytes) -> Any:
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as e:
-        raise SerializationError(f"content is not a loadable npy array ({e})") from None
+        # numpy takes anything else for a pickle and says how to load one unsafely: say what it is instead
+        what = what_it_is(data)
+        raise SerializationError(f"content is not an npy array: it is {what}" if what != "an npy array"
+                                 else f"content is not a loadable npy array ({e})") from None
 
 
 class _Budget:
@@ -261,13 +288,22 @@ def _find_class(unpickler: RestrictedUnpickler | _CheckedUnpickler, module: str,
     raise UnsafePickleError(module, name)
 
 
+_PICKLABLE = ("only builtin values (dict, list, str, numbers...) and numpy arrays are stored as pickles, "
+              "because loading any other class can run its code; store its data instead (e.g. a dict of its fields)")
+
+
 def pkl_to_bytes(obj: Any) -> bytes:
     try:
         data = pickle.dumps(obj, protocol=PICKLE_PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
-        raise SerializationError(f"cannot pickle {type(obj).__name__}: {e}") from None
+        raise SerializationError(f"cannot store a {type(obj).__name__} as a pickle ({e}): {_PICKLABLE}") from None
     # Refuse at store time what every reader would refuse at load time.
-    bytes_to_pkl(data)
+    try:
+        bytes_to_pkl(data)
+    except UnsafePickleError as e:
+        what = f"it holds {e.module}.{e.name}" if e.reason is None else f"{e.module}.{e.name}: {e.reason}"
+        e.args = (f"cannot store a {type(obj).__name__} as a pickle ({what}): {_PICKLABLE}",)
+        raise
     return data
 
 
@@ -282,7 +318,9 @@ def bytes_to_pkl(data: bytes) -> Any:
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-        raise SerializationError(f"content is not a valid pickle ({type(e).__name__}: {e})") from None
+        what = what_it_is(data)
+        raise SerializationError(f"content is not a pickle: it is {what}" if what != "a pickle"
+                                 else f"content is not a valid pickle ({type(e).__name__}: {e})") from None
     except MemoryError:
         # the pickle declares a length (BINBYTES8...) larger than memory; it cannot be a valid one
         raise SerializationError("content is not a valid pickle (it declares more data than memory holds)") from None

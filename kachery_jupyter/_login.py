@@ -40,6 +40,34 @@ def colab_secret_token() -> str | None:
     return str(value) if value else None
 
 
+def check_hub(hub_url: str) -> str:
+    """``hub_url`` normalized, once a kachery hub answers ``GET /api/health`` there; raises a
+    :class:`kachery_core.HubError` saying what failed (nothing answers, or not as a hub does)."""
+    import httpx2
+
+    from kachery_core import _hub
+
+    url = _hub.normalize_url(hub_url)
+    not_a_hub = f"not a kachery hub: {url}/api/health did not answer as a hub does"
+    try:
+        # Unsigned, so that no sign-in (and no token) goes to a URL before it proves to be a hub;
+        # over the HTTP client kachery_core uses for this URL (an injected one, in tests).
+        response = _hub.HubClient(url, None, _hub._http_client(url)).send("GET", "/api/health")
+        body = response.json()
+    except httpx2.InvalidURL as e:
+        raise kc.InvalidArgumentError("hub_url", hub_url, str(e)) from None
+    except kc.HubUnavailableError:
+        raise
+    except kc.HubError as e:
+        raise kc.HubRequestError(url, f"not a kachery hub: {url}/api/health answered HTTP {e.status}",
+                                 code="not_a_hub") from None
+    except ValueError:
+        raise kc.HubRequestError(url, not_a_hub, code="not_a_hub") from None
+    if not isinstance(body, dict) or body.get("status") != "ok":
+        raise kc.HubRequestError(url, not_a_hub, code="not_a_hub")
+    return url
+
+
 class LoginWidget(anywidget.AnyWidget):
     """Sign this computer in to a kachery hub from a notebook."""
 
@@ -78,6 +106,9 @@ class LoginWidget(anywidget.AnyWidget):
             return
         self._show("checking")
         try:
+            if self.hub_url != kc.get_hub_url():
+                # A mistyped URL must not re-target the whole kernel: switch only once a hub answers there.
+                self.hub_url = check_hub(self.hub_url)
             kc.use_hub(self.hub_url)
             info = kc.get_client_info()
             if info.get("hub_error"):

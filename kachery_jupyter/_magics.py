@@ -1,25 +1,50 @@
 """The ``%kc_*`` magics.
 
-Mistakes (unknown variable, bad URI, bad key) become a one-line ``UsageError``,
-never a traceback.
+A magic line is split as a POSIX shell splits it: quotes group words and are
+not kept (``--label "my meta.json"``), a backslash escapes the next character,
+and options may come anywhere on the line. Mistakes (unknown variable, bad URI,
+bad key) become a one-line ``UsageError``, never a traceback.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
+import sys
 from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 
 import kachery_core as kc
 
 from . import _objects
 
+_LOCAL_HINT = "add --local to store it on this computer only"
 
-def _usage(e: Exception) -> UsageError:
-    return UsageError(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+def _parse(magic: Any, line: str) -> argparse.Namespace:
+    """``line`` split as a shell splits it, then parsed by the magic's arguments (options anywhere)."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as e:  # "No closing quotation", "No escaped character"
+        raise UsageError(f"{str(e)[:1].lower()}{str(e)[1:]} in: {line}") from None
+    # IPython's own parse_argstring splits with shlex's posix=False, which keeps the quotes.
+    args: argparse.Namespace = magic.parser.parse_intermixed_args(argv)
+    return args
+
+
+def _usage(e: Exception, *, local_hint: bool = False) -> UsageError:
+    """``e`` as one line, saying what to do where the next step is ours to name."""
+    if isinstance(e, kc.HubAuthError) and e.code == "client_not_registered":
+        text = f"this computer is not signed in to the hub {e.hub_url}: run %kc_login"
+        return UsageError(text + (f" (or {_LOCAL_HINT})" if local_hint else ""))
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, kc.HubUnavailableError) and local_hint:
+        text += f"; {_LOCAL_HINT}"
+    return UsageError(text)
 
 
 @magics_class
@@ -44,9 +69,9 @@ class KacheryMagics(Magics):
         goes to the current project (and stays in the local cache too)::
 
             %kc_store arr
-            uri = %kc_store --file results/table.csv
+            uri = %kc_store --file "results/table 2.csv"
         """
-        args = parse_argstring(self.kc_store, line)
+        args = _parse(self.kc_store, line)
         local = args.local or kc.get_hub_url() is None
         try:
             if args.file:
@@ -59,10 +84,15 @@ class KacheryMagics(Magics):
             if args.name not in user_ns:
                 raise UsageError(f"no variable named {args.name!r} in this notebook")
             obj = user_ns[args.name]
-            label = args.label or _objects.default_label(args.name, obj)
-            return _objects.store_object(obj, label=label, local=local, project_id=args.project)
+            kind = _objects.kind_of(obj)
+            label = args.label or _objects.default_label(args.name, obj, kind)
+            uri = _objects.store_object(obj, label=label, local=local, project_id=args.project, kind=kind)
         except kc.KacheryError as e:
-            raise _usage(e) from None
+            raise _usage(e, local_hint=not local) from None
+        if kind == "pkl" and _objects.json_but_for_nan(obj):
+            print(f"{args.name} holds NaN or Infinity, which JSON cannot hold: stored as a pickle ({label}); "
+                  "replace them with None to store it as JSON", file=sys.stderr)
+        return uri
 
     @magic_arguments()
     @argument("uri", help="a sha1:// URI")
@@ -75,7 +105,7 @@ class KacheryMagics(Magics):
             arr = %kc_load sha1://…?label=arr.npy
             %kc_load sha1://… --as json -o meta
         """
-        args = parse_argstring(self.kc_load, line)
+        args = _parse(self.kc_load, line)
         try:
             value = _objects.load_object(args.uri, args.kind)
         except kc.KacheryError as e:
@@ -89,7 +119,7 @@ class KacheryMagics(Magics):
     @magic_arguments()
     @argument("action", choices=("get", "set", "delete", "list"))
     @argument("key", help="the key (for list: a prefix, may be empty)", nargs="?", default="")
-    @argument("value", nargs="?", help="the value, for set")
+    @argument("value", nargs="*", help="the value, for set: the rest of the line (quote it to keep spacing)")
     @argument("--local", action="store_true", help="the local mutables, even when a hub is configured")
     @argument("--project", help="the hub project (default: KACHERY_CLOUD_PROJECT or the default project)")
     @line_magic
@@ -97,31 +127,34 @@ class KacheryMagics(Magics):
         """Get, set, delete or list mutables (key → text), on the hub when one is configured.
 
             %kc_mutable set experiments/M12/latest sha1://…
+            %kc_mutable set experiments/M12/note first session, left probe
             %kc_mutable get experiments/M12/latest
             %kc_mutable list experiments/
         """
-        args = parse_argstring(self.kc_mutable, line)
+        args = _parse(self.kc_mutable, line)
         local = args.local or kc.get_hub_url() is None
         if args.action != "list" and not args.key:
             raise UsageError(f"%kc_mutable {args.action} needs a key")
-        if args.action == "set" and args.value is None:
+        if args.action == "set" and not args.value:
             raise UsageError("%kc_mutable set needs a value: %kc_mutable set KEY VALUE")
-        if args.action != "set" and args.value is not None:
+        if args.action != "set" and args.value:
             raise UsageError(f"%kc_mutable {args.action} takes no value")
         if local and args.action == "list":
             raise UsageError("%kc_mutable list needs a hub (local mutables are files under mutables/)")
+        # Words join as a shell's echo joins them; quotes keep the spacing exactly.
+        value = " ".join(args.value)
         project = {} if local else {"project_id": args.project}
         try:
             if args.action == "set":
-                (kc.set_mutable_local if local else kc.set_mutable)(args.key, args.value, **project)
+                (kc.set_mutable_local if local else kc.set_mutable)(args.key, value, **project)
                 return None
             if args.action == "list":
                 return kc.list_mutables(args.key, project_id=args.project)
             if args.action == "get":
-                value = (kc.get_mutable_local if local else kc.get_mutable)(args.key, **project)
-                if value is None:
+                found = (kc.get_mutable_local if local else kc.get_mutable)(args.key, **project)
+                if found is None:
                     raise UsageError(f"mutable {args.key!r} is not set")
-                return value
+                return found
             if not (kc.delete_mutable_local if local else kc.delete_mutable)(args.key, **project):
                 raise UsageError(f"mutable {args.key!r} is not set")
             return None
@@ -138,13 +171,22 @@ class KacheryMagics(Magics):
             %kc_login
             %kc_login --hub http://127.0.0.1:8123
         """
-        args = parse_argstring(self.kc_login, line)
+        args = _parse(self.kc_login, line)
         if args.hub is not None and not args.hub.startswith(("http://", "https://")):
             raise UsageError(f"--hub {args.hub!r}: a hub URL must start with http:// or https://")
         try:
-            from ._login import LoginWidget
+            from ._login import LoginWidget, check_hub
         except ImportError:
             raise UsageError('the sign-in panel needs anywidget: pip install "kachery-jupyter[jupyter]"') from None
+        if args.hub is not None:
+            # A mistyped URL must not re-target the whole kernel: switch only once a hub answers there.
+            try:
+                check_hub(args.hub)
+            except kc.KacheryError as e:
+                current = kc.get_hub_url()
+                keeps = f"keeps using the hub {current}" if current else "still has no hub"
+                reason = e.message if isinstance(e, kc.HubError) else str(e)
+                raise UsageError(f"--hub {args.hub}: {reason}; this kernel {keeps}") from None
         try:
             return LoginWidget(hub_url=args.hub)
         except kc.KacheryError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kachery_core as kc
@@ -14,15 +15,30 @@ def kind_of(obj: Any) -> str:
     if isinstance(obj, str):
         return "text"
     try:
-        kc.sha1_of_dict(obj)  # raises for anything that is not plain JSON
-    except (kc.SerializationError, TypeError):
+        json.dumps(obj, sort_keys=True, allow_nan=False)  # as store_json writes it, separators aside
+    except (TypeError, ValueError, RecursionError):  # not JSON, NaN or Infinity, a circular reference
         return "pkl"
     return "json"
 
 
-def store_object(obj: Any, *, label: str | None, local: bool, project_id: str | None = None) -> str:
-    """Store ``obj`` on the hub (and cache it locally), or only locally."""
-    store = {"npy": kc.store_npy, "text": kc.store_text, "json": kc.store_json, "pkl": kc.store_pkl}[kind_of(obj)]
+def json_but_for_nan(obj: Any) -> bool:
+    """Whether ``obj`` would be stored as JSON but for a NaN or an infinity in it (JSON has neither)."""
+    try:
+        json.dumps(obj, sort_keys=True, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    try:
+        json.dumps(obj, sort_keys=True, allow_nan=False)
+    except ValueError:
+        return True
+    return False
+
+
+def store_object(obj: Any, *, label: str | None, local: bool, project_id: str | None = None,
+                 kind: str | None = None) -> str:
+    """Store ``obj`` (as ``kind``, default :func:`kind_of`) on the hub and cache it locally, or only locally."""
+    kind = kind or kind_of(obj)
+    store = {"npy": kc.store_npy, "text": kc.store_text, "json": kc.store_json, "pkl": kc.store_pkl}[kind]
     uri: str = store(obj, label=label, local=local, cache_locally=True, project_id=project_id)
     return uri
 
@@ -46,5 +62,5 @@ def load_object(uri: str, kind: str | None = None) -> Any:
     return loaders[kind](uri)
 
 
-def default_label(name: str, obj: Any) -> str:
-    return f"{name}.{_EXTENSIONS[kind_of(obj)]}"
+def default_label(name: str, obj: Any, kind: str | None = None) -> str:
+    return f"{name}.{_EXTENSIONS[kind or kind_of(obj)]}"

@@ -106,3 +106,105 @@ def test_a_cell_with_a_mistake_shows_no_traceback(ip: InteractiveShell, capsys: 
     text = out.out + out.err
     assert "UsageError: Invalid kachery URI 'sha1://1234'" in text
     assert "Traceback" not in text
+
+
+# -- a magic line is split as a POSIX shell splits it ---------------------------------------
+
+
+def test_quotes_group_words_and_are_not_kept(ip: InteractiveShell) -> None:
+    ip.run_line_magic("kc_mutable", "set k 'two words'")
+    assert kc.get_mutable_local("k") == "two words"
+    ip.run_line_magic("kc_mutable", 'set k "say \\"hi\\" twice"')
+    assert kc.get_mutable_local("k") == 'say "hi" twice'
+    assert ip.run_line_magic("kc_mutable", "get 'k'") == 'say "hi" twice'
+
+
+def test_set_takes_the_rest_of_the_line_as_the_value(ip: InteractiveShell) -> None:
+    ip.run_line_magic("kc_mutable", "set notes/today three plain words")
+    assert kc.get_mutable_local("notes/today") == "three plain words"
+    ip.run_line_magic("kc_mutable", "set k --local two words")  # an option among the words
+    assert kc.get_mutable_local("k") == "two words"
+    ip.run_line_magic("kc_mutable", "set k -- --looks-like-an-option")
+    assert kc.get_mutable_local("k") == "--looks-like-an-option"
+
+
+def test_a_quoted_label_is_the_label(ip: InteractiveShell) -> None:
+    ip.user_ns["meta"] = {"rate": 30000}
+    uri = ip.run_line_magic("kc_store", 'meta --label "my meta.json"')
+    assert kc.parse_sha1_uri(uri).label == "my meta.json" and "%22" not in uri
+    assert ip.run_line_magic("kc_load", uri) == {"rate": 30000}
+
+
+def test_options_anywhere_and_quoted_paths(ip: InteractiveShell, tmp_path: Path) -> None:
+    folder = tmp_path / "two words"
+    folder.mkdir()
+    (folder / "a b.csv").write_text("x\n")
+    uri = ip.run_line_magic("kc_store", f"--label t.csv --file '{folder / 'a b.csv'}'")
+    assert uri.endswith("?label=t.csv")
+    numbers = kc.store_json_local([1, 2])
+    ip.run_line_magic("kc_load", f"--as json -o numbers {numbers}")
+    assert ip.user_ns["numbers"] == [1, 2]
+
+
+def test_an_unclosed_quote_is_a_usage_error(ip: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match="no closing quotation") as info:
+        ip.run_line_magic("kc_mutable", "set k 'open")
+    assert "\n" not in str(info.value)
+    assert kc.get_mutable_local("k") is None
+
+
+# -- messages say what happened and what to do ------------------------------------------------
+
+
+def test_loading_json_as_npy_says_it_is_json(ip: InteractiveShell) -> None:
+    uri = kc.store_json_local({"a": 1}, label="meta.json")
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("kc_load", f"{uri} --as npy")
+    assert "not an npy array: it is JSON" in str(info.value)
+    assert "allow_pickle" not in str(info.value)
+    with pytest.raises(UsageError, match="not a pickle: it is JSON"):
+        ip.run_line_magic("kc_load", f"{uri} --as pkl")
+    npy = kc.store_npy_local(np.arange(3))
+    with pytest.raises(UsageError, match="not JSON: it is an npy array"):
+        ip.run_line_magic("kc_load", f"{npy} --as json")
+
+
+class Sample:
+    def __init__(self) -> None:
+        self.rate = 30000
+
+
+def test_storing_a_class_instance_says_what_can_be_stored(ip: InteractiveShell) -> None:
+    ip.user_ns["s"] = Sample()
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("kc_store", "s")
+    message = str(info.value)
+    assert "Refusing to unpickle" not in message and "\n" not in message
+    assert "cannot store a Sample" in message and "numpy arrays" in message and "run" in message
+
+
+def test_a_dict_with_nan_says_why_it_is_not_json(ip: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.user_ns["m"] = {"score": float("nan")}
+    uri = ip.run_line_magic("kc_store", "m")
+    assert uri.endswith("?label=m.pkl")
+    err = capsys.readouterr().err
+    assert "m holds NaN or Infinity, which JSON cannot hold: stored as a pickle" in err
+    ip.user_ns["ok"] = {"score": 1.5}
+    ip.run_line_magic("kc_store", "ok")
+    assert capsys.readouterr().err == ""
+
+
+def test_store_with_the_hub_down_suggests_local(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KACHERY_HUB_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("KACHERY_CLOUD_PROJECT", "p1")
+    ip.user_ns["t"] = "text"
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("kc_store", "t")
+    assert "cannot reach the hub" in str(info.value) and "--local" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert ip.run_line_magic("kc_store", "t --local").startswith("sha1://")

@@ -12,6 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import kachery_core as kc
+from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -54,3 +55,43 @@ def test_kc_mutable_on_the_hub(hub: Hub, ip: InteractiveShell) -> None:
     assert kc.get_mutable_local("here") == "v"
     with pytest.raises(UsageError, match="'..' segments"):
         ip.run_line_magic("kc_mutable", "set ../escape v")
+
+
+def test_store_when_not_signed_in_suggests_kc_login(hub: Hub, ip: InteractiveShell) -> None:
+    hub.use("newcomer")
+    kc.use_hub(hub.url, http_client=hub.http)
+    ip.user_ns["t"] = "text"
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("kc_store", "t")
+    message = str(info.value)
+    assert "not signed in" in message and "%kc_login" in message and "--local" in message
+    assert "kachery_core.init" not in message and "\n" not in message
+    with pytest.raises(UsageError, match="%kc_login"):
+        ip.run_line_magic("kc_mutable", "set k v")
+
+
+@pytest.mark.slow
+def test_kc_login_switches_hubs_only_once_the_new_one_answers(real_hub: HubProcess, ip: InteractiveShell) -> None:
+    kc.use_hub(real_hub.url)
+    typo = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic("kc_login", f"--hub {typo}")
+    message = str(info.value)
+    assert typo in message and "cannot reach" in message and real_hub.url in message and "\n" not in message
+    assert kc.get_hub_url() == real_hub.url, "the kernel keeps its hub"
+
+    widget = ip.run_line_magic("kc_login", f"--hub {real_hub.url}/")
+    assert widget.state == "signed_out" and kc.get_hub_url() == real_hub.url
+    widget._on_msg(widget, {"type": "connect", "hub_url": typo}, None)  # a typo typed into the panel
+    assert widget.state == "unreachable" and typo in widget.message
+    assert kc.get_hub_url() == real_hub.url, "the panel does not re-target the kernel either"
+
+
+@pytest.mark.slow
+def test_kc_login_refuses_a_server_that_is_not_a_hub(real_hub: HubProcess, ip: InteractiveShell) -> None:
+    with pytest.raises(UsageError, match="not a kachery hub") as info:
+        ip.run_line_magic("kc_login", f"--hub {real_hub.url}/docs")  # answers, but not /api/health
+    assert f"{real_hub.url}/docs" in str(info.value)
+    assert kc.get_hub_url() is None
+    widget = ip.run_line_magic("kc_login", f"--hub {real_hub.url}")
+    assert widget.state == "signed_out" and kc.get_hub_url() == real_hub.url
