@@ -1,4 +1,4 @@
-"""sha1 of files, with a cache keyed by the file's identity on disk.
+"""sha1 of files (with a cache keyed by the file's identity on disk), strings and dicts.
 
 The cache entry for a path records size, mtime, ctime and inode; any change to
 one of them (which any write to the file causes) makes the entry stale and the
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from . import _constants, _fs
+from . import _constants, _fs, _serializers
+from .errors import SerializationError
 
 CHUNK_SIZE = 4 * 1024 * 1024
 _CACHE_MIN_SIZE = 1_000_000  # hashing less than this is faster than reading a cache entry
@@ -28,6 +30,60 @@ def sha1_of_bytes(data: bytes) -> str:
 
 def sha1_of_string(text: str) -> str:
     return sha1_of_bytes(text.encode("utf-8"))
+
+
+def sha1_of_dict(obj: Any) -> str:
+    """kachery-cloud's hash of a JSON value: sha1 of its JSON with sorted keys, separators ``(',', ':')``,
+    and every float with an integral value written as an integer (``1.0`` -> ``1``, as JavaScript does).
+
+    Written as kachery-cloud 0.4.10 writes it (simplejson): non-string keys become strings
+    (``2`` -> ``"2"``, ``1.5`` -> ``"1.5"``, ``True`` -> ``"true"``, ``None`` -> ``"null"``)
+    before the keys are sorted, so ``{10: ..., 2: ...}`` sorts as text; integral floats become
+    exact integers (``1e20`` -> ``100000000000000000000``, ``-0.0`` -> ``0``); tuples are lists.
+    NaN and infinities are refused, as is anything JSON cannot hold.
+    """
+    try:
+        value = _kachery_cloud_json(obj)
+    except RecursionError:
+        raise SerializationError("cannot hash as JSON: nested too deeply (or it contains itself)") from None
+    return sha1_of_string(_serializers.json_dumps_deterministic(value))
+
+
+def _kachery_cloud_json(x: Any) -> Any:
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            raise SerializationError(f"cannot hash as JSON: {float(x)!r} (NaN and Infinity are not JSON)")
+        return int(x) if x.is_integer() else x
+    if isinstance(x, dict):
+        out: dict[Any, Any] = {}
+        for key, value in x.items():
+            name = _key_text(key)
+            if name in out:
+                raise SerializationError(f"cannot hash as JSON: two keys are both written {name!r}")
+            out[name] = _kachery_cloud_json(value)
+        return out
+    if isinstance(x, (list, tuple)):
+        return [_kachery_cloud_json(v) for v in x]
+    return x
+
+
+def _key_text(key: Any) -> Any:
+    """A dict key as JSON writes it; other keys are left for the JSON encoder to refuse."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, float):
+        if not math.isfinite(key):
+            raise SerializationError(f"cannot hash as JSON: a key {float(key)!r} (NaN and Infinity are not JSON)")
+        return float.__repr__(float(key))
+    if key is True:
+        return "true"
+    if key is False:
+        return "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return str(int(key))
+    return key
 
 
 def _cache_path(path: str) -> Path:

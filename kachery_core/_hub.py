@@ -10,6 +10,8 @@ Every request is signed with the client key (see :mod:`._signing`) unless the
 client is ephemeral (``KACHERY_CLOUD_EPHEMERAL``), which reads public projects
 without a key or a sign-in. A client signs in once by presenting a token
 (``init(token=...)`` or ``KACHERY_HUB_TOKEN``); the hub then knows its key.
+With a token configured, the first request of a process signs in first if the
+hub does not know the client yet, whatever that request is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -179,10 +182,24 @@ class HubClient:
         self.keys = keys
         self.http = http
         self.client_id = client_id or (keys.client_id if keys is not None else None)
+        self._signing_in = False
 
     @property
     def ephemeral(self) -> bool:
         return self.keys is None
+
+    def _sign_in_first(self) -> None:
+        """With a token configured, sign in before the first signed request of this process.
+
+        The hub answers an unknown client's reads as an anonymous client's (public
+        projects only), so a fresh computer given a token would not see its own
+        private files until something else signed it in.
+        """
+        if self.keys is None or self._signing_in or (self.url, str(self.client_id)) in _me_cache:
+            return
+        if not configured_token():
+            return
+        self.me()  # registers with the token when the hub does not know this client (see json())
 
     def send(
         self,
@@ -198,6 +215,7 @@ class HubClient:
         ok_statuses: tuple[int, ...] = (),
     ) -> httpx2.Response:
         """Send one signed request; raises a :class:`HubError` for an error answer."""
+        self._sign_in_first()
         request = self.http.build_request(
             method, self.url + path, json=json, params=params, content=content, headers=headers
         )
@@ -251,7 +269,8 @@ class HubClient:
                 f"(open {self.url}/ or run `kachery-hub token create`) and call kachery_core.init(token=...)",
                 code="client_not_registered",
             )
-        info: dict[str, Any] = self.send("POST", "/api/clients", json={"token": t, "label": "kachery_core"}).json()
+        with self._signing_in_now():
+            info: dict[str, Any] = self.send("POST", "/api/clients", json={"token": t, "label": "kachery_core"}).json()
         _me_cache[(self.url, str(self.client_id))] = info
         return info
 
@@ -261,8 +280,18 @@ class HubClient:
             raise HubAuthError(self.url, "ephemeral clients have no account on the hub")
         key = (self.url, str(self.client_id))
         if refresh or key not in _me_cache:
-            _me_cache[key] = self.json("GET", "/api/me")
+            with self._signing_in_now():
+                _me_cache[key] = self.json("GET", "/api/me")
         return _me_cache[key]
+
+    @contextmanager
+    def _signing_in_now(self) -> Iterator[None]:
+        """The requests that sign in are not preceded by a sign-in of their own."""
+        outer, self._signing_in = self._signing_in, True
+        try:
+            yield
+        finally:
+            self._signing_in = outer
 
     def direct_transfers(self) -> bool:
         """Whether file bytes go to presigned object-store URLs instead of through the hub."""

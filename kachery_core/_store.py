@@ -5,12 +5,17 @@ Files live at ``$KACHERY_CLOUD_DIR/sha1/<h[0:2]>/<h[2:4]>/<h[4:6]>/<h>``::
     sha1/
       .tmp/                 partial copies of files being stored (hash not yet known)
       .corrupt/             store files whose bytes no longer match their name
+      .heads/ab/<key>       sha1 of the content last stored with this size, first and last MiB
       0b/ee/c7/0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33
 
 Storing a file copies it in the kernel (``copy_file_range``) in a background
 thread while the calling thread hashes it, so the data is read once and the copy
 costs almost nothing on top of the hash. The copy is renamed into place only
 when the hash is known, so no partial file is ever visible under a sha1 name.
+A big file (8 MiB or more) is first looked up in ``.heads/`` by its size and
+first and last MiB: when that names content the store holds, the file is only
+hashed (copied afterwards if the hash differs), so storing content the store
+already has, from a new path, costs no copy.
 Loading never returns bytes that do not match their URI, even while another
 process rewrites the file (a shared multi-user store, or the source of a
 ``reference=True`` URI):
@@ -46,7 +51,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from . import _fs, _hashing, _serializers
-from ._uris import Sha1URI, format_sha1_uri, parse_sha1_uri
+from ._uris import Sha1URI, format_sha1_uri, is_sha1, parse_sha1_uri
 from .errors import ByteRangeError, FileChangedError, HashMismatchError, KacheryFileNotFoundError
 
 
@@ -74,14 +79,17 @@ def _tmp_dir() -> Path:
 def _copy_range(src_fd: int, dst_fd: int, size: int, errors: list[BaseException]) -> None:
     try:
         offset = 0
+        copy_file_range = getattr(os, "copy_file_range", None)  # Linux only
         try:
+            if copy_file_range is None:
+                raise OSError("no copy_file_range")
             while offset < size:
-                n = os.copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
+                n = copy_file_range(src_fd, dst_fd, size - offset, offset, offset)
                 if n == 0:
                     break
                 offset += n
         except OSError:
-            # No in-kernel copy here (another file system, old kernel): plain copy of the rest.
+            # No in-kernel copy here (another file system, old kernel, not Linux): plain copy of the rest.
             os.lseek(src_fd, offset, os.SEEK_SET)
             os.lseek(dst_fd, offset, os.SEEK_SET)
             with open(src_fd, "rb", closefd=False) as src, open(dst_fd, "wb", closefd=False) as dst:
@@ -90,48 +98,104 @@ def _copy_range(src_fd: int, dst_fd: int, size: int, errors: list[BaseException]
         errors.append(e)
 
 
+#: Files this big are looked up by their size, first and last MiB (``sha1/.heads/``) before they
+#: are copied: content the store already holds is then only hashed, never copied.
+_HEAD_MIN_SIZE = 8 * 1024 * 1024
+_HEAD_BYTES = 1024 * 1024
+
+
+def _head_key(fd: int, size: int) -> str:
+    h = hashlib.sha1(b"%d\n" % size)
+    h.update(os.pread(fd, _HEAD_BYTES, 0))
+    h.update(os.pread(fd, _HEAD_BYTES, size - _HEAD_BYTES))
+    return h.hexdigest()
+
+
+def _head_path(key: str) -> Path:
+    return Path(_fs.get_kachery_cloud_dir(), "sha1", ".heads", key[0:2], key)
+
+
+def _held_with_head(key: str, size: int) -> str | None:
+    """The sha1 of a store file of ``size`` bytes recorded with this head key, if the store holds it."""
+    try:
+        sha1 = _head_path(key).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(sha1) != 40 or not is_sha1(sha1):
+        return None
+    try:
+        return sha1 if os.stat(store_path(sha1)).st_size == size else None
+    except FileNotFoundError:
+        return None
+
+
 def _store_copy(path: str) -> str:
-    """Copy ``path`` into the store while hashing it; returns its sha1."""
+    """Put the file at ``path`` into the store; returns its sha1.
+
+    New content is copied (in the kernel, in a second thread) while this thread
+    hashes it: one pass. A big file whose size, first and last MiB match content
+    the store holds is likely that content: it is hashed without copying, and
+    copied afterwards only if its hash turns out different.
+    """
     src_fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(src_fd)
-        copy_src_fd = os.open(path, os.O_RDONLY)
-        try:
-            tmp, owner = _fs.open_owned_tmp(_tmp_dir())
-        except BaseException:
-            os.close(copy_src_fd)
-            raise
-        dst_fd = owner.fileno()
-        try:
-            errors: list[BaseException] = []
-            copier = threading.Thread(
-                target=_copy_range, args=(copy_src_fd, dst_fd, st.st_size, errors), daemon=True
-            )
-            copier.start()
-            progress = _hashing.Progress(f"storing {os.path.basename(path)}", st.st_size)
+        progress = _hashing.Progress(f"storing {os.path.basename(path)}", st.st_size)
+        key = _head_key(src_fd, st.st_size) if st.st_size >= _HEAD_MIN_SIZE else None
+        sha1: str | None = None
+        held = _held_with_head(key, st.st_size) if key is not None else None
+        if held is not None:
             sha1 = _hashing.hash_open_file(src_fd, st.st_size, progress)
-            copier.join()
-            if errors:
-                raise errors[0]
-            if not _hashing.same_identity(st, os.fstat(src_fd)) or os.fstat(dst_fd).st_size != st.st_size:
+            if not _hashing.same_identity(st, os.fstat(src_fd)):
                 raise FileChangedError(path)
-            final = store_path(sha1)
-            if final.exists():
-                tmp.unlink()
-            else:
-                _fs.makedirs(final.parent)
-                _fs.finish_file(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(copy_src_fd)
-            owner.close()  # after the rename: the lock keeps a cleaner away until then
+        if sha1 is None or sha1 != held or not store_path(sha1).exists():
+            sha1 = _copy_in(path, src_fd, st, sha1, progress)
+            if key is not None and held != sha1:
+                _fs.write_file_atomic(_head_path(key), sha1.encode("ascii"))
         _hashing.record_sha1(path, st, sha1)
-        _hashing.record_sha1(str(final), os.stat(final), sha1)
         return sha1
     finally:
         os.close(src_fd)
+
+
+def _copy_in(path: str, src_fd: int, st: os.stat_result, sha1: str | None, progress: _hashing.Progress) -> str:
+    """Copy the file open as ``src_fd`` into the store, hashing it meanwhile unless its ``sha1`` is known."""
+    copy_src_fd = os.open(path, os.O_RDONLY)  # its own file offset, for a copy without copy_file_range
+    try:
+        tmp, owner = _fs.open_owned_tmp(_tmp_dir())
+    except BaseException:
+        os.close(copy_src_fd)
+        raise
+    dst_fd = owner.fileno()
+    try:
+        if (os.fstat(copy_src_fd).st_ino, os.fstat(copy_src_fd).st_dev) != (st.st_ino, st.st_dev):
+            raise FileChangedError(path)  # replaced between the two opens
+        errors: list[BaseException] = []
+        if sha1 is None:
+            copier = threading.Thread(target=_copy_range, args=(copy_src_fd, dst_fd, st.st_size, errors), daemon=True)
+            copier.start()
+            sha1 = _hashing.hash_open_file(src_fd, st.st_size, progress)
+            copier.join()
+        else:
+            _copy_range(copy_src_fd, dst_fd, st.st_size, errors)
+        if errors:
+            raise errors[0]
+        if not _hashing.same_identity(st, os.fstat(src_fd)) or os.fstat(dst_fd).st_size != st.st_size:
+            raise FileChangedError(path)
+        final = store_path(sha1)
+        if final.exists():
+            tmp.unlink()
+        else:
+            _fs.makedirs(final.parent)
+            _fs.finish_file(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(copy_src_fd)
+        owner.close()  # after the rename: the lock keeps a cleaner away until then
+    _hashing.record_sha1(str(final), os.stat(final), sha1)
+    return sha1
 
 
 def store_file_local(
@@ -457,6 +521,6 @@ def load_file_info(uri: str, *, local_only: bool = False) -> dict[str, Any]:
     }
 
 
-def sha1_of_dict(obj: dict[str, Any]) -> str:
-    """sha1 of the deterministic JSON of ``obj`` (same as kachery-cloud's)."""
-    return _hashing.sha1_of_string(_serializers.json_dumps_deterministic(obj))
+def sha1_of_dict(obj: dict[Any, Any]) -> str:
+    """kachery-cloud's sha1 of ``obj`` as JSON (integral floats written as integers: see :mod:`._hashing`)."""
+    return _hashing.sha1_of_dict(obj)

@@ -7,6 +7,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,84 @@ def test_eight_processes_store_same_and_different_content(tmp_path: Path, kacher
         for uri in out:
             kc.load_file(uri)  # verifies the hash
     assert not list((kachery_dir / "sha1" / ".tmp").iterdir())
+
+
+def _count_copies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each temp file the store opens and each in-kernel copy it makes."""
+    from kachery_core import _fs
+
+    seen: list[str] = []
+    open_owned_tmp = _fs.open_owned_tmp
+
+    def counted_tmp(*args: Any, **kwargs: Any) -> Any:
+        seen.append("temp file")
+        return open_owned_tmp(*args, **kwargs)
+
+    monkeypatch.setattr(_fs, "open_owned_tmp", counted_tmp)
+    if hasattr(os, "copy_file_range"):
+        copy_file_range = os.copy_file_range
+
+        def counted_copy(*args: Any) -> int:
+            seen.append("copy_file_range")
+            return copy_file_range(*args)
+
+        monkeypatch.setattr(os, "copy_file_range", counted_copy)
+    return seen
+
+
+def test_content_the_store_holds_is_not_copied_again_from_a_new_path(
+    tmp_path: Path, kachery_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(9 * 2**20)
+    sha1 = hashlib.sha1(data).hexdigest()
+    assert kc.store_file_local(_write(tmp_path / "a.bin", data)) == f"sha1://{sha1}"
+    stored = _store_file_for(kachery_dir, sha1)
+    inode = stored.stat().st_ino
+    (tmp_path / "elsewhere").mkdir()
+    twin = _write(tmp_path / "elsewhere" / "b.bin", data)  # a real copy: a path and inode never hashed
+    seen = _count_copies(monkeypatch)
+    assert kc.store_file_local(twin, label="b.bin") == f"sha1://{sha1}?label=b.bin"
+    assert seen == []
+    assert stored.stat().st_ino == inode
+    assert not list((kachery_dir / "sha1" / ".tmp").iterdir())
+
+
+def test_same_size_head_and_tail_but_other_content_is_still_stored(
+    tmp_path: Path, kachery_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = bytearray(os.urandom(9 * 2**20))
+    kc.store_file_local(_write(tmp_path / "a.bin", bytes(first)))
+    first[5 * 2**20] ^= 1  # differs only in the middle
+    second = bytes(first)
+    seen = _count_copies(monkeypatch)
+    uri = kc.store_file_local(_write(tmp_path / "b.bin", second))
+    assert uri == f"sha1://{hashlib.sha1(second).hexdigest()}"
+    assert seen[0] == "temp file"  # copied after all, once the hash said it is new
+    assert Path(kc.load_file(uri)).read_bytes() == second
+
+
+def test_content_held_without_a_head_record_is_copied_once_then_recognised(
+    tmp_path: Path, kachery_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store filled by kachery-cloud (or before heads were recorded) learns the head on the next store."""
+    data = os.urandom(9 * 2**20)
+    sha1 = hashlib.sha1(data).hexdigest()
+    stored = _store_file_for(kachery_dir, sha1)
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(data)
+    seen = _count_copies(monkeypatch)
+    assert kc.store_file_local(_write(tmp_path / "a.bin", data)) == f"sha1://{sha1}"
+    assert "temp file" in seen
+    seen.clear()
+    assert kc.store_file_local(_write(tmp_path / "b.bin", data)) == f"sha1://{sha1}"
+    assert seen == []
+
+
+def test_storing_works_where_os_has_no_copy_file_range(
+    tmp_path: Path, kachery_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS has no copy_file_range: the copy falls back to reading and writing."""
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    data = os.urandom(3 * 2**20)
+    uri = kc.store_file_local(_write(tmp_path / "a.bin", data))
+    assert Path(kc.load_file(uri)).read_bytes() == data

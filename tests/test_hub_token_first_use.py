@@ -1,0 +1,67 @@
+"""A fresh computer configured only by ``KACHERY_HUB_URL`` + ``KACHERY_HUB_TOKEN`` (a Colab secret).
+
+Its first use of the hub, whatever it is, signs it in with the token: reading
+its user's private files works at once, not only after something else (a store,
+``init``) happened to sign it in. Each read runs in a fresh interpreter with a
+kachery directory of its own, against a real hub process.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+import kachery_core as kc  # noqa: E402
+from conftest import run_python  # noqa: E402
+from hub_process import HubProcess, real_hub  # noqa: E402,F401
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def private_uri(real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A private text file stored by ada from her laptop; returns (URI, a token of ada's)."""
+    monkeypatch.setenv("KACHERY_CLOUD_DIR", str(tmp_path / "ada-laptop"))
+    info = kc.init(hub_url=real_hub.url, token=real_hub.token("ada@example.org"))
+    uri = kc.store_text("ada's private notes", label="notes.txt")
+    assert not kc.get_project(info["default_project_id"])["public_read"]
+    return uri, real_hub.token("ada@example.org")
+
+
+def _on_fresh_computer(hub: HubProcess, tmp_path: Path, name: str, token: str, code: str) -> str:
+    env = {"KACHERY_CLOUD_DIR": str(tmp_path / name), "KACHERY_HUB_URL": hub.url, "KACHERY_HUB_TOKEN": token}
+    out = run_python("import json, kachery_core as kc\n" + code, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "expected"),
+    [
+        ("load_text", "print(json.dumps(kc.load_text(URI)))", "ada's private notes"),
+        ("load_file_info", "i = kc.load_file_info(URI); print(json.dumps([i['size'], i['label']]))",
+         [len("ada's private notes"), "notes.txt"]),
+        ("load_bytes", "print(json.dumps(kc.load_bytes(URI, start=6, end=15).decode()))", "private n"),
+    ],
+    ids=["load_text", "load_file_info", "load_bytes"],
+)
+def test_the_first_use_signs_in_with_the_token(
+    real_hub: HubProcess, private_uri: tuple[str, str], tmp_path: Path, name: str, code: str, expected: object
+) -> None:
+    uri, token = private_uri
+    out = _on_fresh_computer(real_hub, tmp_path, f"colab-{name}", token, f"URI = {uri!r}\n{code}")
+    assert json.loads(out) == expected
+
+
+def test_without_a_token_a_fresh_computer_still_reads_as_an_unknown_client(
+    real_hub: HubProcess, private_uri: tuple[str, str], tmp_path: Path
+) -> None:
+    uri, _ = private_uri
+    env = {"KACHERY_CLOUD_DIR": str(tmp_path / "stranger"), "KACHERY_HUB_URL": real_hub.url}
+    out = run_python(f"import kachery_core as kc\nkc.load_text({uri!r})", env=env, check=False)
+    assert out.returncode != 0
+    assert "not in any project anonymous clients can read" in out.stderr
