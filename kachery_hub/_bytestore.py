@@ -73,11 +73,11 @@ class ByteStore(Protocol):
         ...
 
     def adopt(self, sha1: str, upload_id: str) -> str:
-        """Make a proved direct upload the blob of ``sha1``; returns the storage key to record."""
+        """The storage key of a proved direct upload, to record as its project's copy of ``sha1``."""
         ...
 
     def discard(self, sha1: str, upload_id: str) -> None:
-        """Drop a proved direct upload of bytes the store already holds."""
+        """Drop a proved direct upload its project does not need (it had its own copy already)."""
         ...
 
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:

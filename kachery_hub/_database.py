@@ -95,8 +95,6 @@ blobs = Table(
     Column("sha1", Text, primary_key=True),
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
-    # Object stores: the key holding the bytes (None: the sha1 path, or a folder store).
-    Column("storage_key", Text),
 )
 files = Table(
     "files", metadata,
@@ -106,6 +104,8 @@ files = Table(
     Column("label", Text),
     Column("created_by", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+    # Object stores: the project's own copy of the bytes (None: the sha1 path, or a folder store).
+    Column("storage_key", Text),
 )
 mutables = Table(
     "mutables", metadata,

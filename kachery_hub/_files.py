@@ -1,6 +1,6 @@
 """Files: content-addressed bytes recorded in projects.
 
-Bytes live once in the byte store (by sha1); a ``files`` row makes them visible
+In a folder store bytes live once (by sha1); a ``files`` row makes them visible
 in one project. An upload is written to a temp blob while its sha1 is
 computed and becomes visible only when the hash matches. Uploading into a
 project never reveals whether the bytes already exist in another project:
@@ -11,8 +11,10 @@ A client adds a file to a project only by proving it holds the whole content:
 through the hub, by sending the bytes (hashed as they stream); with an object
 store, by sending them to a key of its own (an upload id handed to it alone)
 whose sha1 the store checks. That the hub already holds the bytes for another
-project is never a shortcut, and no answer differs by it: the redundant copy is
-dropped after the answer has gone.
+project is never a shortcut, and no answer differs by it. In a folder store the
+verified upload is renamed over the blob either way; in an object store each
+project keeps the copy it uploaded (``files.storage_key``), since a download's
+presigned URL names its object and would tell whose upload it was.
 """
 
 from __future__ import annotations
@@ -84,19 +86,17 @@ def _file_json(row: Any) -> dict[str, Any]:
 _PROJECT_FILE = select(tables.files).where(
     tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
 # ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
-_INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at, storage_key) VALUES (:sha1, :size, :now, :key) "
+_INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
                     "ON CONFLICT (sha1) DO NOTHING")
-_BLOB_KEY = text("SELECT storage_key FROM blobs WHERE sha1 = :sha1")
-_BLOB_AT_KEY = text("SELECT sha1 FROM blobs WHERE storage_key = :key")
+_FILE_KEY = text("SELECT storage_key FROM files WHERE project_id = :pid AND sha1 = :sha1")
+_FILE_AT_KEY = text("SELECT 1 FROM files WHERE storage_key = :key")
 _INSERT_FILE = text(
-    "INSERT INTO files (project_id, sha1, size, label, created_by, created_at) "
-    "VALUES (:pid, :sha1, :size, :label, :user, :now) ON CONFLICT (project_id, sha1) DO UPDATE "
-    "SET label = COALESCE(excluded.label, files.label)"
+    "INSERT INTO files (project_id, sha1, size, label, created_by, created_at, storage_key) "
+    "VALUES (:pid, :sha1, :size, :label, :user, :now, :key) ON CONFLICT (project_id, sha1) DO UPDATE "
+    "SET label = COALESCE(excluded.label, files.label), storage_key = COALESCE(files.storage_key, excluded.storage_key)"
 )
 _IN_A_PROJECT = (
-    select(tables.files, tables.blobs.c.storage_key)
-    .join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
-    .join(tables.blobs, tables.blobs.c.sha1 == tables.files.c.sha1)
+    select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
     .where(tables.files.c.sha1 == bindparam("sha1"))
 )
 _READABLE_BY_ANYONE = _IN_A_PROJECT.where(tables.projects.c.public_read.is_(True)).limit(1)
@@ -130,9 +130,9 @@ def _record(conn: Connection, who: Caller, project_id: str, sha1: str, size: int
     user_id = who.require_user()
     now = time.time()
     require_role(conn, who, project_id, "write")
-    conn.execute(_INSERT_BLOB, {"sha1": sha1, "size": size, "now": now, "key": storage_key})
+    conn.execute(_INSERT_BLOB, {"sha1": sha1, "size": size, "now": now})
     conn.execute(_INSERT_FILE, {"pid": project_id, "sha1": sha1, "size": size, "label": label, "user": user_id,
-                                "now": now})
+                                "now": now, "key": storage_key})
     return _project_file(conn, who, project_id, sha1)
 
 
@@ -255,10 +255,10 @@ def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: 
 
 def _record_upload(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str, size: int,
                    label: str | None, upload_id: str) -> tuple[dict[str, Any], bool]:
-    """Record a proved direct upload; also says whether its object became the blob (else it is redundant)."""
+    """Record a proved direct upload; also says whether its object is the project's copy (else it is redundant)."""
     key = store.adopt(sha1, upload_id)
     record = _record(conn, who, project_id, sha1, size, label, key)
-    return record, conn.execute(_BLOB_KEY, {"sha1": sha1}).scalar() == key
+    return record, conn.execute(_FILE_KEY, {"pid": project_id, "sha1": sha1}).scalar() == key
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/upload",
@@ -281,18 +281,17 @@ async def post_complete(project_id: str, sha1: str, body: CompleteRequest, backg
                              "send the bytes to the URL that .../upload gave, then complete", sha1=sha1)
     record, kept = await run_in_threadpool(req.hub.db.run, _record_upload, who, store, project_id, sha1, size,
                                            body.label, body.upload_id)
-    if not kept:
-        # The hub held these bytes already. Dropped after the answer, so that answer and its
-        # timing are the same whether or not another project holds them.
+    if not kept:  # this project held these bytes already (a concurrent upload of its own)
         background.add_task(run_in_threadpool, store.discard, sha1, body.upload_id)
     return record
 
 
 def remove_abandoned_uploads(db: Database, store: ByteStore, older_than: float) -> int:
-    """Remove direct uploads never completed (last written before ``older_than``); returns how many."""
+    """Remove direct uploads no project records (never completed, or their files removed) that were
+    last written before ``older_than``; returns how many."""
     removed = 0
     for key in store.staged_keys(older_than):
-        if db.run(lambda conn: conn.execute(_BLOB_AT_KEY, {"key": key}).first()) is None:
+        if db.run(lambda conn: conn.execute(_FILE_AT_KEY, {"key": key}).first()) is None:
             store.remove(key)
             removed += 1
     return removed

@@ -138,8 +138,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         4,
-        "where a blob's bytes are in an object store (each direct upload has a key of its own)",
-        ("ALTER TABLE blobs ADD COLUMN storage_key TEXT",),
+        "where a project's copy of a file is in an object store (each direct upload has a key of its own)",
+        ("ALTER TABLE files ADD COLUMN storage_key TEXT",
+         "CREATE INDEX files_by_storage_key ON files (storage_key)"),
     ),
     Migration(
         5,

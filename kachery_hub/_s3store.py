@@ -5,7 +5,7 @@ Storage URL: ``s3://<bucket>[/<prefix>]?endpoint_url=http://host:port&region=us-
 AWS sources (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles...).
 Objects::
 
-    <prefix>uploads/<sha1>/<upload id>   one client's upload; the first one proved becomes the blob
+    <prefix>uploads/<sha1>/<upload id>   one client's upload; once proved, its project's copy
     <prefix>sha1/ab/cd/ef/<sha1>         blobs recorded before upload ids existed (read only)
 
 Every upload goes to a key of its own, named by a random upload id that only
@@ -15,8 +15,9 @@ one they are sent under, and the client cannot drop or change that header.
 Completing an upload asks the store for that object's recorded sha1
 (``staged_size``), so a client proves it holds the whole content by having
 sent it; an object the hub already holds under another key is no proof for
-anyone. Which key holds a blob's bytes is recorded in the database
-(``blobs.storage_key``). Single PUTs are limited by the store (5 GiB on AWS).
+anyone. Each project reads the copy it uploaded (``files.storage_key``): a
+presigned download URL names its object, so a shared copy would tell a client
+that another project had uploaded the same bytes first, and when. Single PUTs are limited by the store (5 GiB on AWS).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class S3ByteStore:
         return int(head["ContentLength"])
 
     def adopt(self, sha1: str, upload_id: str) -> str:
-        return staging_key(sha1, upload_id)  # the staged object itself becomes the blob: no copy
+        return staging_key(sha1, upload_id)  # the staged object itself becomes the project's copy: no copy
 
     def discard(self, sha1: str, upload_id: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + staging_key(sha1, upload_id))

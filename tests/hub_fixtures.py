@@ -86,8 +86,9 @@ class Hub:
         store = self.state.store
         assert isinstance(store, S3ByteStore)
         with self.state.db.begin() as conn:
-            key = conn.execute(text("SELECT storage_key FROM blobs WHERE sha1 = :s"), {"s": sha1}).scalar()
-        store._s3.put_object(Bucket=store.bucket, Key=store.object_key(sha1, key), Body=data)
+            keys = conn.execute(text("SELECT storage_key FROM files WHERE sha1 = :s"), {"s": sha1}).scalars().all()
+        for key in set(keys) or {None}:
+            store._s3.put_object(Bucket=store.bucket, Key=store.object_key(sha1, key), Body=data)
 
     def token(self, email: str, *, admin: bool = False) -> str:
         return create_token(self.state.db, email, is_admin=admin)

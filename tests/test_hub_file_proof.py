@@ -15,12 +15,13 @@ import hashlib
 import json
 import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hub_fixtures import *  # noqa: F403
-from hub_fixtures import Hub, signed_headers
+from hub_fixtures import Hub, make_hub, signed_headers
 from hub_process import HubProcess, real_hub  # noqa: F401
 
 import kachery_core as kc
@@ -118,12 +119,39 @@ def test_sending_the_bytes_adds_them_and_each_project_keeps_its_own_record(hub: 
     assert r.status_code == 200 and r.json() == {"deleted": True}
     hub.use("B")
     assert kc.load_text(f"sha1://{sha1}") == SECRET
-    if hub.kind == "s3":
-        # Only one copy of the bytes stays in the object store: A's proof upload was dropped.
-        store = hub.state.store
-        listed = store._s3.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)  # type: ignore[attr-defined]
-        keys = [o["Key"] for o in listed.get("Contents", []) if sha1 in o["Key"]]
-        assert len(keys) == 1, keys
+
+
+def _direct_upload(hub: Hub, pid: str, data: bytes) -> str:
+    import httpx2
+
+    sha1 = hashlib.sha1(data).hexdigest()
+    base = f"/api/projects/{pid}/files/{sha1}"
+    upload = _signed(hub, "POST", base + "/upload", {"size": len(data)}).json()["upload"]
+    assert httpx2.put(upload["url"], content=data, headers=upload["headers"]).status_code == 200
+    r = _signed(hub, "POST", base + "/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert r.status_code == 200, r.text
+    return str(upload["upload_id"])
+
+
+@pytest.fixture
+def s3_hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    yield from make_hub("s3", request, tmp_path, monkeypatch)
+
+
+def test_a_download_does_not_tell_whose_upload_the_bytes_are(s3_hub: Hub) -> None:
+    """With an object store the download is a redirect to a named object: the caller's own project's copy."""
+    hub = s3_hub
+    _victim_stores_a_private_file(hub)
+    pid = hub.sign_in("A", "a@example.org")
+    for text in (SECRET, SECRET.replace("B", "C")):  # held by B's project; held by nobody
+        sha1 = hashlib.sha1(text.encode()).hexdigest()
+        upload_id = _direct_upload(hub, pid, text.encode())
+        location = _signed(hub, "GET", f"/api/files/{sha1}").headers["location"]
+        assert f"/uploads/{sha1}/{upload_id}?" in location, (text[:20], location)
+    store = hub.state.store
+    listed = store._s3.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)  # type: ignore[attr-defined]
+    held = hashlib.sha1(SECRET.encode()).hexdigest()
+    assert len([o for o in listed.get("Contents", []) if held in o["Key"]]) == 2, "one copy per project"
 
 
 def test_a_real_hub_refuses_the_claim(real_hub: HubProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

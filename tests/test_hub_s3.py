@@ -77,7 +77,7 @@ def test_an_object_written_without_the_checksum_never_counts(hub: Hub) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
 
 
-def test_uploads_never_completed_are_removed_and_blobs_are_kept(hub: Hub) -> None:
+def test_uploads_no_project_records_are_removed_and_recorded_ones_kept(hub: Hub) -> None:
     from kachery_hub._files import remove_abandoned_uploads
 
     hub.sign_in("A", "a@example.org")
@@ -93,7 +93,15 @@ def test_uploads_never_completed_are_removed_and_blobs_are_kept(hub: Hub) -> Non
     assert remove_abandoned_uploads(hub.state.db, store, time.time() + 60) == 1
     assert store.staged_size(sha1, upload["upload_id"]) is None
     assert kc.load_text(uri) == "completed"  # not cached locally: downloaded from the store
-    assert list(store.staged_keys(time.time() + 60)), "the completed upload is the blob and stays"
+    assert len(list(store.staged_keys(time.time() + 60))) == 1, "the completed upload is the project's copy"
+    # Another project's copy of the same bytes stays when the first project removes its file.
+    hub.sign_in("B", "b@example.org")
+    assert kc.store_text("completed") == uri
+    hub.use("A")
+    assert _signed(hub, "DELETE", f"/api/projects/{pid}/files/{kc.parse_sha1_uri(uri).sha1}").json() == {"deleted": True}
+    assert remove_abandoned_uploads(hub.state.db, store, time.time() + 60) == 1
+    hub.use("B")
+    assert kc.load_text(uri) == "completed"
 
 
 def test_a_changed_source_file_is_refused_by_the_store(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
