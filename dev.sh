@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up and run kachery-jupyter on a fresh machine.
 #   bash dev.sh start       set up .venv, start a hub on the embedded default (SQLite + a folder,
-#                           data in .kachery-hub/) and JupyterLab on notebooks/ signed in to it
+#                           data in .kachery-hub/) and JupyterLab signed in to it as the hub's
+#                           admin, on copies of notebooks/ in .kachery-work/notebooks (git-ignored;
+#                           a copy is refreshed when its original is newer); the hub stops with it
 #   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless, printing it
 #   bash dev.sh test        set up .venv, then run the whole test suite (extra args go to pytest)
 #   bash dev.sh setup       only set up
@@ -10,16 +12,18 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
 
+# The lowest Python that pyproject.toml's requires-python admits comes first, so that the tests
+# (and .ci/run) prove the package installs and works there.
 pick_python() {
-    for py in "${PYTHON:-}" python3.11 python3.12 python3.13 python3.10 python3; do
+    for py in "${PYTHON:-}" python3.11 python3.12 python3.13 python3; do
         [ -n "$py" ] || continue
         if command -v "$py" >/dev/null 2>&1 &&
-            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            "$py" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
             echo "$py"
             return
         fi
     done
-    echo "kachery-jupyter needs Python 3.10 or newer on PATH" >&2
+    echo "kachery-jupyter needs Python 3.11 or newer on PATH" >&2
     exit 1
 }
 
@@ -79,26 +83,59 @@ setup_postgres() {
     fi
 }
 
+# The hub dev.sh start runs; a global because the EXIT trap runs after start() has returned.
+HUB_PID=""
+
+stop_hub() {
+    if [ -n "$HUB_PID" ]; then
+        kill "$HUB_PID" 2>/dev/null || true
+        wait "$HUB_PID" 2>/dev/null || true
+        HUB_PID=""
+    fi
+}
+
+# Copies of notebooks/ for JupyterLab to run and save: the originals stay output-free. A copy is
+# replaced only when its original is newer, so work done in a copy survives the next start.
+copy_notebooks() {
+    local work=$1 src dst
+    mkdir -p "$work"
+    for src in notebooks/*; do
+        [ -f "$src" ] || continue
+        dst="$work/$(basename "$src")"
+        if [ ! -e "$dst" ] || [ "$src" -nt "$dst" ]; then
+            cp "$src" "$dst"
+        fi
+    done
+}
+
 start() {
     local data="${KACHERY_HUB_DATA:-$ROOT/.kachery-hub}" port="${KACHERY_HUB_PORT:-8555}"
+    local work="$ROOT/.kachery-work/notebooks"
     mkdir -p "$data"
     echo "==> starting the hub (embedded default: SQLite and a folder in $data)"
     "$VENV/bin/kachery-hub" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
-    local hub_pid=$!
-    trap 'kill $hub_pid 2>/dev/null; wait $hub_pid 2>/dev/null' EXIT INT TERM
-    local url=""
+    HUB_PID=$!
+    trap stop_hub EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    local url="" token=""
     for _ in $(seq 100); do
         url=$(sed -n 's/.*KACHERY_HUB_URL=\([^ ]*\).*/\1/p' "$data/serve.log" | head -n 1)
         [ -n "$url" ] && break
-        kill -0 $hub_pid 2>/dev/null || { cat "$data/serve.log" >&2; exit 1; }
+        kill -0 "$HUB_PID" 2>/dev/null || { cat "$data/serve.log" >&2; exit 1; }
         sleep 0.1
     done
     [ -n "$url" ] || { echo "the hub did not start; see $data/serve.log" >&2; exit 1; }
+    token=$(sed -n 's/.*KACHERY_HUB_TOKEN=\([^ ]*\).*/\1/p' "$data/serve.log" | head -n 1)
     cat "$data/serve.log"
-    echo "==> JupyterLab on notebooks/ with KACHERY_HUB_URL=$url; open quickstart.ipynb, sign in with %kc_login"
+    copy_notebooks "$work"
+    echo "==> JupyterLab on $work (copies of notebooks/); its kernels are signed in to $url as the hub's admin"
+    echo "==> to let someone else in, give them a sign-in token made with:"
+    echo "    $VENV/bin/kachery-hub token create --data $data --user EMAIL"
     local as_root=()
     [ "$(id -u)" = 0 ] && as_root=(--allow-root)
-    KACHERY_HUB_URL="$url" "$VENV/bin/jupyter" lab --notebook-dir="$ROOT/notebooks" "${as_root[@]}" "$@"
+    KACHERY_HUB_URL="$url" KACHERY_HUB_TOKEN="$token" \
+        "$VENV/bin/jupyter" lab --notebook-dir="$work" "${as_root[@]}" "$@"
 }
 
 cmd=${1:-start}

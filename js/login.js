@@ -47,11 +47,11 @@ function message(text, kind = "info") {
   return text ? h("p", { className: `kc-message kc-${kind}`, text }) : null;
 }
 
-function tokenForm(model) {
+function tokenForm(model, primary = false) {
   const input = h("input", {
     className: "kc-token",
     type: "password",
-    placeholder: "sign-in token (from `kachery-hub token create`)",
+    placeholder: "sign-in token",
     "aria-label": "sign-in token",
   });
   const submit = () => {
@@ -59,7 +59,41 @@ function tokenForm(model) {
     if (token) model.send({ type: "token", token });
   };
   input.addEventListener("keydown", (e) => e.key === "Enter" && submit());
-  return h("div", { className: "kc-row" }, [input, button("Use token", "token", submit)]);
+  return h("div", { className: "kc-row" }, [input, button("Use token", "token", submit, primary)]);
+}
+
+function tokenHint() {
+  return h("p", { className: "kc-hint" }, [
+    "A sign-in token comes from whoever runs this hub: they make one with ",
+    h("code", { text: "kachery-hub token create --user YOUR-EMAIL" }),
+    ".",
+  ]);
+}
+
+// The ways in the hub offers (GET /api/sign-in-methods), best first. With an identity
+// provider: "Sign in with <it>", then the token field. Without one: the token field and where a
+// token comes from, then the hub's own page (for a browser already signed in to the hub). A
+// hub that does not say (older): the browser page first, since it offers whatever the hub has.
+function signInChoices(model, ui) {
+  const methods = model.get("sign_in_methods") || {};
+  const start = (label, primary) =>
+    h("div", { className: "kc-row" }, [
+      button(label, "sign-in", () => {
+        ui.opener.openBlank();
+        model.send({ type: "start" });
+      }, primary),
+    ]);
+  if (methods.oidc && methods.oidc.name) {
+    return [start(`Sign in with ${methods.oidc.name}`, true), tokenForm(model)];
+  }
+  if ("oidc" in methods) {
+    return [
+      tokenForm(model, true),
+      tokenHint(),
+      start("Sign in in a browser window", false),
+    ];
+  }
+  return [start("Sign in in a browser window", true), tokenForm(model)];
 }
 
 function hubForm(model) {
@@ -88,7 +122,9 @@ function projectPicker(model) {
   if (projects.length === 0) return null;
   const select = h("select", { className: "kc-project", "aria-label": "default project" });
   for (const p of projects) {
-    const option = h("option", { text: p.name ? `${p.name} (${p.id})` : p.id });
+    // Names repeat ("default" of each member): the owner tells them apart, the ID settles it.
+    const detail = p.owner ? `${p.owner}, ${p.id}` : p.id;
+    const option = h("option", { text: p.name ? `${p.name} (${detail})` : p.id });
     option.value = p.id;
     select.append(option);
   }
@@ -167,15 +203,7 @@ export function view(model, ui) {
       parts.push(hubLine, computerLine(model));
       if (note) parts.push(message(msg ? `${note} ${msg}` : note, "error"));
       else if (msg) parts.push(message(msg, "info"));
-      parts.push(
-        h("div", { className: "kc-row" }, [
-          button("Sign in with Google", "sign-in", () => {
-            ui.opener.openBlank();
-            model.send({ type: "start" });
-          }, true),
-        ]),
-        tokenForm(model),
-      );
+      parts.push(...signInChoices(model, ui));
       break;
     }
     case "starting":
@@ -211,7 +239,7 @@ export function view(model, ui) {
     default:
       parts.push(message(`Unknown state ${String(state)}`, "error"));
   }
-  return h("div", { className: `kc-login kc-state-${STATES.includes(state) ? state : "unknown"}` }, parts);
+  return h("div", { className: `kc-theme kc-login kc-state-${STATES.includes(state) ? state : "unknown"}` }, parts);
 }
 
 function render({ model, el }) {
@@ -226,6 +254,7 @@ function render({ model, el }) {
     "projects",
     "default_project",
     "client_label",
+    "sign_in_methods",
   ];
   for (const name of events) model.on(`change:${name}`, draw);
   draw();

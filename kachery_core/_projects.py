@@ -49,13 +49,16 @@ def create_project(name: str) -> str:
 
 
 def list_projects() -> list[dict[str, Any]]:
-    """Projects you are a member of: ``project_id``, ``name``, ``role``, ``public_read``..."""
+    """Projects you are a member of: ``project_id``, ``name``, ``owner_email``, ``role``, ``public_read``...
+
+    Names repeat (each user's first project is "default"): ``owner_email`` tells them apart.
+    """
     projects: list[dict[str, Any]] = _hub.connect_signed("listing projects").json("GET", "/api/projects")["projects"]
     return projects
 
 
 def get_project(project_id: str | None = None) -> dict[str, Any]:
-    """One project's record (``project_id``, ``name``, ``public_read``, your ``role``)."""
+    """One project's record (``project_id``, ``name``, ``public_read``, your ``role``; ``owner_email`` for members)."""
     pid = get_project_id(project_id)
     info: dict[str, Any] = _hub.connect("reading a project").json("GET", f"/api/projects/{_p(pid)}")
     return info

@@ -8,6 +8,7 @@ window to talk back to the notebook, so it also works in Colab.
 
 from __future__ import annotations
 
+import getpass
 import socket
 import sys
 import time
@@ -15,17 +16,50 @@ from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
 from . import _hub
-from .errors import HubAuthError, InvalidArgumentError
+from .errors import HubAuthError, HubNotConfiguredError, HubNotFoundError, HubRequestError, InvalidArgumentError
 
 if TYPE_CHECKING:
     import httpx2
 
 SIGN_IN_STATUSES = ("pending", "confirmed", "refused", "expired")
+#: the hub keeps at most this much of a sign-in request's label
+MAX_LABEL_LENGTH = 200
+
+
+def default_label() -> str:
+    """``user@host``: how the hub's confirm page names this computer when nothing better is known."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        user = ""
+    host = socket.gethostname() or "localhost"
+    return f"{user}@{host}" if user else host
 
 
 def use_hub(hub_url: str, *, http_client: httpx2.Client | None = None) -> str:
     """Use the hub at ``hub_url`` in this process without signing in; returns the normalized URL."""
     return _hub.choose(hub_url, None, http_client)
+
+
+def sign_in_methods(hub_url: str | None = None) -> dict[str, Any] | None:
+    """How the hub lets people sign in: ``{"oidc": {"name": "Google"} or None, "token": True}``.
+
+    None from a hub too old to say. Asked unsigned: it needs no key, and no token goes with it.
+    """
+    url = _hub.normalize_url(hub_url) if hub_url else _hub.configured_url()
+    if url is None:
+        raise HubNotConfiguredError("asking how to sign in")
+    client = _hub.HubClient(url, None, _hub._http_client(url))
+    try:
+        body = client.send("GET", "/api/sign-in-methods").json()
+    except HubNotFoundError:
+        return None
+    except ValueError:
+        raise HubRequestError(url, "the hub's answer to GET /api/sign-in-methods is not JSON") from None
+    oidc = body.get("oidc") if isinstance(body, dict) else None
+    name = oidc.get("name") if isinstance(oidc, dict) else None
+    return {"oidc": {"name": name} if isinstance(name, str) and name else None,
+            "token": bool(body.get("token", True)) if isinstance(body, dict) else True}
 
 
 def _client(hub_url: str | None, what: str) -> _hub.HubClient:
@@ -37,12 +71,12 @@ def _client(hub_url: str | None, what: str) -> _hub.HubClient:
 def start_sign_in(hub_url: str | None = None, label: str | None = None) -> dict[str, Any]:
     """Ask the hub for a sign-in link: ``{"id", "url", "expires_at"}``. Open ``url`` in a browser.
 
-    ``label`` is how the sign-in page names this computer (default: "Jupyter on <host name>").
+    ``label`` is how the sign-in page names this computer (default: ``user@host``).
     """
     if label is None:
-        label = f"Jupyter on {socket.gethostname()}"
-    if not isinstance(label, str) or len(label) > 200:
-        raise InvalidArgumentError("label", label, "expected text of at most 200 characters")
+        label = default_label()[:MAX_LABEL_LENGTH]
+    if not isinstance(label, str) or len(label) > MAX_LABEL_LENGTH:
+        raise InvalidArgumentError("label", label, f"expected text of at most {MAX_LABEL_LENGTH} characters")
     client = _client(hub_url, "signing in")
     request: dict[str, Any] = client.send("POST", "/api/sign-in-requests", json={"label": label}).json()
     return request

@@ -91,26 +91,39 @@ def require_role(conn: Connection, who: Caller, project_id: str, needed: Role) -
     return project
 
 
-def _project_json(row: Row[Any], role: str | None) -> dict[str, Any]:
-    return {"project_id": row.id, "name": row.name, "owner_user_id": row.owner_user_id,
+def _project_json(row: Row[Any], role: str | None, owner_email: str | None = None) -> dict[str, Any]:
+    info = {"project_id": row.id, "name": row.name, "owner_user_id": row.owner_user_id,
             "public_read": bool(row.public_read), "created_at": row.created_at, "role": role}
+    if owner_email is not None:  # members only: public-read shares the data, not who owns it
+        info["owner_email"] = owner_email
+    return info
+
+
+_owner = tables.users.alias("owner")
 
 
 def _list_projects(db: Database, who: Caller) -> list[dict[str, Any]]:
     user_id = who.require_user()
     with db.begin() as conn:
+        # The owner's email tells apart projects of the same name ("default" of each member).
         rows = conn.execute(
-            select(tables.projects, tables.members.c.role)
+            select(tables.projects, tables.members.c.role, _owner.c.email.label("owner_email"))
             .join(tables.members, tables.members.c.project_id == tables.projects.c.id)
-            .where(tables.members.c.user_id == user_id).order_by(tables.projects.c.created_at)
+            .outerjoin(_owner, _owner.c.id == tables.projects.c.owner_user_id)
+            .where(tables.members.c.user_id == user_id).order_by(tables.projects.c.created_at, tables.projects.c.id)
         ).all()
-    return [_project_json(r, r.role) for r in rows]
+    return [_project_json(r, r.role, r.owner_email or "") for r in rows]
 
 
 def _get_project(db: Database, who: Caller, project_id: str) -> dict[str, Any]:
     with db.begin() as conn:
         row = require_role(conn, who, project_id, "read")
-        return _project_json(row, role_of(conn, project_id, who.user_id))
+        role = role_of(conn, project_id, who.user_id)
+        owner = None
+        if role is not None:
+            owner = conn.execute(select(tables.users.c.email).where(
+                tables.users.c.id == row.owner_user_id)).scalar_one_or_none() or ""
+        return _project_json(row, role, owner)
 
 
 def _create(db: Database, who: Caller, name: str) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -232,7 +232,7 @@ def _decide(db: Database, rid: str, user_id: str | None, confirm: bool, token_id
 
 class SignInRequestBody(BaseModel):
     label: Line | None = Field(None, max_length=MAX_LABEL_LENGTH,
-                              description="how the sign-in page names this computer, e.g. 'Jupyter on lab-pc'")
+                              description="how the sign-in page names this computer, e.g. 'ada@lab-pc, analysis.ipynb'")
 
 
 @router.post("/api/sign-in-requests", summary="Start a browser sign-in for the signing client")
@@ -339,7 +339,8 @@ _STATUS_TEXT = {
 def _who_asks(row: Any) -> str:
     client = html.escape(row.client_id[:16])
     if row.label:
-        return f"<b>{html.escape(row.label)}</b> (client <code>{client}…</code>)"
+        # <bdi>: right-to-left override characters in a label cannot reorder the rest of the page.
+        return f"<b><bdi>{html.escape(row.label)}</bdi></b> (client <code>{client}…</code>)"
     return f"a notebook (client <code>{client}…</code>)"
 
 
@@ -350,7 +351,18 @@ def _sign_out_form(csrf_field: str, next_path: str, button: str, before: str = "
 
 
 def _provider_name(provider: OidcProvider) -> str:
-    return "Google" if provider.config.issuer == GOOGLE_ISSUER else provider.config.issuer
+    """"Google", or the provider's host name: what a sign-in button shows, and no more of its URL."""
+    if provider.config.issuer == GOOGLE_ISSUER:
+        return "Google"
+    return urlsplit(provider.config.issuer).hostname or "your identity provider"
+
+
+@router.get("/api/sign-in-methods", summary="How one can sign in here: an identity provider (named), tokens")
+async def get_sign_in_methods(hub: HubState = Depends(hub_state)) -> dict[str, Any]:
+    # Anonymous and the same for every caller: what the sign-in pages show anyway, so that a
+    # notebook's panel offers "Sign in with Google" only where that works.
+    oidc = {"name": _provider_name(hub.oidc)} if hub.oidc is not None else None
+    return {"oidc": oidc, "token": True}
 
 
 @router.get("/sign-in/{rid}", include_in_schema=False, response_model=None)

@@ -1,10 +1,18 @@
-"""Where the widgets' front ends are: inside the wheel, or js/ in a checkout."""
+"""Where the widgets' front ends are: inside the wheel, or js/ in a checkout.
+
+Every widget's stylesheet is ``theme.css`` (the shared ``--kc-*`` colours, taken from the
+notebook's theme) followed by the widget's own: :func:`stylesheet` joins them, since a
+widget's CSS reaches the page as one text, with nowhere for an ``@import`` to point.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
+
+#: the shared theme every widget's stylesheet starts with
+THEME = "theme.css"
 
 
 def asset(name: str) -> Path:
@@ -14,3 +22,8 @@ def asset(name: str) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"front-end file {name} is missing from {_HERE / 'static'}; reinstall kachery-jupyter")
+
+
+def stylesheet(name: str) -> str:
+    """The CSS of a widget: the shared theme, then ``name`` (e.g. ``login.css``)."""
+    return "\n".join(asset(n).read_text(encoding="utf-8") for n in (THEME, name))

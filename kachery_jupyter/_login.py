@@ -12,7 +12,7 @@ States (``state`` trait): ``no_hub`` → ``checking`` → ``signed_out`` →
 
 from __future__ import annotations
 
-import socket
+import os
 import sys
 import threading
 from typing import Any
@@ -21,8 +21,9 @@ import anywidget
 import traitlets
 
 import kachery_core as kc
+from kachery_core import _signin
 
-from ._assets import asset
+from ._assets import asset, stylesheet
 
 _COLAB_SECRET = "KACHERY_HUB_TOKEN"
 
@@ -68,11 +69,31 @@ def check_hub(hub_url: str) -> str:
     return url
 
 
+def notebook_name() -> str | None:
+    """File name of the notebook this kernel runs, where the front end tells it."""
+    path = os.environ.get("JPY_SESSION_NAME")  # set by jupyter_server for a notebook's kernel
+    if not path and "IPython" in sys.modules:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        path = shell.user_ns.get("__vsc_ipynb_file__") if shell is not None else None  # VS Code
+    if not isinstance(path, str) or not path.strip():
+        return None
+    return os.path.basename(path.rstrip("/\\")) or None
+
+
+def computer_label() -> str:
+    """How the hub's confirm page names this kernel: ``user@host``, and the notebook where known."""
+    label = _signin.default_label()
+    name = notebook_name()
+    return f"{label}, {name}"[:_signin.MAX_LABEL_LENGTH] if name else label
+
+
 class LoginWidget(anywidget.AnyWidget):
     """Sign this computer in to a kachery hub from a notebook."""
 
     _esm = asset("login.js")
-    _css = asset("login.css")
+    _css = stylesheet("login.css")
 
     state = traitlets.Unicode("checking").tag(sync=True)
     message = traitlets.Unicode("").tag(sync=True)
@@ -83,13 +104,15 @@ class LoginWidget(anywidget.AnyWidget):
     default_project = traitlets.Unicode("").tag(sync=True)
     #: how the hub's sign-in page names this computer
     client_label = traitlets.Unicode("").tag(sync=True)
+    #: what the hub offers: ``{"oidc": {"name": ...} or None, "token": True}``; empty when it does not say
+    sign_in_methods = traitlets.Dict().tag(sync=True)
 
     #: seconds between two questions to the hub while waiting for confirmation
     poll_interval = traitlets.Float(1.0)
 
     def __init__(self, hub_url: str | None = None, label: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.client_label = label if label is not None else f"Jupyter on {socket.gethostname()}"
+        self.client_label = label if label is not None else computer_label()
         self._cancel = threading.Event()
         self._poller: threading.Thread | None = None
         self.on_msg(self._on_msg)
@@ -124,6 +147,10 @@ class LoginWidget(anywidget.AnyWidget):
         if token:
             self._use_token(token, source="the Colab secret KACHERY_HUB_TOKEN")
             return
+        try:
+            self.sign_in_methods = _signin.sign_in_methods(self.hub_url) or {}
+        except kc.KacheryError:
+            self.sign_in_methods = {}  # the panel then offers every way; the hub will say which works
         self._show("signed_out")
 
     def _show(self, state: str, message: str = "") -> None:
@@ -135,7 +162,8 @@ class LoginWidget(anywidget.AnyWidget):
         self._show("unreachable" if isinstance(e, kc.HubUnavailableError) else "error", str(e))
 
     def _show_signed_in(self, info: dict[str, Any]) -> None:
-        projects = [{"id": p["project_id"], "name": p.get("name", "")} for p in kc.list_projects()]
+        projects = [{"id": p["project_id"], "name": p.get("name", ""), "owner": p.get("owner_email", "")}
+                    for p in kc.list_projects()]
         with self.hold_sync():
             self.email = (info.get("user") or {}).get("email", "")
             self.projects = projects

@@ -129,6 +129,17 @@ def test_pages_escape_what_they_show(hub: Hub, web: TestClient) -> None:
     assert "<i>x</i>" not in page and "&lt;i&gt;x&lt;/i&gt;@example.org" in page
 
 
+
+def test_a_label_cannot_reorder_the_confirm_page(hub: Hub, web: TestClient) -> None:
+    hub.use("N")
+    kc.use_hub(hub.url, http_client=hub.http)
+    spoof = "Alice\u2019s laptop \u202egnp.tsil-ytirucses"  # right-to-left override
+    request = kc.start_sign_in(label=spoof)
+    confirm_token_link(web, hub.token("ada@example.org"))
+    page = web.get(_path(request)).text
+    assert f"<bdi>{spoof}</bdi>" in page
+
+
 def test_sign_out_unbinds_the_key_and_signing_in_again_works(hub: Hub) -> None:
     hub.sign_in("A", "a@example.org")
     client_id = kc.get_client_id()

@@ -6,6 +6,7 @@ messages js/login.js sends; the user's browser by a second HTTP client.
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 import types
@@ -157,3 +158,58 @@ def test_kc_login_magic_shows_the_panel(notebook: Hub, ip: Any) -> None:
     assert isinstance(w, LoginWidget) and w.state == "signed_out"
     with pytest.raises(UsageError, match="must start with http"):
         ip.run_line_magic("kc_login", "--hub ftp://example.org")
+
+
+def test_the_panel_knows_what_the_hub_offers(notebook: Hub) -> None:
+    w = LoginWidget(hub_url=notebook.url)
+    assert w.state == "signed_out"
+    assert w.sign_in_methods == {"oidc": None, "token": True}, "no identity provider: no 'Sign in with Google'"
+
+
+def test_the_confirm_page_tells_two_kernels_apart(notebook: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+
+    monkeypatch.setattr(getpass, "getuser", lambda: "ada")
+    monkeypatch.setattr(socket, "gethostname", lambda: "vm")
+    labels = []
+    for path in ("analysis/spikes.ipynb", "Untitled1.ipynb"):
+        monkeypatch.setenv("JPY_SESSION_NAME", path)  # what jupyter_server gives a notebook's kernel
+        labels.append(LoginWidget(hub_url=notebook.url).client_label)
+    assert labels == ["ada@vm, spikes.ipynb", "ada@vm, Untitled1.ipynb"]
+
+    w = LoginWidget(hub_url=notebook.url)
+    send(w, type="start")
+    send(w, type="cancel")
+    with TestClient(notebook.http.app, raise_server_exceptions=False) as browser:
+        assert confirm_token_link(browser, notebook.token("ada@example.org")).status_code == 200
+        page = browser.get(w.registration_url.removeprefix(notebook.url))
+    assert "ada@vm, Untitled1.ipynb" in page.text and "Jupyter on" not in page.text
+
+    monkeypatch.delenv("JPY_SESSION_NAME")
+    assert LoginWidget(hub_url=notebook.url).client_label == "ada@vm"
+    request = kc.start_sign_in()  # outside a notebook: user@host
+    with TestClient(notebook.http.app, raise_server_exceptions=False) as browser:
+        assert confirm_token_link(browser, notebook.token("ada@example.org")).status_code == 200
+        text = browser.get(request["url"].removeprefix(notebook.url)).text
+        assert ">ada@vm<" in text, text[text.find("<body"):]
+
+
+def test_the_panel_s_stylesheet_starts_with_the_shared_theme() -> None:
+    from kachery_jupyter._assets import asset
+
+    css = LoginWidget._css
+    assert isinstance(css, str)
+    assert css.startswith(asset("theme.css").read_text()) and css.endswith(asset("login.css").read_text())
+    # Every colour of the panel is a theme variable: none is written into login.css itself.
+    own = asset("login.css").read_text()
+    assert not re.search(r"#[0-9a-fA-F]{3,8}\b|rgba?\(", own)
+
+
+def test_a_kernel_given_a_token_opens_the_panel_signed_in(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``bash dev.sh start`` gives JupyterLab's kernels: KACHERY_HUB_URL and the admin's token."""
+    hub.use("dev-kernel")
+    monkeypatch.setenv("KACHERY_HUB_URL", hub.url)
+    monkeypatch.setenv("KACHERY_HUB_TOKEN", hub.token("admin@localhost", admin=True))
+    kc.use_hub(hub.url, http_client=hub.http)
+    w = LoginWidget()
+    assert (w.state, w.email) == ("signed_in", "admin@localhost")

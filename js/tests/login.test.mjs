@@ -43,7 +43,7 @@ test("no hub: a URL field whose value is sent on Connect", () => {
   assert.deepEqual(model.sent, [{ type: "connect", hub_url: "http://hub.test" }]);
 });
 
-test("signed out: Google button asks the kernel to start; token field sends the token", () => {
+test("signed out: the sign-in button asks the kernel to start; token field sends the token", () => {
   const model = new FakeModel(base);
   widget.render({ model, el });
   assert.match(el.textContent, /Hub: http:\/\/127\.0\.0\.1:8123/);
@@ -166,4 +166,54 @@ test("the panel follows state changes and its listeners are removed on cleanup",
   assert.ok(model.listenerCount() > 0);
   cleanup();
   assert.equal(model.listenerCount(), 0);
+});
+
+function buttonLabels(root) {
+  return [...root.querySelectorAll("button")].map((b) => [b.textContent, b.classList.contains("kc-primary")]);
+}
+
+test("a hub with an identity provider: 'Sign in with' it first, then the token field", () => {
+  const model = new FakeModel({ ...base, sign_in_methods: { oidc: { name: "Google" }, token: true } });
+  widget.render({ model, el });
+  assert.deepEqual(buttonLabels(el), [["Sign in with Google", true], ["Use token", false]]);
+});
+
+test("a hub without one: the token field first, where a token comes from, no 'Google'", () => {
+  const model = new FakeModel({ ...base, sign_in_methods: { oidc: null, token: true } });
+  widget.render({ model, el });
+  assert.deepEqual(buttonLabels(el), [["Use token", true], ["Sign in in a browser window", false]]);
+  assert.doesNotMatch(el.textContent, /Google/);
+  assert.match(el.querySelector(".kc-hint").textContent, /kachery-hub token create --user/);
+  const order = [...el.querySelectorAll(".kc-token, .kc-hint, button[data-action=sign-in]")].map((n) => n.className);
+  assert.deepEqual(order, ["kc-token", "kc-hint", "kc-button"]);
+});
+
+test("a hub that does not say: the browser page first, which offers whatever the hub has", () => {
+  const model = new FakeModel({ ...base, sign_in_methods: {} });
+  widget.render({ model, el });
+  assert.deepEqual(buttonLabels(el), [["Sign in in a browser window", true], ["Use token", false]]);
+  model.set("sign_in_methods", { oidc: { name: "login.example.org" }, token: true });
+  assert.equal(el.querySelector("button[data-action=sign-in]").textContent, "Sign in with login.example.org");
+});
+
+test("projects of the same name are told apart by their owner", () => {
+  const model = new FakeModel({
+    ...base,
+    state: "signed_in",
+    email: "bob@example.org",
+    projects: [
+      { id: "p1", name: "default", owner: "ada@example.org" },
+      { id: "p2", name: "default", owner: "bob@example.org" },
+    ],
+    default_project: "p2",
+  });
+  widget.render({ model, el });
+  const options = [...el.querySelectorAll("select.kc-project option")].map((o) => o.textContent);
+  assert.deepEqual(options, ["default (ada@example.org, p1)", "default (bob@example.org, p2)"]);
+});
+
+test("every part of the panel is inside the shared theme's root", () => {
+  const model = new FakeModel(base);
+  widget.render({ model, el });
+  assert.ok(el.firstElementChild.classList.contains("kc-theme"));
 });

@@ -158,6 +158,18 @@ class JupyterLab:
         # `reset` drops tabs restored from an earlier test's workspace.
         return f"{self.url}lab/tree/{path}?reset&token={self.token}"
 
+    def set_theme(self, theme: str | None) -> None:
+        """Make ``theme`` (e.g. "JupyterLab Dark") the theme of pages opened from now on; None: the default.
+
+        Written to the user settings, as the Settings menu does; a page that is already open keeps its theme.
+        """
+        settings = self.root.parent / "config" / "lab" / "user-settings" / _THEME_SETTINGS
+        if theme is None:
+            settings.unlink(missing_ok=True)
+        else:
+            settings.parent.mkdir(parents=True, exist_ok=True)
+            settings.write_text(json.dumps({"theme": theme}))
+
     def add_kernel(self, env: Mapping[str, str], name: str | None = None) -> str:
         """Make a Python kernelspec whose kernels get ``env``; returns its name.
 
@@ -199,6 +211,8 @@ def _cell(source: str) -> dict[str, object]:
         return {"cell_type": "markdown", "id": cell_id, "metadata": {}, "source": source.removeprefix("#md\n")}
     return {"cell_type": "code", "id": cell_id, "metadata": {}, "source": source, "outputs": [], "execution_count": None}
 
+
+_THEME_SETTINGS = "@jupyterlab/apputils-extension/themes.jupyterlab-settings"
 
 # User settings that keep JupyterLab quiet and deterministic in a test browser.
 _LAB_SETTINGS: dict[str, dict[str, object]] = {

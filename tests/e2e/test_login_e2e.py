@@ -5,17 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import expect
 
+from e2e.contrast import AA, contrasts, too_low
 from e2e.notebook import open_notebook, run_cell
 from e2e.servers import JupyterLab, OidcProvider, screenshot
 from e2e.signin import login_in_browser
 from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Browser, Locator, Page
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -40,7 +42,9 @@ def test_sign_in_with_the_token_field(jupyterlab: JupyterLab, page: Page, real_h
     assert f"hub {real_hub.url}" in status and "not signed in" in status
     run_cell(page, 1)
     panel = page.locator(".kc-login")
-    expect(panel).to_contain_text("Sign in with Google")
+    # This hub has no identity provider: the panel offers what it has, a token first.
+    expect(panel.locator(".kc-hint")).to_contain_text("kachery-hub token create --user")
+    expect(panel).not_to_contain_text("Google")
     screenshot(panel, "login-signed-out")
 
     panel.locator("input.kc-token").fill("khub_this-is-not-a-token")
@@ -61,7 +65,7 @@ def test_sign_in_in_a_new_window(jupyterlab: JupyterLab, page: Page, real_hub: H
     run_cell(page, 1)
     panel = page.locator(".kc-login")
     with page.expect_popup() as popup_info:
-        panel.get_by_role("button", name="Sign in with Google").click()
+        panel.get_by_role("button", name="Sign in in a browser window").click()
     popup = popup_info.value
     expect(panel).to_contain_text("Finish signing in in the new window")
     screenshot(panel, "login-waiting")
@@ -80,7 +84,7 @@ def test_popup_blocked_shows_a_plain_link(jupyterlab: JupyterLab, page: Page, re
     run_cell(page, 0)
     run_cell(page, 1)
     panel = page.locator(".kc-login")
-    panel.get_by_role("button", name="Sign in with Google").click()
+    panel.get_by_role("button", name="Sign in in a browser window").click()
     expect(panel).to_contain_text("blocked the sign-in window")
     link = panel.locator("a.kc-link")
     assert (link.get_attribute("href") or "").startswith(f"{real_hub.url}/sign-in/")
@@ -105,6 +109,11 @@ def google_hub(tmp_path: Path, oidc_provider: OidcProvider) -> Iterator[HubProce
         hub.stop()
 
 
+def _sign_in_with(provider: OidcProvider) -> str:
+    """The panel's button for a hub with this provider: named as the hub names it (by host, unless Google)."""
+    return f"Sign in with {urlsplit(provider.issuer).hostname}"
+
+
 def test_sign_in_with_google_from_the_panel(
     jupyterlab: JupyterLab, page: Page, google_hub: HubProcess, oidc_provider: OidcProvider, tmp_path: Path
 ) -> None:
@@ -122,7 +131,7 @@ def test_sign_in_with_google_from_the_panel(
     expect(panel.locator(".kc-computer")).to_have_text(f"This computer: {EVIL_LABEL}")
     assert panel.locator("img").count() == 0
     with page.expect_popup() as popup_info:
-        panel.get_by_role("button", name="Sign in with Google").click()
+        panel.get_by_role("button", name=_sign_in_with(oidc_provider)).click()
     popup = popup_info.value
     login_in_browser(popup, oidc_provider, "alice@example.org")
     popup.wait_for_url(f"{google_hub.url}/sign-in/**")
@@ -147,9 +156,129 @@ def test_sign_in_refused_at_the_provider(
     run_cell(page, 1)
     panel = page.locator(".kc-login")
     with page.expect_popup() as popup_info:
-        panel.get_by_role("button", name="Sign in with Google").click()
+        panel.get_by_role("button", name=_sign_in_with(oidc_provider)).click()
     popup = popup_info.value
     login_in_browser(popup, oidc_provider, "nobody@example.org")  # the provider knows no such user
     expect(popup.locator("body")).to_contain_text("did not sign you in")
     expect(panel).to_contain_text("Sign-in was refused", timeout=20_000)
     screenshot(panel, "login-refused")
+
+
+# ---------------------------------------------------------------- themes
+
+THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+
+
+def _readable(panel: Locator, what: str) -> None:
+    """Every button, field, link and line of the panel at WCAG AA against what it is drawn on."""
+    items = contrasts(panel)
+    assert any(i["what"].startswith("button") for i in items), items
+    low = too_low(panel)
+    assert not low, f"{what}: text below {AA}:1 against its background: {low}"
+
+
+@pytest.fixture
+def themed_lab(jupyterlab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[JupyterLab]:
+    jupyterlab.set_theme(THEMES[request.param])
+    try:
+        yield jupyterlab
+    finally:
+        jupyterlab.set_theme(None)  # the next test's pages open in the default theme
+
+
+@pytest.mark.parametrize("themed_lab", list(THEMES), indirect=True)
+def test_the_panel_is_readable_in_jupyterlab_s_light_and_dark_themes(
+    themed_lab: JupyterLab, page: Page, real_hub: HubProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    theme = request.node.callspec.params["themed_lab"]
+    page.add_init_script("window.open = () => null;")  # the popup-blocked link is one of the states
+    open_notebook(page, themed_lab, _login_notebook(themed_lab, real_hub, tmp_path, f"theme-{theme}"))
+    light = page.evaluate("document.body.dataset.jpThemeLight")
+    assert light == ("true" if theme == "light" else "false"), "JupyterLab did not take the theme"
+    run_cell(page, 0)
+    run_cell(page, 1)
+    panel = page.locator(".kc-login")
+
+    expect(panel.get_by_role("button", name="Use token")).to_be_visible()
+    _readable(panel, f"{theme}, signed out")
+    screenshot(panel, f"login-{theme}-signed-out")
+
+    panel.get_by_role("button", name="Sign in in a browser window").click()
+    expect(panel.locator("a.kc-link")).to_be_visible()
+    _readable(panel, f"{theme}, popup blocked")
+    link = panel.locator("a.kc-link")
+    assert link.evaluate("a => getComputedStyle(a).textDecorationLine") == "underline"
+    assert link.evaluate("a => getComputedStyle(a).color") != panel.evaluate("p => getComputedStyle(p).color")
+    screenshot(panel, f"login-{theme}-popup-blocked")
+    panel.get_by_role("button", name="Cancel").click()
+
+    panel.locator("input.kc-token").fill(real_hub.token("ada@example.org"))
+    panel.get_by_role("button", name="Use token").click()
+    expect(panel.get_by_role("button", name="Sign out")).to_be_visible()
+    _readable(panel, f"{theme}, signed in")
+    screenshot(panel, f"login-{theme}-signed-in")
+
+
+# A VS Code dark theme (Dark Modern) as its notebook outputs see it: --vscode-* variables, no --jp-*.
+VSCODE_DARK = {
+    "--vscode-font-family": "system-ui, sans-serif",
+    "--vscode-editor-foreground": "#cccccc",
+    "--vscode-editor-background": "#1f1f1f",
+    "--vscode-descriptionForeground": "#9d9d9d",
+    "--vscode-widget-border": "#313131",
+    "--vscode-button-background": "#0078d4",
+    "--vscode-button-foreground": "#ffffff",
+    "--vscode-button-secondaryBackground": "#313131",
+    "--vscode-button-secondaryForeground": "#cccccc",
+    "--vscode-input-background": "#313131",
+    "--vscode-input-foreground": "#cccccc",
+    "--vscode-input-border": "#3c3c3c",
+    "--vscode-textLink-foreground": "#4daafc",
+}
+
+_RENDER_JS = """async ([source, css, page_vars]) => {
+  const { view } = await import(URL.createObjectURL(new Blob([source], { type: "text/javascript" })));
+  const style = document.createElement("style");
+  style.textContent = css;
+  document.head.append(style);
+  for (const [name, value] of Object.entries(page_vars)) document.body.style.setProperty(name, value);
+  const base = { hub_url: "http://127.0.0.1:8555", client_label: "ada@vm, analysis.ipynb", message: "",
+                 sign_in_methods: { oidc: null, token: true }, registration_url: "http://127.0.0.1:8555/sign-in/x",
+                 email: "ada@example.org", default_project: "p1",
+                 projects: [{ id: "p1", name: "default", owner: "ada@example.org" }] };
+  for (const state of ["signed_out", "waiting", "signed_in"]) {
+    const values = { ...base, state };
+    const model = { get: (k) => values[k], on() {}, off() {}, send() {} };
+    const opener = { openBlank: () => false, navigate: () => false, blocked: true };
+    const el = document.createElement("div");
+    el.id = state;
+    el.append(view(model, { opener }));
+    document.body.append(el);
+  }
+}"""
+
+
+@pytest.mark.parametrize(("outside", "scheme", "page_vars"), [
+    ("colab-light", "light", {}), ("colab-dark", "dark", {}),
+    ("vscode-dark", "dark", VSCODE_DARK),
+], ids=["colab-light", "colab-dark", "vscode-dark"])
+def test_the_panel_is_readable_outside_jupyterlab(
+    browser: Browser, outside: str, scheme: str, page_vars: dict[str, str]
+) -> None:
+    """Without JupyterLab's variables (Colab, VS Code) the panel follows the page's colour scheme."""
+    from kachery_jupyter._assets import asset, stylesheet
+
+    context = browser.new_context(color_scheme=scheme)  # type: ignore[arg-type]
+    try:
+        page = context.new_page()
+        page.set_content("<!doctype html><html><body></body></html>")
+        page.evaluate(_RENDER_JS, [asset("login.js").read_text(), stylesheet("login.css"), page_vars])
+        for state in ("signed_out", "waiting", "signed_in"):
+            panel = page.locator(f"#{state} .kc-login")
+            _readable(panel, f"{outside}, {state}")
+        background = page.locator("#signed_out .kc-login").evaluate("p => getComputedStyle(p).backgroundColor")
+        assert (background in ("rgb(255, 255, 255)",)) == (scheme == "light" and not page_vars), background
+        screenshot(page.locator("#signed_out .kc-login"), f"login-{outside}-signed-out")
+    finally:
+        context.close()
+
