@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 from typing import Any
 
 from .errors import SerializationError, UnsafePickleError
@@ -155,12 +156,26 @@ _SAFE_NUMPY = {
 }
 _SAFE_NUMPY_DTYPES_MODULES = ("numpy.dtypes",)
 
+#: numpy's dtype flags: NPY_ITEM_REFCOUNT (items are Python objects), NPY_LIST_PICKLE (pickled as a
+#: list of them), NPY_ALIGNED_STRUCT (a structured dtype made with ``align=True``).
+_HAS_OBJECTS, _LIST_PICKLE, _ALIGNED_STRUCT = 0x01, 0x02, 0x80
+#: What numpy passes to ``dtype()`` when it pickles one: a type code and a size ("f8", "U3", "V12", "M8").
+_DTYPE_SPEC = re.compile(r"[A-Za-z]\d{0,12}")
+
 
 def _refuse_ndarray_call(*args: Any) -> Any:
     raise UnsafePickleError("numpy", "ndarray", "an array is rebuilt from its data, never by calling ndarray")
 
 
-def _numpy(module: str, name: str, real: Any, budget: _Budget) -> Any:
+def _plain_dtype(dtype: Any, unpickler: _CheckedUnpickler) -> bool:
+    """A dtype whose items are bytes only (no Python objects anywhere in it), ready for use."""
+    import numpy as np
+
+    return (isinstance(dtype, np.dtype) and unpickler.ready(dtype) and not dtype.hasobject
+            and not dtype.flags & (_HAS_OBJECTS | _LIST_PICKLE) and dtype.kind != "O")
+
+
+def _numpy(module: str, name: str, real: Any, unpickler: _CheckedUnpickler) -> Any:
     """numpy's pickle helpers as a pickle of an array, dtype or scalar calls them, checked."""
     import numpy as np
 
@@ -171,45 +186,55 @@ def _numpy(module: str, name: str, real: Any, budget: _Budget) -> Any:
         return _refuse_ndarray_call  # only passed to _reconstruct, which maps it back
     if name == "dtype":
         def dtype(spec: Any, align: Any = False, copy: Any = False) -> Any:
-            if not isinstance(spec, str) or not isinstance(align, bool) or not isinstance(copy, bool):
-                raise refuse("a dtype is pickled as dtype(<type code>, bool, bool)")
-            return real(spec, align, copy)
+            # numpy pickles a dtype as a fresh copy of a plain one, then sets its state (BUILD): a copy,
+            # because a BUILD on numpy's shared dtype("f8") would change it for the whole process
+            if type(spec) is not str or not _DTYPE_SPEC.fullmatch(spec) or type(align) not in (bool, int) \
+                    or align != 0 or type(copy) not in (bool, int) or copy != 1:
+                raise refuse("a dtype is pickled as dtype(<type code and size>, False, True)")
+            try:
+                made = real(spec, False, True)
+            except (TypeError, ValueError) as e:
+                raise refuse(f"{spec!r} is not a type code numpy pickles ({e})") from None
+            if made.names is not None or made.subdtype is not None or made.metadata is not None:
+                raise refuse(f"{spec!r} is not a type code numpy pickles")
+            unpickler.unbuilt[id(made)] = made
+            return made
         return dtype
     if name == "_reconstruct":
         def reconstruct(subtype: Any, shape: Any, typecode: Any) -> Any:
             # numpy pickles every array as an empty one whose data the next BUILD sets
-            if subtype is not _refuse_ndarray_call or not isinstance(shape, tuple) or len(shape) != 1 \
-                    or shape[0] != 0 or not isinstance(typecode, (bytes, str)) or len(typecode) != 1:
+            if subtype is not _refuse_ndarray_call or type(shape) is not tuple or len(shape) != 1 \
+                    or type(shape[0]) is not int or shape[0] != 0 or type(typecode) not in (bytes, str) \
+                    or typecode not in (b"b", "b"):
                 raise refuse("an array is pickled as _reconstruct(ndarray, (0,), b'b') and then its data")
-            return real(np.ndarray, shape, typecode)
+            made = real(np.ndarray, (0,), typecode)
+            unpickler.unbuilt[id(made)] = made
+            return made
         return reconstruct
     if name == "scalar":
         def scalar(dtype: Any, data: Any = None) -> Any:
-            if not isinstance(dtype, np.dtype) or dtype.flags & _LIST_PICKLE or not isinstance(data, bytes) \
-                    or len(data) != dtype.itemsize:
-                raise refuse("a scalar is pickled as scalar(dtype, <itemsize bytes>)")
-            budget.charge(len(data), module, name)
+            # an object scalar from bytes would take them for pointers: numpy never pickles one
+            if not _plain_dtype(dtype, unpickler) or type(data) is not bytes or len(data) != dtype.itemsize:
+                raise refuse("a scalar is pickled as scalar(<dtype without objects>, <itemsize bytes>)")
+            unpickler.budget.charge(len(data), module, name)
             return real(dtype, data)
         return scalar
     if name == "_frombuffer":
         def frombuffer(buf: Any, dtype: Any, shape: Any, order: Any, *rest: Any) -> Any:
-            if not isinstance(dtype, np.dtype) or dtype.flags & _LIST_PICKLE:
-                raise refuse("an array from a buffer has a plain dtype")
-            budget.charge(memoryview(buf).nbytes, module, name)
+            if type(buf) not in (bytes, bytearray) or not _plain_dtype(dtype, unpickler) or len(rest) > 1:
+                raise refuse("an array from a buffer is _frombuffer(<bytes>, <dtype without objects>, shape, order)")
+            unpickler.budget.charge(len(buf), module, name)
             return real(buf, dtype, shape, order, *rest)
         return frombuffer
-    return real  # numpy.dtypes.*DType classes
+    return real  # numpy.dtypes.*DType classes: called, they give numpy's own plain dtypes
 
 
-#: numpy's NPY_LIST_PICKLE: the dtype holds Python objects, pickled as a list of them.
-_LIST_PICKLE = 0x02
-
-
-class _NeedsNumpyChecks(Exception):
-    """Raised by the fast unpickler at the first numpy name: numpy's own ``__setstate__`` trusts
-    its input (an object array with fewer items than its shape crashes the interpreter, a
-    byte-swapped array copies its data on every use of a memoized buffer), so pickles holding
-    numpy values are loaded by an unpickler that checks each array's state before numpy sees it."""
+class _NeedsChecks(Exception):
+    """Raised by the fast unpickler at the first name it cannot load safely itself: numpy's own
+    ``__setstate__`` trusts its input (an object array with fewer items than its shape, or a dtype
+    whose state says it holds no objects, crashes the interpreter; a byte-swapped array copies its
+    data on every use of a memoized buffer), and ``a_list[a_slice] = a_range`` materializes the
+    range. Such pickles are loaded by an unpickler that checks each of these steps first."""
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -220,71 +245,186 @@ class RestrictedUnpickler(pickle.Unpickler):
         self.budget = budget
 
     def find_class(self, module: str, name: str) -> Any:
-        return _find_class(self, module, name, numpy_ok=False)
+        return _find_class(self, module, name)
 
 
 class _CheckedUnpickler(pickle._Unpickler):
-    """The pure-Python unpickler, with a BUILD that checks an array's state first."""
+    """The pure-Python unpickler, with a BUILD that checks an array's or a dtype's state first
+    and item assignment only into dicts (the only target a pickle of a plain value has)."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: io.BytesIO, budget: _Budget) -> None:
         super().__init__(file)
         self.budget = budget
+        #: arrays and dtypes made by _reconstruct / dtype() whose state (BUILD) is not set yet, by id;
+        #: each gets one BUILD, and none is used before it (numpy pickles never do either)
+        self.unbuilt: dict[int, Any] = {}
+
+    def ready(self, obj: Any) -> bool:
+        return self.unbuilt.get(id(obj)) is not obj
 
     def find_class(self, module: str, name: str) -> Any:
-        return _find_class(self, module, name, numpy_ok=True)
+        return _find_class(self, module, name)
 
     def _load_build(self) -> None:
         import numpy as np
 
         stack: list[Any] = self.stack  # type: ignore[attr-defined]
         state, inst = stack[-1], stack[-2]
-        if isinstance(inst, np.ndarray):
-            _check_array_state(state, self.budget)
-        elif not isinstance(inst, np.dtype):
+        if not isinstance(inst, (np.ndarray, np.dtype)):
             raise UnsafePickleError(type(inst).__module__, type(inst).__name__, "it has no state to set")
+        what = "ndarray" if isinstance(inst, np.ndarray) else "dtype"
+        if self.ready(inst):
+            raise UnsafePickleError("numpy", what, f"a {what}'s state is set once, right after it is made")
+        if isinstance(inst, np.ndarray):
+            _check_array_state(state, self)
+            del self.unbuilt[id(inst)]
+            pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+            return
+        # checked while ``inst`` is still unbuilt, so that its state cannot name it as its own field
+        expected = _dtype_from_state(inst.__reduce__()[1][0], state, self)
+        del self.unbuilt[id(inst)]
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+        if inst.__reduce__()[1:] != expected.__reduce__()[1:] or inst.flags != expected.flags \
+                or inst.itemsize != expected.itemsize or inst.alignment != expected.alignment:
+            raise UnsafePickleError("numpy", "dtype", "its state does not give the dtype it describes")
+
+    def _load_setitem(self) -> None:
+        stack: list[Any] = self.stack  # type: ignore[attr-defined]
+        if len(stack) >= 3 and type(stack[-3]) is not dict:
+            raise _refuse_setitem(stack[-3])
+        pickle._Unpickler.load_setitem(self)  # type: ignore[attr-defined]
+
+    def _load_setitems(self) -> None:
+        metastack: list[list[Any]] = self.metastack  # type: ignore[attr-defined]
+        if metastack and metastack[-1] and type(metastack[-1][-1]) is not dict:
+            raise _refuse_setitem(metastack[-1][-1])
+        pickle._Unpickler.load_setitems(self)  # type: ignore[attr-defined]
 
     dispatch[pickle.BUILD[0]] = _load_build  # type: ignore[assignment]
+    dispatch[pickle.SETITEM[0]] = _load_setitem  # type: ignore[assignment]
+    dispatch[pickle.SETITEMS[0]] = _load_setitems  # type: ignore[assignment]
 
 
-def _check_array_state(state: Any, budget: _Budget) -> None:
+def _refuse_setitem(target: Any) -> UnsafePickleError:
+    return UnsafePickleError(type(target).__module__, type(target).__name__,
+                             "a pickle sets items only in a dict (x[a_slice] = a_range would build the range)")
+
+
+def _dtype_from_state(spec: str, state: Any, unpickler: _CheckedUnpickler) -> Any:
+    """The dtype that ``state`` describes, built by numpy from that description (so numpy checks it:
+    fields inside the itemsize, whole characters...), if a dtype pickled as ``dtype(spec, False, True)``
+    pickles exactly this state; refused otherwise, and refused if Python objects would sit inside a
+    structured or subarray dtype (numpy keeps them there as raw pointers among the bytes)."""
+    import numpy as np
+
+    def refuse(why: str) -> UnsafePickleError:
+        return UnsafePickleError("numpy", "dtype", why)
+
+    def field_dtype(dt: Any) -> Any:
+        if not isinstance(dt, np.dtype) or not unpickler.ready(dt):
+            raise refuse("a field or subarray of a dtype is a dtype")
+        if dt.hasobject or dt.flags & (_HAS_OBJECTS | _LIST_PICKLE) or dt.kind == "O":
+            raise refuse("Python objects in a structured or subarray dtype are not loaded (only plain object arrays)")
+        return dt
+
+    if type(state) is not tuple or len(state) not in (8, 9) or type(state[1]) is not str \
+            or any(type(n) is not int for n in (state[0], *state[5:8])):
+        raise refuse("a dtype's state is (version, byte order, subarray, names, fields, itemsize, alignment, flags)")
+    order, sub, names, fields, itemsize, flags = state[1:6] + (state[7],)
+    try:
+        if sub is not None:
+            if type(sub) is not tuple or len(sub) != 2 or type(sub[1]) is not tuple \
+                    or not all(type(n) is int and n >= 0 for n in sub[1]):
+                raise refuse("a subarray dtype's state holds (dtype, shape)")
+            expected = np.dtype((field_dtype(sub[0]), sub[1]))
+        elif names is not None or fields is not None:
+            if type(names) is not tuple or type(fields) is not dict or not all(type(n) is str for n in names):
+                raise refuse("a structured dtype's state holds its names and a dict of its fields")
+            # one fields dict reused through the memo by many dtypes is as much work as that many
+            unpickler.budget.charge(len(fields), "numpy", "dtype")
+            formats, offsets, titles = [], [], []
+            for n in names:
+                f = fields.get(n)
+                if type(f) is not tuple or len(f) not in (2, 3) or type(f[1]) is not int \
+                        or (len(f) == 3 and type(f[2]) is not str):
+                    raise refuse(f"field {n!r} of a structured dtype is (dtype, offset[, title])")
+                formats.append(field_dtype(f[0]))
+                offsets.append(f[1])
+                titles.append(f[2] if len(f) == 3 else None)
+            description: Any = {"names": list(names), "formats": formats, "offsets": offsets, "itemsize": itemsize}
+            if any(t is not None for t in titles):
+                description["titles"] = titles
+            expected = np.dtype(description, align=bool(flags & _ALIGNED_STRUCT))
+        else:
+            if order not in ("<", ">", "|"):
+                raise refuse(f"a dtype's byte order is '<', '>' or '|', not {order!r}")
+            expected = np.dtype(spec) if order == "|" else np.dtype(spec).newbyteorder(order)
+            if len(state) == 9:  # datetime64/timedelta64: (None, (unit, count, 1, 1))
+                meta = state[8]
+                if expected.kind not in "mM" or type(meta) is not tuple or len(meta) != 2 or meta[0] is not None \
+                        or type(meta[1]) is not tuple or len(meta[1]) != 4 or type(meta[1][0]) is not bytes \
+                        or not meta[1][0].isalpha() or not all(type(n) is int and n > 0 for n in meta[1][1:]):
+                    raise refuse("a dtype's metadata is only a datetime unit")
+                unit = meta[1][0].decode("ascii")
+                if unit != "generic":
+                    expected = np.dtype(f"{expected.str}[{meta[1][1]}{unit}]")
+    except UnsafePickleError:
+        raise
+    except (TypeError, ValueError, OverflowError) as e:
+        raise refuse(f"numpy refuses the dtype its state describes ({e})") from None
+    if expected.__reduce__()[1:] != ((spec, False, True), state):
+        raise refuse("its state is not the one numpy pickles that dtype with (flags, itemsize, byte order...)")
+    return expected
+
+
+def _check_array_state(state: Any, unpickler: _CheckedUnpickler) -> None:
     import numpy as np
 
     def refuse(why: str) -> UnsafePickleError:
         return UnsafePickleError("numpy", "ndarray", why)
 
-    if not isinstance(state, tuple) or len(state) not in (4, 5):
-        raise refuse("an array's state is (version, shape, dtype, is_fortran, data)")
-    shape, dtype, _, raw = state[-4:]
+    if not isinstance(state, tuple) or len(state) not in (4, 5) \
+            or (len(state) == 5 and (type(state[0]) is not int or state[0] != 1)):
+        raise refuse("an array's state is (1, shape, dtype, is_fortran, data)")
+    shape, dtype, fortran, raw = state[-4:]
     if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape) \
-            or not isinstance(dtype, np.dtype):
-        raise refuse("an array's shape is a tuple of sizes and its dtype a dtype")
+            or not isinstance(dtype, np.dtype) or type(fortran) is not bool:
+        raise refuse("an array's shape is a tuple of sizes, its dtype a dtype and is_fortran a bool")
+    if not unpickler.ready(dtype):
+        raise refuse("an array's dtype is used before its own state is set")
     count = 1
     for n in shape:
         count *= n
-    if dtype.flags & _LIST_PICKLE:
-        if not isinstance(raw, list) or len(raw) != count:
-            raise refuse(f"an array of {count:,} objects needs a list of as many, not {type(raw).__name__}"
-                         + (f" of {len(raw):,}" if isinstance(raw, list) else ""))
-        budget.charge(len(raw), "numpy", "ndarray")
+    if _plain_dtype(dtype, unpickler):
+        if type(raw) not in (bytes, bytearray) or len(raw) != count * dtype.itemsize:
+            raise refuse(f"an array of {count:,} x {dtype.itemsize} bytes needs as many bytes of data")
+        # items, not only bytes: 10**12 items of a zero-size dtype come from no data at all
+        unpickler.budget.charge(max(len(raw), count), "numpy", "ndarray")
         return
-    if not isinstance(raw, (bytes, bytearray)) or len(raw) != count * dtype.itemsize:
-        raise refuse(f"an array of {count:,} x {dtype.itemsize} bytes needs as many bytes of data")
-    budget.charge(len(raw), "numpy", "ndarray")
+    # Python objects: only in a plain object array, and only as a list of values the pickle made
+    # (bytes would be taken for pointers to them)
+    if dtype.kind != "O" or dtype.names is not None or dtype.subdtype is not None:
+        raise refuse("Python objects in a structured or subarray dtype are not loaded (only plain object arrays)")
+    if type(raw) is not list or len(raw) != count:
+        raise refuse(f"an array of {count:,} objects needs a list of as many, not {type(raw).__name__}"
+                     + (f" of {len(raw):,}" if isinstance(raw, list) else ""))
+    unpickler.budget.charge(len(raw), "numpy", "ndarray")
 
 
-def _find_class(unpickler: RestrictedUnpickler | _CheckedUnpickler, module: str, name: str, *,
-                numpy_ok: bool) -> Any:
+def _find_class(unpickler: RestrictedUnpickler | _CheckedUnpickler, module: str, name: str) -> Any:
+    checked = isinstance(unpickler, _CheckedUnpickler)
     if module == "builtins" and name in _SAFE_BUILTINS:
+        if name == "slice" and not checked:
+            raise _NeedsChecks()  # item assignment with a slice is checked there
         return _builtin(name, unpickler.budget)
     if name in _SAFE_NUMPY.get(module, ()) or (module in _SAFE_NUMPY_DTYPES_MODULES and name.endswith("DType")):
         # numpy >= 1.25 pickles dtypes by their class, e.g. Float64DType
-        if not numpy_ok:
-            raise _NeedsNumpyChecks()
+        if not checked:
+            raise _NeedsChecks()
         real = pickle._Unpickler.find_class(unpickler, module, name)  # type: ignore[arg-type]
-        return _numpy(module, name, real, unpickler.budget)
+        return _numpy(module, name, real, unpickler)  # type: ignore[arg-type]
     raise UnsafePickleError(module, name)
 
 
@@ -313,11 +453,12 @@ def bytes_to_pkl(data: bytes) -> Any:
     try:
         try:
             return RestrictedUnpickler(io.BytesIO(data), _Budget(len(data))).load()
-        except _NeedsNumpyChecks:
+        except _NeedsChecks:
             return _CheckedUnpickler(io.BytesIO(data), _Budget(len(data))).load()
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            SystemError) as e:  # SystemError: numpy making a str scalar of code points past U+10FFFF
         what = what_it_is(data)
         raise SerializationError(f"content is not a pickle: it is {what}" if what != "a pickle"
                                  else f"content is not a valid pickle ({type(e).__name__}: {e})") from None

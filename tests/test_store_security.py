@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import os
 import pickle
@@ -278,6 +279,13 @@ BOMBS: dict[str, bytes] = {
         _empty_array() + b"(" + _i(1) + _body((10**6,)) + _body(np.dtype(object)) + b"\x89" + b"]" + _i(7) + b"at" + b"b"
     ),
     "500 byte-swapped arrays from one 2 MiB buffer": _repeat_swapped_array(2 * 2**20, 500),
+    "numpy array of 2**40 zero-size items": _pk(_empty_array() + _array_state((2**40,), "S0", _b(b"")) + b"b"),
+    # SETITEM on a list or an array with a slice: the value (a lazy range) is materialized
+    "list[0:0] = range(10**9)": _pk(b"]" + _g("builtins", "slice") + _i(0) + _i(0) + b"\x86R"
+                                    + _g("builtins", "range") + _i(10**9) + b"\x85Rs"),
+    "ndarray[:] = range(10**9)": _pk(_empty_array() + _array_state((0,), "<f8", _b(b"")) + b"b"
+                                     + _g("builtins", "slice") + b"NNN\x87R" + _g("builtins", "range") + _i(10**9)
+                                     + b"\x85Rs"),
 }
 
 _LOAD_BOMB = """
@@ -321,7 +329,7 @@ def test_the_refusal_names_what_was_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("protocol", [3, 4, 5])
 def test_pickles_of_allowed_values_still_load_at_every_protocol(protocol: int) -> None:
-    obj = {
+    obj: dict[str, Any] = {
         "ba": bytearray(b"abc" * 100), "set": {1, 2, 3}, "fs": frozenset({"x"}), "r": range(2, 10**12, 3),
         "sl": slice(1, 5, None), "c": complex(1, 2), "t": (1, [2, {3: b"four"}]),
         "arr": np.arange(12, dtype=">f8").reshape(3, 4), "obj": np.array([{"a": 1}, None], dtype=object),
@@ -333,6 +341,110 @@ def test_pickles_of_allowed_values_still_load_at_every_protocol(protocol: int) -
     for k in obj:
         assert _same(out[k], obj[k]) or (k == "obj" and list(out[k]) == list(obj[k])), k
     assert out["shared"][0] is out["shared"][1]
+
+
+# ---------------------------------------------------------------- numpy states that numpy trusts
+
+_multiarray = importlib.import_module(_NP)
+_numeric = importlib.import_module(_NP.replace("multiarray", "numeric"))
+
+
+class _Dtype:
+    """Pickles as numpy pickles a dtype, ``dtype(spec, False, True)``, but with the BUILD state given."""
+
+    def __init__(self, spec: str, state: tuple[Any, ...]) -> None:
+        self.spec, self.state = spec, state
+
+    def __reduce__(self) -> Any:
+        return (np.dtype, (self.spec, False, True), self.state)
+
+
+class _Array:
+    """Pickles as numpy pickles an array: ``_reconstruct(ndarray, (0,), b"b")``, then its state."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any, raw: Any) -> None:
+        self.state = (1, shape, dtype, False, raw)
+
+    def __reduce__(self) -> Any:
+        return (_multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state)
+
+
+class _Call:
+    def __init__(self, func: Any, *args: Any) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self) -> Any:
+        return (self.func, self.args)
+
+
+def _plain(byteorder: str, flags: int, elsize: int = -1, alignment: int = -1) -> tuple[Any, ...]:
+    return (3, byteorder, None, None, None, elsize, alignment, flags)
+
+
+def _dtype_changed_after_use() -> bytes:
+    # a V8 dtype (memo 0) gives an array its 16 bytes, then a second BUILD makes it a field of objects
+    objects = np.dtype({"names": ["a"], "formats": ["O"], "offsets": [0], "itemsize": 8})
+    return _pk(_g("numpy", "dtype") + _u("V8") + b"\x89\x88\x87R\x94" + b"0" + _empty_array()
+               + b"(" + _i(1) + _body((2,)) + _get(0) + b"\x89" + _b(b"\x41" * 16) + b"tb"
+               + _get(0) + _body(objects.__reduce__()[2]) + b"b0")
+
+
+_O, _F8, _PTRS = np.dtype("O"), np.dtype("<f8"), b"\x41" * 16  # 0x4141... read as object pointers
+#: Each loaded (before it was refused) a value that crashes the interpreter when used or freed,
+#: reads memory outside its data, or breaks numpy's own invariants.
+NUMPY_STATES: dict[str, Any] = {
+    "object dtype whose flags say it holds no objects (tolist)": _Array((2,), _Dtype("O8", _plain("|", 0)), _PTRS),
+    "object dtype with only its refcount flag (del)": _Array((2,), _Dtype("O8", _plain("|", 1)), _PTRS),
+    "structured dtype with an object field, raw bytes": _Array(
+        (2,), _Dtype("V8", (3, "|", None, ("a",), {"a": (_O, 0)}, 8, 8, 1)), _PTRS),
+    "subarray of objects, raw bytes": _Array((1,), _Dtype("V16", (3, "|", (_O, (2,)), None, None, 16, 8, 0)), _PTRS),
+    "object scalar from raw bytes": _Call(_multiarray.scalar, _Dtype("O8", _plain("|", 0)), b"\x41" * 8),
+    "object array from a buffer": _Call(_numeric._frombuffer, _PTRS, _Dtype("O8", _plain("|", 0)), (2,), "C"),
+    "dtype given object fields after an array uses it": _dtype_changed_after_use(),
+    "field beyond the itemsize (reads past the data)": _Array(
+        (1,), _Dtype("V8", (3, "|", None, ("a",), {"a": (_F8, 1000)}, 8, 1, 16)), b"\x41" * 8),
+    "field at a negative offset (reads before the data)": _Array(
+        (1,), _Dtype("V8", (3, "|", None, ("a",), {"a": (_F8, -1000)}, 8, 1, 16)), b"\x41" * 8),
+    "subarray larger than its itemsize": _Array((1,), _Dtype("V8", (3, "|", (_F8, (1000,)), None, None, 8, 8, 0)),
+                                                b"\x41" * 8),
+    "str dtype with an itemsize that is not whole characters": _Array(
+        (2,), _Dtype("U2", _plain("<", 8, elsize=3, alignment=4)), b"\x41" * 6),
+}
+
+_LOAD_AND_USE = """
+import gc, sys
+from kachery_core import _serializers
+from kachery_core.errors import UnsafePickleError
+try:
+    x = _serializers.bytes_to_pkl(open(sys.argv[1], "rb").read())
+except UnsafePickleError as e:
+    print("UnsafePickleError:", e)
+    sys.exit(0)
+print("loaded", flush=True)
+repr(x)
+getattr(x, "tolist", list)()
+del x
+gc.collect()
+print("used and freed", flush=True)
+"""
+
+
+@pytest.mark.parametrize("name", list(NUMPY_STATES))
+def test_a_numpy_state_numpy_itself_would_never_pickle_is_refused(name: str, tmp_path: Path) -> None:
+    value = NUMPY_STATES[name]
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(value if isinstance(value, bytes) else pickle.dumps(value, protocol=4))
+    # in a child process: a value that goes off kills the child (SIGSEGV), not pytest
+    proc = subprocess.run([sys.executable, "-c", _LOAD_AND_USE, str(path)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"{name}: the loader died ({proc.returncode}): {proc.stdout} {proc.stderr[-1500:]}"
+    assert proc.stdout.startswith("UnsafePickleError:"), f"{name}: {proc.stdout} {proc.stderr[-1500:]}"
+
+
+def test_a_structured_array_with_object_fields_is_refused_at_store_time() -> None:
+    arr = np.array([(1, {"a": 1})], dtype=[("n", "<i4"), ("o", "O")])
+    with pytest.raises(kc.UnsafePickleError, match="object"):
+        kc.store_pkl_local(arr)
 
 
 # ---------------------------------------------------------------- temp files of killed processes
