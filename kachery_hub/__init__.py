@@ -9,14 +9,16 @@ Command line::
     kachery-hub serve [--host 127.0.0.1] [--port 8555] [--data DIR] [--database URL] [--storage URL]
                       [--admin-email admin@localhost] [--log-level warning]
                       [--oidc-issuer URL] [--oidc-client-id ID] [--oidc-client-secret S] [--admin-emails A,B]
-                      [--public-url URL]
+                      [--public-url URL] [--trusted-proxies IPS]
         prints a sign-in URL with an admin token (reused across restarts), as Jupyter does;
         with an OpenID Connect client ID (Google by default) browsers sign in there.
         --public-url (repeatable, or comma-separated; ``KACHERY_HUB_PUBLIC_URL``) names the
         URLs clients reach the hub at, e.g. https://lab.example.org behind a reverse proxy;
         signed requests for any other host are refused (``wrong_hub``). Default: where it
         listens (http://127.0.0.1:PORT and http://localhost:PORT; on 0.0.0.0 also this
-        machine's host name)
+        machine's host name). --trusted-proxies (comma-separated addresses or networks;
+        ``KACHERY_HUB_TRUSTED_PROXIES``): reverse proxies whose X-Forwarded-For/-Proto
+        are believed; default none, so a client's address is always its TCP peer's
     kachery-hub token create --data DIR --user EMAIL [--admin] [--label TEXT] [--expires-in 7d] [--database URL]
         prints a new sign-in token for EMAIL (the user is created if new); it expires after
         --expires-in (3600, 30m, 12h, 7d, 2w or never; default 7d). The token ``serve``
@@ -55,6 +57,7 @@ GET,POST        /api/tokens                                       tokens, never 
 DELETE          /api/tokens/{token_id}                            revoke a token, end its sessions (hub admins)
 POST            /api/sign-in-requests                             a one-time browser sign-in link
 GET             /api/sign-in-requests/{rid}                       pending / confirmed / refused / expired
+GET             /api/sign-in-methods                              anonymous: ``{"oidc": {"name"} or null, "token": true}``
 GET,POST        /api/projects                                     your projects; create one
 GET,PATCH       /api/projects/{project_id}                        one project; rename, public-read
 GET             /api/projects/{project_id}/members                members and roles
@@ -83,8 +86,12 @@ counted as it arrives and refused with 413 ``payload_too_large`` past 4 MiB on
 ``POST /api/clients``, ``/auth/login``, ``POST /sign-in/{rid}``, ``/?token=``,
 ``POST /``) allow 30 requests a minute per client address, bursts of 60
 (``KACHERY_HUB_RATE_LIMIT``; 0 is off), then answer 429 ``rate_limited`` with
-``Retry-After``. The data folder and all in it are owner-only (umask 077; an
-older, looser folder is tightened on start).
+``Retry-After``; request bodies being read hold at most 64 MiB in all and a
+quarter of it per client address (``KACHERY_HUB_MAX_INFLIGHT_BODY_BYTES``), else
+503 ``busy`` with ``Retry-After``; a body with no progress for 30 s
+(``KACHERY_HUB_BODY_TIMEOUT``) gets 408 ``body_timeout``; an unsigned API
+request with a body gets 401 before it is read. The data folder and all in it are
+owner-only (umask 077; an older, looser folder is tightened on start).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ and wrong methods included. An unexpected failure is a 500 with code
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from kachery_core import _signing
 
 from . import _accounts, _files, _mutables, _projects, _signin, _text
 from ._auth import parse_decimal
-from ._ratelimit import RateLimiter, RateLimitSignIns
+from ._ratelimit import RateLimiter, RateLimitSignIns, client_key
 from ._settings import Settings
 from ._state import HubState
 from .errors import HubError
@@ -72,58 +76,109 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 class _LimitBodies:
-    """Count request bytes as they arrive and refuse past the limit with 413 (uploads excepted).
+    """Count request bytes as they arrive: size limits, a memory budget, a read timeout.
 
-    A body announced over the limit is refused before anything reads it; any
-    other (chunked) as soon as the count passes the limit, whoever is reading
-    it. The connection is then closed, as after any answer given before its
-    request's body was read, so the hub does not go on reading what it refused.
-    API paths take ``api_limit``; browser pages, which post small forms, ``page_limit``.
+    A body announced over the limit is refused (413) before anything reads
+    it; any other (chunked) as soon as the count passes the limit, whoever is
+    reading it. API paths take ``api_limit``; browser pages, which post small
+    forms, ``page_limit``; file uploads none (they stream to the byte store).
+
+    The bytes that requests being read have received are held in memory until
+    the request ends (a body is parsed whole), so they are budgeted: at most
+    ``inflight_limit`` in all and ``address_limit`` for one client address. A
+    request whose next bytes do not fit is answered 503 ``busy``; uploads,
+    which hold one batch at a time, are not counted. A body that makes no
+    progress for ``read_timeout`` seconds is answered 408.
+
+    An API request with no signature headers is anonymous, and anonymous
+    access only reads: one carrying a body is answered 401 before any of it
+    is read (no endpoint takes an unsigned body; this spares parsing one).
+
+    Every answer given before its request's body was read (these refusals, and
+    any 401, 404... the app sends without reading) carries ``Connection: close``,
+    uploads included, so the hub does not go on reading a body it did not want.
     """
 
-    def __init__(self, app: Any, api_limit: int, page_limit: int) -> None:
+    def __init__(self, app: Any, api_limit: int, page_limit: int, inflight_limit: int, read_timeout: float) -> None:
         self.app = app
         self.api_limit = api_limit
         self.page_limit = page_limit
+        self.inflight_limit = inflight_limit
+        self.address_limit = max(inflight_limit // ADDRESS_SHARE, api_limit, page_limit)
+        self.read_timeout = read_timeout
+        self.inflight = 0
+        self.by_address: dict[str, int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or _is_upload(scope["method"], scope["path"]):
-            await self.app(scope, receive, send)  # uploads stream to the byte store, with limits of their own
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
             return
-        limit = self.api_limit if scope["path"].startswith("/api/") else self.page_limit
-        length, chunked = None, False
+        path = scope["path"]
+        upload = _is_upload(scope["method"], path)
+        limit = None if upload else self.api_limit if path.startswith("/api/") else self.page_limit
+        length, chunked, signed = None, False, False
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 length = parse_decimal(value)
             elif name == b"transfer-encoding":
                 chunked = True
-        if length is not None and length > limit:
-            await _too_large(f"request body of {length} bytes is over the limit of {limit} bytes")(scope, receive, send)
+            elif name in _SIGNATURE_HEADERS:
+                signed = True
+        if path.startswith("/api/") and not signed and (chunked or length):
+            await _refusal(401, "unauthenticated", "an unsigned (anonymous) request may not carry a body: anonymous "
+                           "access is read-only; sign the request with a client key")(scope, receive, send)
             return
-        received = 0
+        if limit is not None and length is not None and length > limit:
+            message = f"request body of {length} bytes is over the limit of {limit} bytes"
+            await _refusal(413, "payload_too_large", message)(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = client_key(str(client[0])) if client else ""
+        received = held = 0
         body_read = not (chunked or length)
         refused = started = False
 
+        async def refuse(status: int, code: str, message: str, **headers: str) -> Any:
+            nonlocal refused
+            refused = True
+            if not started:
+                await _refusal(status, code, message, **headers)(scope, receive, send)
+            # else the answer is under way and cannot change: it is cut short, the connection closed.
+            return {"type": "http.disconnect"}
+
         async def counting_receive() -> Any:
-            nonlocal received, body_read, refused
+            nonlocal received, held, body_read
             if refused:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_read:
+                return await receive()  # past the body: waiting for a disconnect, as long as it takes
+            try:
+                async with asyncio.timeout(self.read_timeout):
+                    message = await receive()
+            except TimeoutError:
+                return await refuse(408, "body_timeout", f"no byte of the request body arrived for "
+                                    f"{self.read_timeout:g} s; send the body promptly")
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                body_read = body_read or not message.get("more_body", False)
-                if received > limit:
-                    refused = True
-                    if not started:
-                        await _too_large(f"request body is over the limit of {limit} bytes")(scope, receive, send)
-                    # else the answer is under way and cannot change: it is cut short, the connection closed.
-                    return {"type": "http.disconnect"}
+                size = len(message.get("body", b""))
+                received += size
+                body_read = not message.get("more_body", False)
+                if limit is not None and received > limit:
+                    return await refuse(413, "payload_too_large", f"request body is over the limit of {limit} bytes")
+                if size and not upload:
+                    mine = self.by_address.get(address, 0)
+                    if self.inflight + size > self.inflight_limit or mine + size > self.address_limit:
+                        whose = "from this address" if mine + size > self.address_limit else "in all"
+                        return await refuse(503, "busy", "the hub holds as many request bodies as it takes at once "
+                                            f"({whose}); retry in a moment", **{"Retry-After": "1"})
+                    self.inflight += size
+                    self.by_address[address] = mine + size
+                    held += size
             return message
 
         async def guarded_send(message: Any) -> None:
             nonlocal started
             if refused:
-                return  # the 413 is the answer
+                return  # the refusal is the answer
             if message["type"] == "http.response.start":
                 started = True
                 if not body_read:
@@ -132,13 +187,29 @@ class _LimitBodies:
 
         try:
             await self.app(scope, counting_receive, guarded_send)
+        except ClientDisconnect:
+            if started and not refused:
+                raise
+            # refused, or the client left before any answer: there is no one to tell
         except Exception:
             if not refused:
-                raise  # after a 413, the reader's complaint about the missing body is no news
+                raise  # after a refusal, the reader's complaint about the missing body is no news
+        finally:
+            if held:
+                self.inflight -= held
+                left = self.by_address.pop(address) - held
+                if left:
+                    self.by_address[address] = left
 
 
-def _too_large(message: str) -> JSONResponse:
-    response = _error(413, "payload_too_large", message)
+#: One client address may hold at most 1/ADDRESS_SHARE of the in-flight body budget.
+ADDRESS_SHARE = 4
+_SIGNATURE_HEADERS = {_signing.HEADER_CLIENT.lower().encode(), _signing.HEADER_SIGNATURE.lower().encode()}
+
+
+def _refusal(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    response = _error(status, code, message)
+    response.headers.update(headers)
     response.headers["Connection"] = "close"  # do not read on
     return response
 
@@ -190,7 +261,8 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(UnicodeError, _on_bad_text)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(_LimitBodies, api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes)
+    app.add_middleware(_LimitBodies, api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes,
+                       inflight_limit=settings.max_inflight_body_bytes, read_timeout=settings.body_read_timeout_seconds)
     app.add_middleware(_text.CheckUrlText)  # strict UTF-8, no control characters in path and query
     for module in (_mutables, _files, _projects, _accounts, _signin):
         app.include_router(module.router, responses=_ERROR_RESPONSES)

@@ -34,6 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         oidc_client_secret=getattr(args, "oidc_client_secret", None),
         admin_emails=tuple(args.admin_emails.split(",")) if getattr(args, "admin_emails", None) else None,
         public_urls=tuple(u for v in args.public_url for u in v.split(",")) if getattr(args, "public_url", None) else None,
+        trusted_proxies=tuple(args.trusted_proxies.split(",")) if getattr(args, "trusted_proxies", None) else None,
     )
 
 
@@ -97,7 +98,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"    Browser sign-in through {settings.oidc_issuer} is on.", flush=True)
     print(f"    Signed requests are accepted for {', '.join(settings.public_urls)} (set with --public-url)", flush=True)
     try:
-        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on", **http_options(settings.max_header_bytes))
+        # X-Forwarded-* is believed from the configured proxies only (uvicorn's default trusts 127.0.0.1,
+        # which would let any local user pick the address the rate limits count).
+        proxies = list(settings.trusted_proxies)
+        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on", proxy_headers=bool(proxies),
+                                forwarded_allow_ips=proxies or None, **http_options(settings.max_header_bytes))
         logging.getLogger("uvicorn.access").addFilter(_HideTokens())  # after Config: it sets logging up
         uvicorn.Server(config).run(sockets=[sock])
     finally:
@@ -203,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a URL clients reach the hub at, e.g. behind a reverse proxy; repeat or comma-separate for "
                    "several; signed requests for any other host are refused (default $KACHERY_HUB_PUBLIC_URL, "
                    "else where the hub listens: http://127.0.0.1:PORT and http://localhost:PORT)")
+    s.add_argument("--trusted-proxies", metavar="IPS",
+                   help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For and "
+                   "X-Forwarded-Proto are believed (default $KACHERY_HUB_TRUSTED_PROXIES, else none)")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=_cmd_serve)
 

@@ -6,12 +6,21 @@ quadratic in its size on the event loop, and every other request waits. Here
 the bytes of a head are counted as they arrive; past the limit the hub answers
 431 with its JSON error body and closes the connection, after reading and
 dropping for a moment what is still on its way, so that the client sees the
-answer rather than a reset. Only bytes that arrive while a head is incomplete
-count, so bodies and keep-alive connections are unaffected; a head may exceed
-the limit by at most one read before it is refused.
+answer rather than a reset. A head that arrived whole in one read is measured
+when it is complete (request line plus header fields), so an over-long
+request line gets the same 431; a request target over 65,535 bytes, which
+httptools' URL parser cannot take, is answered 414 ``uri_too_long``.
+
+What counts: every read that arrives while no body byte has since been seen:
+a head, and the framing of a chunked body (chunk-size lines and, after the last
+chunk, trailer fields, which uvicorn would otherwise add to the request's
+headers and which httptools also grows by concatenation). A body byte resets
+the count, so bodies of any size and keep-alive connections are unaffected; a
+head may exceed the limit by at most one read before it is refused. Trailer
+fields are dropped (the hub never reads them).
 
 Without httptools, uvicorn's h11 protocol is used with the same limit as its
-``h11_max_incomplete_event_size`` (h11 answers 400 there).
+``h11_max_incomplete_event_size`` (h11 answers 400).
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from typing import Any
 
 #: How long a refused connection is read (and dropped) before it is closed.
 LINGER_SECONDS = 1.0
+#: The longest request target httptools' URL parser takes (its offsets are 16-bit).
+MAX_TARGET_BYTES = 65535
 
 
-def _refusal(limit: int) -> bytes:
-    body = json.dumps({"error": {"code": "headers_too_large",
-                                 "message": f"the request line and headers are over the limit of {limit} bytes"}}).encode()
-    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+def _answer(status: bytes, code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
 
 
@@ -40,40 +50,86 @@ def http_options(max_head_bytes: int) -> dict[str, Any]:
     return {"http": head_limited_protocol(max_head_bytes)}
 
 
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a head that is refused."""
+
+
 def head_limited_protocol(max_head_bytes: int) -> type[asyncio.Protocol]:
     """uvicorn's httptools protocol, refusing a head over ``max_head_bytes`` with 431."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    refusal = _refusal(max_head_bytes)
+    too_large = _answer(b"431 Request Header Fields Too Large", "headers_too_large",
+                        f"the request line and headers are over the limit of {max_head_bytes} bytes")
+    target_too_long = _answer(b"414 URI Too Long", "uri_too_long",
+                              f"the request target (path and query) is over the limit of {MAX_TARGET_BYTES} bytes")
 
     class HeadLimitedProtocol(HttpToolsProtocol):
-        _in_head = True  # between requests, or within a request line and headers
+        _counting = True  # no body byte since the last head, chunk-size line or trailer began
         _head_bytes = 0
+        _headers_done = False  # this request's headers are complete: header fields now are trailers
         _refused = False
+        _answer_due: bytes | None = None  # set by a parser callback that refused the head
 
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return  # answered already: drop what is still coming
-            if self._in_head:
+            if self._counting:
                 self._head_bytes += len(data)
             super().data_received(data)
-            if self._in_head and self._head_bytes > max_head_bytes and not self.transport.is_closing():
-                self._refuse()
+            if (self._counting and self._head_bytes > max_head_bytes and not self._refused
+                    and not self.transport.is_closing()):
+                self._refuse(too_large)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._answer_due is not None:  # the parser stopped because a callback refused the head
+                self._refuse(self._answer_due)
+            else:
+                super().send_400_response(msg)
+
+        def on_message_begin(self) -> None:
+            self._headers_done = False
+            super().on_message_begin()
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if not self._headers_done:  # else a trailer field: dropped, not added to the running request's headers
+                super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
-            self._in_head = False
+            # A head that came in one read was not refused by the count: measure it now.
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > max_head_bytes or len(self.url) > MAX_TARGET_BYTES:
+                self._answer_due = too_large if size > max_head_bytes else target_too_long
+                raise _Refused
+            self._headers_done = True
             super().on_headers_complete()
 
+        def on_body(self, body: bytes) -> None:
+            self._counting, self._head_bytes = False, 0
+            super().on_body(body)
+
+        def on_chunk_header(self) -> None:
+            self._counting = True  # chunk data follows, or after the last chunk, trailers
+
+        def on_chunk_complete(self) -> None:
+            self._counting = True  # the next chunk-size line follows
+
         def on_message_complete(self) -> None:
-            self._in_head, self._head_bytes = True, 0
+            self._counting, self._head_bytes = True, 0
             super().on_message_complete()
 
-        def _refuse(self) -> None:
+        def _refuse(self, answer: bytes) -> None:
             self._refused = True
-            if self.cycle is not None and not self.cycle.response_complete:
-                self.transport.close()  # an earlier request's answer is still being sent on this connection
+            cycle = self.cycle
+            own = self._headers_done  # refused in this request's chunk framing or trailers, not in a new head
+            if cycle is not None and (cycle.response_started if own else not cycle.response_complete) or (
+                    own and self.pipeline):
+                self.transport.close()  # an answer is being sent on this connection: no other can follow it
                 return
-            self.transport.write(refusal)
+            if own and cycle is not None:
+                # The request's app has not answered: it now sees a disconnected client and this is the answer.
+                cycle.disconnected = True
+                cycle.message_event.set()
+            self.transport.write(answer)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             self.loop.call_later(LINGER_SECONDS, self.transport.close)

@@ -9,11 +9,13 @@ request takes a token, and one that finds none is answered 429 with the hub's
 JSON error body and ``Retry-After`` (seconds until a token is back).
 
 The address is the ASGI client: the peer, or what uvicorn takes from
-``X-Forwarded-For`` when the peer is a proxy it trusts (127.0.0.1 by default,
-``FORWARDED_ALLOW_IPS``), so behind a reverse proxy each browser counts on its
-own. An IPv6 address counts by its /64, which one host usually has whole. At
-most ``max_clients`` addresses are tracked, the least recently seen forgotten
-first, so the limiter's memory is bounded whatever the number of addresses.
+``X-Forwarded-For`` when the peer is one of the hub's trusted proxies
+(``Settings.trusted_proxies``; ``kachery-hub serve`` trusts none by default, so
+no local user can pick an address), so behind a trusted reverse proxy each
+browser counts on its own. An IPv6 address counts by its /64, which one host
+usually has whole. At most ``max_clients`` addresses are tracked, the least
+recently seen forgotten first, so the limiter's memory is bounded whatever the
+number of addresses.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from starlette.datastructures import QueryParams
 from starlette.responses import JSONResponse
 
 #: Addresses tracked at once (about 100 bytes each).
@@ -40,12 +43,13 @@ def is_sign_in(method: str, path: str, query_string: bytes) -> bool:
         return True
     if method == "POST" and path.startswith("/sign-in/"):
         return True
-    # /?token=...: the page that offers to sign a browser in with a token.
-    return method in ("GET", "HEAD") and path == "/" and any(
-        part.startswith(b"token=") for part in query_string.split(b"&"))
+    # /?token=...: the page that offers to sign a browser in with a token. The query is parsed as the
+    # page parses it (names percent-decoded: ?%74oken= is ?token=).
+    return method in ("GET", "HEAD") and path == "/" and bool(query_string) and "token" in QueryParams(query_string)
 
 
-def _client_key(address: str) -> str:
+def client_key(address: str) -> str:
+    """What a client address counts as: an IP address, an IPv6 address's /64, else the text as given."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -76,7 +80,7 @@ class RateLimiter:
 
     def take(self, address: str) -> float:
         """Spend a token of ``address``: 0.0 if it had one, else the seconds until it will."""
-        key = _client_key(address)
+        key = client_key(address)
         now = self._clock()
         tokens, then = self._buckets.pop(key, (float(self.burst), now))
         tokens = min(float(self.burst), tokens + (now - then) * self._per_second)

@@ -15,6 +15,11 @@ build ``Settings(data_dir=...)`` directly.
 ``KACHERY_HUB_PUBLIC_URL``      comma-separated URLs clients reach the hub at (default: where it listens)
 ``KACHERY_HUB_RATE_LIMIT``      sign-in requests a minute per client address (default 30, bursts of
                                 twice that; 0 turns the limit off)
+``KACHERY_HUB_MAX_INFLIGHT_BODY_BYTES``  request body bytes all requests being read may hold at once
+                                (default 64 MiB; one client address at most a quarter of it)
+``KACHERY_HUB_BODY_TIMEOUT``    seconds a request body may make no progress before a 408 (default 30)
+``KACHERY_HUB_TRUSTED_PROXIES`` comma-separated addresses or networks of reverse proxies whose
+                                ``X-Forwarded-For``/``-Proto`` ``serve`` believes (default: none)
 ==============================  ======================================================
 
 Limits against anonymous abuse (fields of :class:`Settings`): request bodies
@@ -26,7 +31,21 @@ excepted (they stream to the byte store and are checked against their hash);
 /api/sign-in-requests``, ``POST /api/clients``, ``/auth/login``, ``POST
 /sign-in/{rid}``, ``/?token=``, ``POST /``) share a token bucket per client address
 (``rate_limit_per_minute``, ``rate_limit_burst``) and answer 429 with
-``Retry-After`` when it is empty.
+``Retry-After`` when it is empty. Body bytes held by the requests being read
+(uploads excepted) are budgeted: at most ``max_inflight_body_bytes`` (64 MiB)
+in all, and a quarter of that (at least one ``max_json_body_bytes``) per client
+address; a request whose bytes do not fit is answered 503 ``busy`` with
+``Retry-After``, and its bytes are given back when it ends. A body with no
+progress for ``body_read_timeout_seconds`` (30) is answered 408
+``body_timeout``. An API request with no signature headers may not carry a body
+(anonymous access only reads): 401 before any of it is read.
+
+Client addresses (rate limits, body budget) are the TCP peer's unless the peer
+is in ``trusted_proxies`` (IP addresses or networks, or ``*`` for any peer), whose
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` ``kachery-hub serve`` then believes.
+None is trusted by default: otherwise any user of the hub's machine could name
+any address through 127.0.0.1. Behind a reverse proxy, trust it, or every browser
+is one address and the sign-in callback URL has the proxy's scheme.
 
 Public URLs bind signatures to this hub: a client signs the host of the hub URL
 it was given, and the hub accepts only signatures made for the host of one of
@@ -40,6 +59,7 @@ prefix the proxy strips: the signed path is checked with it put back.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, replace
@@ -60,6 +80,9 @@ ENV_OIDC_CLIENT_SECRET = "KACHERY_HUB_OIDC_CLIENT_SECRET"
 ENV_ADMIN_EMAILS = "KACHERY_HUB_ADMIN_EMAILS"
 ENV_PUBLIC_URL = "KACHERY_HUB_PUBLIC_URL"
 ENV_RATE_LIMIT = "KACHERY_HUB_RATE_LIMIT"
+ENV_MAX_INFLIGHT_BODY_BYTES = "KACHERY_HUB_MAX_INFLIGHT_BODY_BYTES"
+ENV_BODY_TIMEOUT = "KACHERY_HUB_BODY_TIMEOUT"
+ENV_TRUSTED_PROXIES = "KACHERY_HUB_TRUSTED_PROXIES"
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 
@@ -72,6 +95,10 @@ MAX_FORM_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 #: Sign-in requests a minute per client address; bursts of twice as many.
 RATE_LIMIT_PER_MINUTE = 30
+#: Request body bytes (uploads excepted) that the requests being read may hold at once.
+MAX_INFLIGHT_BODY_BYTES = 64 * 1024 * 1024
+#: A request body that makes no progress for this long is answered 408.
+BODY_READ_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,9 @@ class Settings:
     max_json_body_bytes: int = MAX_JSON_BODY_BYTES
     max_form_body_bytes: int = MAX_FORM_BODY_BYTES
     max_header_bytes: int = MAX_HEADER_BYTES
+    max_inflight_body_bytes: int = MAX_INFLIGHT_BODY_BYTES
+    body_read_timeout_seconds: float = BODY_READ_TIMEOUT_SECONDS
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-* headers serve believes
     rate_limit_per_minute: float = RATE_LIMIT_PER_MINUTE
     rate_limit_burst: int | None = None  # default: twice the rate
     oidc_issuer: str = GOOGLE_ISSUER
@@ -96,6 +126,8 @@ class Settings:
         urls = tuple(dict.fromkeys(_public_url(u) for u in self.public_urls if u.strip()))
         object.__setattr__(self, "public_urls", urls)
         object.__setattr__(self, "admin_emails", tuple(e.strip().lower() for e in self.admin_emails if e.strip()))
+        object.__setattr__(self, "trusted_proxies", tuple(dict.fromkeys(
+            _trusted_proxy(p) for p in self.trusted_proxies if p.strip())))
         if self.oidc_client_id and not self.oidc_client_secret:
             raise ConfigurationError(
                 f"an OpenID Connect client ID is set but no client secret ({ENV_OIDC_CLIENT_SECRET} or --oidc-client-secret)"
@@ -111,6 +143,11 @@ class Settings:
         for name in ("max_json_body_bytes", "max_form_body_bytes", "max_header_bytes"):
             if getattr(self, name) < 1024:
                 raise ConfigurationError(f"{name} must be at least 1024, not {getattr(self, name)!r}")
+        if self.max_inflight_body_bytes < max(self.max_json_body_bytes, self.max_form_body_bytes):
+            raise ConfigurationError(f"max_inflight_body_bytes ({ENV_MAX_INFLIGHT_BODY_BYTES}) must hold at least one "
+                                     f"largest body ({self.max_json_body_bytes}), not {self.max_inflight_body_bytes!r}")
+        if not 0 < self.body_read_timeout_seconds < float("inf"):
+            raise ConfigurationError(f"body_read_timeout_seconds must be positive, not {self.body_read_timeout_seconds!r}")
 
     @cached_property  # both are read on every signed request
     def signed_hosts(self) -> tuple[str, ...]:
@@ -151,12 +188,24 @@ class Settings:
             rate = float(rate_text) if rate_text else RATE_LIMIT_PER_MINUTE
         except ValueError:
             raise ConfigurationError(f"{ENV_RATE_LIMIT}={rate_text!r} is not a number of requests a minute") from None
+        inflight_text = (env.get(ENV_MAX_INFLIGHT_BODY_BYTES) or "").strip()
+        if inflight_text and not (inflight_text.isascii() and inflight_text.isdigit()):
+            raise ConfigurationError(f"{ENV_MAX_INFLIGHT_BODY_BYTES}={inflight_text!r} is not a number of bytes")
+        inflight = int(inflight_text) if inflight_text else MAX_INFLIGHT_BODY_BYTES
+        timeout_text = env.get(ENV_BODY_TIMEOUT)
+        try:
+            body_timeout = float(timeout_text) if timeout_text else BODY_READ_TIMEOUT_SECONDS
+        except ValueError:
+            raise ConfigurationError(f"{ENV_BODY_TIMEOUT}={timeout_text!r} is not a number of seconds") from None
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
             storage_url=env.get(ENV_STORAGE_URL) or None,
             max_clock_skew_seconds=skew,
             rate_limit_per_minute=rate,
+            max_inflight_body_bytes=inflight,
+            body_read_timeout_seconds=body_timeout,
+            trusted_proxies=tuple((env.get(ENV_TRUSTED_PROXIES) or "").split(",")),
             oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
             oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,
             oidc_client_secret=env.get(ENV_OIDC_CLIENT_SECRET) or None,
@@ -190,6 +239,20 @@ def _public_url(text: str) -> str:
     if port is not None and port != {"http": 80, "https": 443}[scheme]:
         host = f"{host}:{port}"
     return f"{scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def _trusted_proxy(text: str) -> str:
+    """``text`` checked as uvicorn's ``forwarded_allow_ips`` takes it: an IP address, a network, or ``*``."""
+    value = text.strip()
+    if value == "*":
+        return value
+    try:
+        return str(ipaddress.ip_network(value, strict=False)) if "/" in value else str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigurationError(
+            f"a trusted proxy must be an IP address, a network (10.0.0.0/8) or *, not {value!r} "
+            f"({ENV_TRUSTED_PROXIES} or --trusted-proxies)"
+        ) from None
 
 
 def _host_and_prefix(public_url: str) -> tuple[str, str]:

@@ -1,12 +1,16 @@
 """The hub's limits against anonymous abuse: body and header sizes, sign-in rates, private data files.
 
-Sizes and permissions are checked through a real ``kachery-hub serve`` process
-(uvicorn's parser, sockets, the process's memory and umask are what matter);
-rate limits in process, where the client address can be chosen.
+Sizes, budgets, timeouts and permissions are checked through real ``kachery-hub
+serve`` processes (uvicorn's parser, sockets, the process's memory and umask are
+what matter), most of them sharing one hub; client addresses other than
+127.0.0.1 are other loopback addresses (127.0.0.0/8 all reach the hub). Rate
+limits are also checked in process, where the client address can be chosen.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import http.client
 import json
 import os
@@ -14,8 +18,10 @@ import select
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,13 +31,35 @@ from fastapi import FastAPI  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
+from hub_fixtures import new_keys, signed_headers  # noqa: E402
 from hub_process import HubProcess, forget_hubs, free_port, real_hub  # noqa: E402,F401
 from kachery_hub import Settings, create_app  # noqa: E402
+from kachery_hub._headlimit import head_limited_protocol  # noqa: E402
 from kachery_hub._ratelimit import RateLimiter  # noqa: E402
-from kachery_hub._settings import ENV_RATE_LIMIT  # noqa: E402
+from kachery_hub._settings import (  # noqa: E402
+    ENV_BODY_TIMEOUT,
+    ENV_MAX_INFLIGHT_BODY_BYTES,
+    ENV_RATE_LIMIT,
+    ENV_TRUSTED_PROXIES,
+)
 from kachery_hub.errors import ConfigurationError  # noqa: E402
 
 MiB = 2**20
+#: Signature headers that are present but verify for nobody: the hub reads such a request's body
+#: (the signature covers it) before it can tell; an unsigned one is refused before that.
+FAKE_SIGNATURE = {"X-Kachery-Client": "ab" * 32, "X-Kachery-Signature": "cd" * 64}
+
+
+@pytest.fixture(scope="module")
+def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """One real hub with the default settings for the tests that need no other."""
+    hub = HubProcess(tmp_path_factory.mktemp("shared") / "hub-data", free_port())
+    hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        forget_hubs()
 
 
 def _memory_kib(pid: int) -> dict[str, int]:
@@ -54,8 +82,9 @@ def _send_chunked(port: int, method: str, path: str, total: int) -> tuple[int, d
     """Send a chunked body of ``total`` bytes, stopping once the hub answers or closes; (status, headers, body, sent)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=60)
     with sock:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in FAKE_SIGNATURE.items()) if path.startswith("/api/") else ""
         sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-                     "Transfer-Encoding: chunked\r\n\r\n".encode())
+                     f"{extra}Transfer-Encoding: chunked\r\n\r\n".encode())
         piece = MiB
         chunk = b"%x\r\n" % piece + b"7" * piece + b"\r\n"
         sent = 0
@@ -120,8 +149,8 @@ def test_pages_take_a_much_smaller_body_than_the_api(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["header", "request line"])
-def test_an_oversized_head_is_refused_without_stalling_other_requests(real_hub: HubProcess, where: str) -> None:
-    port = real_hub.port
+def test_an_oversized_head_is_refused_without_stalling_other_requests(shared_hub: HubProcess, where: str) -> None:
+    port = shared_hub.port
     total = 64 * MiB
     half_sent = threading.Event()
     normal_done = threading.Event()
@@ -230,7 +259,8 @@ def _client(app: FastAPI, address: str = "203.0.113.7") -> TestClient:
 
 
 _LIMITED = [("POST", "/api/sign-in-requests"), ("GET", "/auth/login"), ("POST", "/sign-in/some-request"),
-            ("POST", "/api/clients"), ("GET", "/?token=not-a-token"), ("POST", "/")]
+            ("POST", "/api/clients"), ("GET", "/?token=not-a-token"), ("POST", "/"),
+            ("GET", "/?x=1&%74oken=not-a-token")]  # the query name decoded, as the page reads it
 
 
 @pytest.mark.parametrize(("method", "path"), _LIMITED)
@@ -301,3 +331,400 @@ def test_the_rate_limiter_tracks_a_bounded_number_of_addresses() -> None:
     assert limiter.take("2001:db8:1:2:ffff::9") == 0
     assert limiter.take("2001:db8:1:2:aaaa::3") > 0
     assert limiter.take("2001:db8:1:3::1") == 0
+
+
+# --- Through one shared hub: trailers, in-flight bodies, unsigned bodies, early answers, long request lines ---
+
+
+def _connect(port: int, source: str = "127.0.0.1", timeout: float = 30.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+
+
+def _head(method: str, path: str, port: int, headers: dict[str, str]) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _answered(sock: socket.socket) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def _closed_by_hub(sock: socket.socket) -> bool:
+    """Whether the hub closes the connection after its answer (rather than waiting for more)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def _settled_rss_kib(pid: int) -> int:
+    """The hub's VmRSS once it stops changing (it has taken in what was sent to it)."""
+    last, steady = _memory_kib(pid)["VmRSS"], 0
+    for _ in range(100):
+        time.sleep(0.1)
+        now = _memory_kib(pid)["VmRSS"]
+        steady = steady + 1 if abs(now - last) < 512 else 0
+        last = now
+        if steady >= 5:
+            break
+    return last
+
+
+class _Signer:
+    """A client key registered with a real hub, signing raw requests for it."""
+
+    def __init__(self, hub: HubProcess, email: str) -> None:
+        self.keys = new_keys()
+        self.host = f"127.0.0.1:{hub.port}"
+        body = json.dumps({"token": hub.token(email), "label": "limits"}).encode()
+        headers = {**self.headers("POST", "/api/clients", body), "Content-Type": "application/json",
+                   "Content-Length": str(len(body))}
+        with _connect(hub.port, "127.0.0.30") as sock:  # not 127.0.0.1, whose sign-in allowance a test spends
+            sock.sendall(_head("POST", "/api/clients", hub.port, headers) + body)
+            status, _, answer = _read_response(sock)
+        assert status == 200, answer[:300]
+        self.project = str(json.loads(answer)["default_project_id"])
+
+    def headers(self, method: str, path: str, body: bytes = b"", body_sha1: str | None = None) -> dict[str, str]:
+        return signed_headers(self.keys, method, path, body, body_sha1=body_sha1, host=self.host)
+
+
+@pytest.mark.parametrize("shape", ["many fields", "one long field"])
+@pytest.mark.parametrize("path", ["/api/projects/someone/mutables/key", "/sign-in/anything"])
+def test_chunked_trailers_count_against_the_head_limit(shared_hub: HubProcess, shape: str, path: str) -> None:
+    assert shared_hub.proc is not None
+    pid, port = shared_hub.proc.pid, shared_hub.port
+    before = _settled_rss_kib(pid)
+    headers = {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+               **(FAKE_SIGNATURE if path.startswith("/api/") else {})}
+    total = 48 * MiB
+    with _connect(port, "127.0.0.21") as sock:  # POST /sign-in/... counts against the sign-in allowance
+        sock.sendall(_head("PUT" if path.startswith("/api/") else "POST", path, port, headers) + b"2\r\n{}\r\n0\r\n")
+        if shape == "many fields":
+            piece = b"".join(b"X-T%d: " % i + b"a" * 1000 + b"\r\n" for i in range(64))
+        else:
+            sock.sendall(b"X-T: ")
+            piece = b"a" * 65536
+        sent = 0
+        try:
+            while sent < total and not _answered(sock):
+                sock.sendall(piece)
+                sent += len(piece)
+            else:
+                if sent >= total:
+                    sock.sendall(b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        grew = _memory_kib(pid)["VmRSS"] - before
+        status, answer_headers, body = _read_response(sock)
+    assert status == 431, (status, body[:300])
+    error = json.loads(body)["error"]
+    assert error["code"] == "headers_too_large" and "65536 bytes" in error["message"]
+    assert answer_headers.get("connection") == "close"
+    assert sent < total, f"the hub took {total >> 20} MiB of trailer fields"
+    assert grew < 16 * 1024, f"hub memory grew by {grew} KiB"
+    with _connect(port) as sock:  # the hub is well
+        sock.sendall(_head("GET", "/api/health", port, {}))
+        assert _read_response(sock)[0] == 200
+
+
+def _chunked(pieces: list[bytes], trailer: bytes = b"") -> bytes:
+    framed = [b"%x%s\r\n%s\r\n" % (len(p), b";ext=1" if i % 97 == 0 else b"", p) for i, p in enumerate(pieces)]
+    return b"".join(framed) + b"0\r\n" + trailer + b"\r\n"
+
+
+def test_chunked_bodies_in_small_and_large_chunks_still_pass(shared_hub: HubProcess) -> None:
+    signer = _Signer(shared_hub, "chunks@example.org")
+    port = shared_hub.port
+    sizes = [7] * 20000 + [MiB] * 5 + [1] * 20000 + [65536] * 8 + [3] * 5000
+    data = os.urandom(sum(sizes))
+    pieces, at = [], 0
+    for size in sizes:
+        pieces.append(data[at:at + size])
+        at += size
+    sha1 = hashlib.sha1(data).hexdigest()
+    path = f"/api/projects/{signer.project}/files/{sha1}"
+    with _connect(port) as sock:
+        headers = {**signer.headers("PUT", path, body_sha1=sha1), "Transfer-Encoding": "chunked"}
+        sock.sendall(_head("PUT", path, port, headers))
+        body = _chunked(pieces, trailer=b"X-Checksum: whatever\r\n")
+        for i in range(0, len(body), 65536):
+            sock.sendall(body[i:i + 65536])
+        status, _, answer = _read_response(sock)
+        assert status == 200, answer[:300]
+        assert json.loads(answer)["size"] == len(data)
+        download = f"/api/files/{sha1}"
+        sock.sendall(_head("GET", download, port, signer.headers("GET", download)))
+        status, _, answer = _read_response(sock)
+        assert status == 200 and answer == data
+        # A JSON body (a mutable of almost 1 MiB) in 100-byte chunks.
+        value = json.dumps({"value": "v" * 1_000_000}).encode()
+        path = f"/api/projects/{signer.project}/mutables/chunked"
+        headers = {**signer.headers("PUT", path, value), "Transfer-Encoding": "chunked",
+                   "Content-Type": "application/json"}
+        sock.sendall(_head("PUT", path, port, headers) + _chunked([value[i:i + 100] for i in range(0, len(value), 100)]))
+        status, _, answer = _read_response(sock)
+        assert status == 200, answer[:300]
+
+
+def _hold_bodies(pid: int, port: int, sources: list[str], per_source: int) -> tuple[list[socket.socket], list[bytes]]:
+    """Connections that each send all but the last byte of a 4 MiB JSON body: (those held, the answers of the others)."""
+    path = "/api/projects/someone/mutables/key"
+    length = 4 * MiB
+    body = b"[" + b"{}," * ((length - 2) // 3)
+    body += b" " * (length - 1 - len(body))
+    socks = []
+    for source in sources:
+        for _ in range(per_source):
+            sock = _connect(port, source)
+            sock.sendall(_head("PUT", path, port, {"Content-Type": "application/json", "Content-Length": str(length),
+                                                   **FAKE_SIGNATURE}))
+            try:
+                sock.sendall(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused and closed; the answer is waiting
+            socks.append(sock)
+    _settled_rss_kib(pid)  # the hub has taken in what it will
+    held, answers = socks, []
+    while ready := select.select(held, [], [], 1.0)[0]:  # until a second passes with no new answer
+        for sock in ready:
+            answers.append(sock.recv(65536))
+            sock.close()
+        held = [sock for sock in held if sock not in ready]
+    return held, answers
+
+
+def test_request_bodies_held_in_flight_are_budgeted(shared_hub: HubProcess) -> None:
+    assert shared_hub.proc is not None
+    pid, port = shared_hub.proc.pid, shared_hub.port
+    signer = _Signer(shared_hub, "budget@example.org")
+    before = _settled_rss_kib(pid)
+    held: list[socket.socket] = []
+    try:
+        # One address holds at most a quarter of the 64 MiB budget: four 4 MiB bodies; the others are refused.
+        mine, answers = _hold_bodies(pid, port, ["127.0.0.2"], 8)
+        held += mine
+        assert len(mine) <= 4 and len(answers) >= 4, (len(mine), [a[:12] for a in answers])
+        for answer in answers:
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503"), answer[:300]
+            assert b"retry-after: 1" in head.lower() and b"connection: close" in head.lower()
+            error = json.loads(body)["error"]
+            assert error["code"] == "busy" and "from this address" in error["message"]
+        # Another address is served meanwhile.
+        path = f"/api/projects/{signer.project}/mutables/big"
+        value = json.dumps({"value": "v" * 1_000_000}).encode()
+        with _connect(port) as sock:
+            sock.sendall(_head("PUT", path, port, {**signer.headers("PUT", path, value), "Content-Length": str(len(value)),
+                                                   "Content-Type": "application/json"}) + value)
+            assert _read_response(sock)[0] == 200
+        # Many addresses together hold at most the whole budget, and so does the hub's memory.
+        theirs, answers = _hold_bodies(pid, port, [f"127.0.0.{i}" for i in range(3, 13)], 4)
+        held += theirs
+        grew = _settled_rss_kib(pid) - before
+        assert len(held) <= 16 and answers, (len(held), len(answers))
+        assert all(a.startswith(b"HTTP/1.1 503") and b'"busy"' in a for a in answers), answers[0][:300]
+        assert grew < 96 * 1024, f"hub memory grew by {grew >> 10} MiB holding {len(held)} bodies"
+    finally:
+        for sock in held:
+            sock.close()
+    # Bodies that ended gave their bytes back: the budget is whole again.
+    _settled_rss_kib(pid)
+    mine, answers = _hold_bodies(pid, port, ["127.0.0.2"], 4)
+    for sock in mine:
+        sock.close()
+    assert len(mine) == 4 and not answers, [a[:300] for a in answers]
+
+
+@pytest.mark.parametrize("where", ["mutable", "upload"])
+@pytest.mark.parametrize("framing", ["Content-Length", "chunked"])
+def test_an_unsigned_api_body_is_refused_before_it_is_read(shared_hub: HubProcess, where: str, framing: str) -> None:
+    port = shared_hub.port
+    path = "/api/projects/someone/mutables/key" if where == "mutable" else f"/api/projects/someone/files/{'a' * 40}"
+    length = 4 * MiB if where == "mutable" else 4 << 30
+    framing_header = {"Content-Length": str(length)} if framing == "Content-Length" else {"Transfer-Encoding": "chunked"}
+    with _connect(port, timeout=20) as sock:
+        sock.sendall(_head("PUT", path, port, {"Content-Type": "application/json", **framing_header}))
+        status, headers, body = _read_response(sock)  # answered with no body byte sent
+        assert status == 401, body[:300]
+        error = json.loads(body)["error"]
+        assert error["code"] == "unauthenticated" and "anonymous" in error["message"]
+        assert headers.get("connection") == "close"
+        assert _closed_by_hub(sock)
+
+
+def test_an_upload_answered_before_its_body_is_not_drained(shared_hub: HubProcess) -> None:
+    """A refused upload (here a signature that verifies for no one) leaves the hub reading nothing more."""
+    port = shared_hub.port
+    path = f"/api/projects/someone/files/{'a' * 40}"
+    headers = {**signed_headers(new_keys(), "PUT", path, host="elsewhere.example.org"), "Content-Length": str(4 << 30)}
+    with _connect(port, timeout=20) as sock:
+        sock.sendall(_head("PUT", path, port, headers))
+        sent = 0
+        try:
+            while not _answered(sock) and sent < 256 * MiB:
+                sock.sendall(b"x" * MiB)
+                sent += MiB
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, answer_headers, body = _read_response(sock)
+        assert status == 401 and json.loads(body)["error"]["code"] in ("bad_signature", "wrong_hub"), body[:300]
+        assert answer_headers.get("connection") == "close"
+        assert _closed_by_hub(sock), "the hub kept the connection open to drain a 4 GiB body it refused"
+
+
+@pytest.mark.parametrize("where", ["request line", "header"])
+def test_a_head_over_the_limit_in_one_read_gets_the_json_431(shared_hub: HubProcess, where: str) -> None:
+    port = shared_hub.port
+    pad = "a" * 68000
+    request = (f"GET /api/health?pad={pad} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n" if where == "request line"
+               else f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {pad}\r\n\r\n")
+    with _connect(port) as sock:
+        sock.sendall(request.encode())
+        status, headers, body = _read_response(sock)
+    assert status == 431, (status, body[:300])
+    assert headers["content-type"] == "application/json" and headers.get("connection") == "close"
+    error = json.loads(body)["error"]
+    assert error["code"] == "headers_too_large" and "65536 bytes" in error["message"]
+
+
+def test_the_hub_trusts_no_forwarded_for_by_default(shared_hub: HubProcess) -> None:
+    """Any local user reaches the hub from 127.0.0.1: X-Forwarded-For from there must not pick the address."""
+    port = shared_hub.port
+    codes = []
+    with _connect(port, "127.0.0.1") as sock:  # (the only test here spending 127.0.0.1's sign-in allowance)
+        for i in range(61):
+            sock.sendall(_head("GET", f"/?token=guess{i}", port, {"X-Forwarded-For": f"10.1.{i // 250}.{i % 250}"}))
+            codes.append(_read_response(sock)[0])
+    assert 429 in codes, "every forwarded address had an allowance of its own"
+    assert set(codes) <= {401, 429}, codes
+
+
+# --- A second hub: trusted proxies, a short body timeout, a small sign-in allowance ---
+
+
+@pytest.fixture(scope="module")
+def proxied_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    """A real hub behind a (pretended) reverse proxy at 127.0.0.50, with a 1 s body timeout."""
+    hub = HubProcess(tmp_path_factory.mktemp("proxied") / "hub-data", free_port(), "--trusted-proxies", "127.0.0.50")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(ENV_BODY_TIMEOUT, "1")
+        env.setenv(ENV_RATE_LIMIT, "3")  # bursts of 6
+        hub.start()
+    try:
+        yield hub
+    finally:
+        hub.stop()
+        forget_hubs()
+
+
+def _sign_in_codes(port: int, source: str, n: int) -> list[int]:
+    codes = []
+    with _connect(port, source) as sock:
+        for i in range(n):
+            sock.sendall(_head("POST", "/api/sign-in-requests", port,
+                               {"X-Forwarded-For": f"10.2.0.{i}", "Content-Length": "0"}))
+            codes.append(_read_response(sock)[0])
+    return codes
+
+
+def test_forwarded_for_is_believed_from_trusted_proxies_only(proxied_hub: HubProcess) -> None:
+    port = proxied_hub.port
+    untrusted = _sign_in_codes(port, "127.0.0.1", 7)  # the peer's own address counts, whatever it forwards
+    assert 429 not in untrusted[:6] and untrusted[6] == 429, untrusted
+    trusted = _sign_in_codes(port, "127.0.0.50", 12)  # each forwarded address has its own allowance
+    assert 429 not in trusted, trusted
+
+
+def test_a_body_that_stops_arriving_is_answered_408(proxied_hub: HubProcess) -> None:
+    port = proxied_hub.port
+    for framing in ({"Content-Length": "1000"}, {"Transfer-Encoding": "chunked"}):
+        with _connect(port, timeout=20) as sock:
+            sock.sendall(_head("PUT", "/api/projects/someone/mutables/key", port,
+                               {"Content-Type": "application/json", **framing, **FAKE_SIGNATURE}))
+            sock.sendall(b'{"value": "' if "Content-Length" in framing else b'b\r\n{"value": "\r\n')
+            status, headers, body = _read_response(sock)  # no more is sent
+            assert status == 408, body[:300]
+            error = json.loads(body)["error"]
+            assert error["code"] == "body_timeout" and "1 s" in error["message"]
+            assert headers.get("connection") == "close"
+
+
+# --- Settings and the protocol, in process ---
+
+
+def test_the_new_limits_are_read_from_the_environment(tmp_path: Path) -> None:
+    env = {"KACHERY_HUB_DATA": str(tmp_path)}
+    base = Settings.from_environ(env)
+    assert base.max_inflight_body_bytes == 64 * MiB and base.body_read_timeout_seconds == 30
+    assert base.trusted_proxies == ()
+    s = Settings.from_environ({**env, ENV_MAX_INFLIGHT_BODY_BYTES: "134217728", ENV_BODY_TIMEOUT: "5",
+                               ENV_TRUSTED_PROXIES: "10.0.0.1, 192.168.0.0/16,::1"})
+    assert s.max_inflight_body_bytes == 128 * MiB and s.body_read_timeout_seconds == 5
+    assert s.trusted_proxies == ("10.0.0.1", "192.168.0.0/16", "::1")
+    for name, bad in ((ENV_MAX_INFLIGHT_BODY_BYTES, "lots"), (ENV_BODY_TIMEOUT, "soon"), (ENV_TRUSTED_PROXIES, "proxy.lan")):
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.from_environ({**env, name: bad})
+    with pytest.raises(ConfigurationError, match="max_inflight_body_bytes"):
+        Settings(data_dir=tmp_path, max_inflight_body_bytes=MiB)
+    with pytest.raises(ConfigurationError, match="body_read_timeout_seconds"):
+        Settings(data_dir=tmp_path, body_read_timeout_seconds=0)
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8555)}.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_a_request_target_longer_than_the_url_parser_takes_is_answered_414() -> None:
+    """With a head limit above 64 KiB, a target httptools cannot parse gets JSON, not a plain-text 400."""
+    pytest.importorskip("httptools")
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not reached")
+
+    async def run() -> bytes:
+        protocol_class = head_limited_protocol(MiB)
+        protocol = protocol_class(config=Config(app), server_state=ServerState(), app_state={})  # type: ignore[call-arg]
+        transport = _Transport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET /?pad=" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        return transport.written
+
+    written = asyncio.run(run())
+    head, _, body = written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 414"), written[:300]
+    error = json.loads(body)["error"]
+    assert error["code"] == "uri_too_long" and "65535 bytes" in error["message"]

@@ -60,14 +60,19 @@ def test_what_an_outsider_learns(tmp_path: Path) -> None:
 def test_malformed_and_oversized_requests_are_refused_as_json(hub: Hub) -> None:
     control = hub.http.get("/api/sign-in-methods?x=%01")
     assert control.status_code == 400 and control.json()["error"]["code"]
-    too_big = hub.http.request("GET", "/api/sign-in-methods", content=b"x" * (5 * 1024 * 1024),
-                               headers={"Content-Type": "application/json"})
+    big = b"x" * (5 * 1024 * 1024)
+    # An anonymous body is refused before it is read; a signed-looking one over the limit as it is read.
+    anonymous = hub.http.request("GET", "/api/sign-in-methods", content=big, headers={"Content-Type": "application/json"})
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "unauthenticated"
+    signed_looking = {"X-Kachery-Client": "0" * 64, "X-Kachery-Signature": "x", "Content-Type": "application/json"}
+    too_big = hub.http.request("GET", "/api/sign-in-methods", content=big, headers=signed_looking)
     assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "payload_too_large"
     for method in ("POST", "PUT", "DELETE"):
-        wrong = hub.http.request(method, "/api/sign-in-methods", content=b"{}")
+        wrong = hub.http.request(method, "/api/sign-in-methods")
         assert wrong.status_code == 405 and "error" in wrong.json()
     # A body on GET is not read: the answer does not depend on it.
-    with_body = hub.http.request("GET", "/api/sign-in-methods", content=json.dumps({"oidc": {"name": "x"}}))
+    body = json.dumps({"oidc": {"name": "x"}})
+    with_body = hub.http.request("GET", "/api/sign-in-methods", content=body, headers=signed_looking)
     assert with_body.json() == {"oidc": None, "token": True}
 
 
