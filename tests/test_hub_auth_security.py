@@ -7,13 +7,13 @@ digits only, and remembers the nonce of a request that failed, even with a 500.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import run_async
 
 pytest.importorskip("fastapi")
 
@@ -54,7 +54,7 @@ def _raw(hub: Hub, method: str, path: str, headers: dict[str, str | bytes], body
             response: httpx2.Response = await client.request(method, path, content=body, headers=headers)
             return response
 
-    return asyncio.run(send())
+    return run_async(send())
 
 
 def _registered(hub: Hub, email: str) -> tuple[ClientKeys, str]:

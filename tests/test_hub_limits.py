@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_async
 
 pytest.importorskip("fastapi")
 
@@ -723,7 +724,7 @@ def test_a_request_target_longer_than_the_url_parser_takes_is_answered_414() -> 
         protocol.data_received(b"GET /?pad=" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         return transport.written
 
-    written = asyncio.run(run())
+    written = run_async(run())
     head, _, body = written.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 414"), written[:300]
     error = json.loads(body)["error"]
