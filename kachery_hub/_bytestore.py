@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -77,7 +76,7 @@ class ByteStore(Protocol):
         ...
 
     def discard(self, sha1: str, upload_id: str) -> None:
-        """Drop a proved direct upload its project does not need (it had its own copy already)."""
+        """Drop a direct upload: one its project does not need, or one never completed (if it arrived)."""
         ...
 
     def begin_upload(self, max_size: int | None = None) -> IncomingBlob:
@@ -91,10 +90,6 @@ class ByteStore(Protocol):
     def upload_target(self, sha1: str) -> UploadTarget | None: ...
 
     def download_url(self, sha1: str, storage_key: str | None) -> str | None: ...
-
-    def staged_keys(self, older_than: float) -> Iterator[str]:
-        """Storage keys of direct uploads last written before ``older_than`` (epoch seconds)."""
-        ...
 
     def remove(self, storage_key: str) -> None: ...
 
@@ -170,9 +165,6 @@ class LocalFolderStore:
 
     def discard(self, sha1: str, upload_id: str) -> None:
         pass
-
-    def staged_keys(self, older_than: float) -> Iterator[str]:
-        return iter(())
 
     def remove(self, storage_key: str) -> None:
         raise AssertionError("a folder store has no direct uploads")

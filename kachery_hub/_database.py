@@ -107,6 +107,13 @@ files = Table(
     # Object stores: the project's own copy of the bytes (None: the sha1 path, or a folder store).
     Column("storage_key", Text),
 )
+pending_uploads = Table(
+    "pending_uploads", metadata,
+    Column("upload_id", Text, primary_key=True),
+    Column("project_id", Text, nullable=False),
+    Column("sha1", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
 mutables = Table(
     "mutables", metadata,
     Column("project_id", Text, primary_key=True),

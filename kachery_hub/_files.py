@@ -89,7 +89,8 @@ _PROJECT_FILE = select(tables.files).where(
 _INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
                     "ON CONFLICT (sha1) DO NOTHING")
 _FILE_KEY = text("SELECT storage_key FROM files WHERE project_id = :pid AND sha1 = :sha1")
-_FILE_AT_KEY = text("SELECT 1 FROM files WHERE storage_key = :key")
+_PENDING = text("INSERT INTO pending_uploads (upload_id, project_id, sha1, created_at) VALUES (:id, :pid, :sha1, :now)")
+_COMPLETED = text("DELETE FROM pending_uploads WHERE upload_id = :id AND project_id = :pid AND sha1 = :sha1")
 _INSERT_FILE = text(
     "INSERT INTO files (project_id, sha1, size, label, created_by, created_at, storage_key) "
     "VALUES (:pid, :sha1, :size, :label, :user, :now, :key) ON CONFLICT (project_id, sha1) DO UPDATE "
@@ -160,10 +161,13 @@ def _download(conn: Connection, who: Caller, sha1: str) -> tuple[int, str | None
     return int(row.size), row.storage_key
 
 
-def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> bool:
+def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> tuple[bool, str | None]:
+    """Remove a file from a project; also gives the key of the project's own copy in an object store."""
     require_role(conn, who, project_id, "write")
-    return bool(conn.execute(delete(tables.files).where(
-        tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).rowcount)
+    key = conn.execute(_FILE_KEY, {"pid": project_id, "sha1": sha1}).scalar()
+    deleted = conn.execute(delete(tables.files).where(
+        tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).rowcount
+    return bool(deleted), key
 
 
 @router.get("/api/projects/{project_id}/files", summary="Files of a project, by sha1 (paged with `after`)")
@@ -179,8 +183,12 @@ async def get_project_file(project_id: str, sha1: str, req: SignedRequest = Depe
 
 
 @router.delete("/api/projects/{project_id}/files/{sha1}", summary="Remove a file from a project")
-async def delete_project_file(project_id: str, sha1: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    return {"deleted": await req.run(_unrecord, project_id, _check_sha1(sha1))}
+async def delete_project_file(project_id: str, sha1: str, background: BackgroundTasks,
+                              req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    deleted, key = await req.run(_unrecord, project_id, _check_sha1(sha1))
+    if key is not None:  # the project's own copy in an object store: no other project reads it
+        background.add_task(run_in_threadpool, req.hub.store.remove, key)
+    return {"deleted": deleted}
 
 
 @router.put(
@@ -246,6 +254,8 @@ def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: 
     if conn.execute(_PROJECT_FILE, {"pid": project_id, "sha1": sha1}).first() is not None:
         return {"present": True, "upload": None}
     target = store.upload_target(sha1)  # presigning is computed here, no request to the store
+    if target is not None and target.upload_id is not None:
+        conn.execute(_PENDING, {"id": target.upload_id, "pid": project_id, "sha1": sha1, "now": time.time()})
     if target is None:
         return {"present": False, "upload": {"url": f"/api/projects/{project_id}/files/{sha1}", "method": "PUT",
                                              "headers": {}, "via_hub": True}}
@@ -256,6 +266,9 @@ def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: 
 def _record_upload(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str, size: int,
                    label: str | None, upload_id: str) -> tuple[dict[str, Any], bool]:
     """Record a proved direct upload; also says whether its object is the project's copy (else it is redundant)."""
+    if not conn.execute(_COMPLETED, {"id": upload_id, "pid": project_id, "sha1": sha1}).rowcount:
+        raise UploadNotFound(f"upload {upload_id} of sha1://{sha1} was not handed out for project {project_id!r}, "
+                             "or is complete already", sha1=sha1)
     key = store.adopt(sha1, upload_id)
     record = _record(conn, who, project_id, sha1, size, label, key)
     return record, conn.execute(_FILE_KEY, {"pid": project_id, "sha1": sha1}).scalar() == key
@@ -287,14 +300,15 @@ async def post_complete(project_id: str, sha1: str, body: CompleteRequest, backg
 
 
 def remove_abandoned_uploads(db: Database, store: ByteStore, older_than: float) -> int:
-    """Remove direct uploads no project records (never completed, or their files removed) that were
-    last written before ``older_than``; returns how many."""
-    removed = 0
-    for key in store.staged_keys(older_than):
-        if db.run(lambda conn: conn.execute(_FILE_AT_KEY, {"key": key}).first()) is None:
-            store.remove(key)
-            removed += 1
-    return removed
+    """Remove the direct uploads handed out before ``older_than`` and never completed; returns how many."""
+    table = tables.pending_uploads
+    with db.begin() as conn:
+        rows = conn.execute(select(table).where(table.c.created_at < older_than)).all()
+    for row in rows:
+        store.discard(row.sha1, row.upload_id)
+        with db.begin() as conn:
+            conn.execute(delete(table).where(table.c.upload_id == row.upload_id))
+    return len(rows)
 
 
 @router.get("/api/files/{sha1}/info", summary="Size and label of a file in a project the caller can read")

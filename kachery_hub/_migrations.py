@@ -140,7 +140,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "where a project's copy of a file is in an object store (each direct upload has a key of its own)",
         ("ALTER TABLE files ADD COLUMN storage_key TEXT",
-         "CREATE INDEX files_by_storage_key ON files (storage_key)"),
+         # Upload ids handed out and not completed yet: what to remove if they never are.
+         """CREATE TABLE pending_uploads (
+                upload_id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL,
+                sha1 TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+         "CREATE INDEX pending_uploads_by_age ON pending_uploads (created_at)"),
     ),
     Migration(
         5,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -112,14 +111,6 @@ class S3ByteStore:
     def discard(self, sha1: str, upload_id: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + staging_key(sha1, upload_id))
 
-    def staged_keys(self, older_than: float) -> Iterator[str]:
-        """Keys (after the prefix) of uploads last written before ``older_than`` (epoch seconds)."""
-        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + UPLOADS)
-        for page in pages:
-            for item in page.get("Contents", ()):
-                if item["LastModified"].timestamp() < older_than:
-                    yield str(item["Key"])[len(self.prefix):]
-
     def remove(self, storage_key: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self.prefix + storage_key)
 
@@ -145,7 +136,7 @@ class S3ByteStore:
             ExpiresIn=URL_SECONDS))
 
     def cleanup(self) -> int:
-        return 0  # abandoned uploads need the database: see _files.remove_abandoned_uploads
+        return 0  # abandoned uploads are known to the database: see _files.remove_abandoned_uploads
 
     def close(self) -> None:
         self._s3.close()

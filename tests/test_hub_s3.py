@@ -77,31 +77,59 @@ def test_an_object_written_without_the_checksum_never_counts(hub: Hub) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
 
 
-def test_uploads_no_project_records_are_removed_and_recorded_ones_kept(hub: Hub) -> None:
+def _objects(hub: Hub, sha1: str) -> list[str]:
+    store = hub.state.store
+    listed = store._s3.list_objects_v2(Bucket=store.bucket, Prefix=store.prefix)  # type: ignore[attr-defined]
+    return [o["Key"] for o in listed.get("Contents", []) if sha1 in o["Key"]]
+
+
+def test_uploads_never_completed_are_removed_and_a_removed_file_takes_its_copy_along(hub: Hub) -> None:
+    import httpx2
+
     from kachery_hub._files import remove_abandoned_uploads
 
     hub.sign_in("A", "a@example.org")
-    uri = kc.store_text("completed")
-    sha1 = hashlib.sha1(b"left behind").hexdigest()
     pid = kc.get_project_id()
-    upload = _signed(hub, "POST", f"/api/projects/{pid}/files/{sha1}/upload", {"size": 11}).json()["upload"]
-    import httpx2
-
+    uri = kc.store_text("completed")
+    kept = kc.parse_sha1_uri(uri).sha1
+    left = hashlib.sha1(b"left behind").hexdigest()
+    upload = _signed(hub, "POST", f"/api/projects/{pid}/files/{left}/upload", {"size": 11}).json()["upload"]
     assert httpx2.put(upload["url"], content=b"left behind", headers=upload["headers"]).status_code == 200
+    _signed(hub, "POST", f"/api/projects/{pid}/files/{left}/upload", {"size": 11})  # handed out, never sent
     store = hub.state.store
     assert remove_abandoned_uploads(hub.state.db, store, time.time() - 3600) == 0  # too young to go
-    assert remove_abandoned_uploads(hub.state.db, store, time.time() + 60) == 1
-    assert store.staged_size(sha1, upload["upload_id"]) is None
+    assert remove_abandoned_uploads(hub.state.db, store, time.time() + 60) == 2
+    assert _objects(hub, left) == [] and len(_objects(hub, kept)) == 1
+    r = _signed(hub, "POST", f"/api/projects/{pid}/files/{left}/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
     assert kc.load_text(uri) == "completed"  # not cached locally: downloaded from the store
-    assert len(list(store.staged_keys(time.time() + 60))) == 1, "the completed upload is the project's copy"
+
     # Another project's copy of the same bytes stays when the first project removes its file.
     hub.sign_in("B", "b@example.org")
     assert kc.store_text("completed") == uri
+    assert len(_objects(hub, kept)) == 2
     hub.use("A")
-    assert _signed(hub, "DELETE", f"/api/projects/{pid}/files/{kc.parse_sha1_uri(uri).sha1}").json() == {"deleted": True}
-    assert remove_abandoned_uploads(hub.state.db, store, time.time() + 60) == 1
+    assert _signed(hub, "DELETE", f"/api/projects/{pid}/files/{kept}").json() == {"deleted": True}
+    assert len(_objects(hub, kept)) == 1
     hub.use("B")
     assert kc.load_text(uri) == "completed"
+
+
+def test_an_upload_id_completes_only_the_upload_it_was_handed_out_for(hub: Hub) -> None:
+    import httpx2
+
+    pid_a = hub.sign_in("A", "a@example.org")
+    other = kc.create_project("second")
+    data = b"bound to one project"
+    sha1 = hashlib.sha1(data).hexdigest()
+    upload = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/upload", {"size": len(data)}).json()["upload"]
+    assert httpx2.put(upload["url"], content=data, headers=upload["headers"]).status_code == 200
+    r = _signed(hub, "POST", f"/api/projects/{other}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
+    done = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert done.status_code == 200
+    again = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert again.status_code == 404 and _objects(hub, sha1), "a second completion leaves the project's copy alone"
 
 
 def test_a_changed_source_file_is_refused_by_the_store(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
