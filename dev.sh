@@ -108,6 +108,14 @@ copy_notebooks() {
     done
 }
 
+# The compatibility tests compare with kachery-cloud 0.4.10 itself, from a venv of its own (the one
+# bench/bench_store_local.py uses). Without PyPI those tests skip and say why.
+setup_kachery_cloud() {
+    if ! "$VENV/bin/python" -c 'import sys; sys.path.insert(0, "bench"); import bench_store_local as b; b.kachery_cloud_python()' >/dev/null; then
+        echo "==> could not install kachery-cloud 0.4.10 into bench/.venv-kachery-cloud: its comparisons will be skipped" >&2
+    fi
+}
+
 start() {
     local data="${KACHERY_HUB_DATA:-$ROOT/.kachery-hub}" port="${KACHERY_HUB_PORT:-8555}"
     local work="$ROOT/.kachery-work/notebooks"
@@ -159,6 +167,7 @@ test)
     (cd js && node --test tests/)
     setup_e2e
     setup_postgres
+    setup_kachery_cloud
     echo "==> Python tests (pytest)"
     exec "$VENV/bin/python" -m pytest tests "$@"
     ;;
