@@ -11,7 +11,10 @@ client is ephemeral (``KACHERY_CLOUD_EPHEMERAL``), which reads public projects
 without a key or a sign-in. A client signs in once by presenting a token
 (``init(token=...)`` or ``KACHERY_HUB_TOKEN``); the hub then knows its key.
 With a token configured, the first request of a process signs in first if the
-hub does not know the client yet, whatever that request is.
+hub does not know the client yet, whatever that request is. That sign-in is
+tried once per process and token: a token the hub refuses (expired, revoked,
+unknown) is remembered and the client goes on unregistered, so public reads
+keep working; a request that needed the sign-in then says why it failed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +61,15 @@ _me_cache: dict[tuple[str, str], dict[str, Any]] = {}
 _keys_cache: dict[str, tuple[tuple[int, int, int], ClientKeys, str]] = {}
 _direct: dict[str, bool] = {}
 _plain: list[httpx2.Client] = []
+# The first-use sign-in: (url, client ID, token) tried in this process, and the hub's refusal of
+# a token, kept so that every later request neither tries it again nor fails for it.
+_tokens_tried: set[tuple[str, str, str]] = set()
+_tokens_refused: dict[tuple[str, str, str], HubAuthError] = {}
+_first_use_lock = threading.Lock()
+# Set in the thread that is signing in, whose own requests must not sign in first.
+_signing_in = threading.local()
+#: the hub's codes for a sign-in token it does not accept
+TOKEN_REFUSALS = frozenset({"token_expired", "token_revoked", "invalid_token"})
 
 
 def normalize_url(url: str) -> str:
@@ -118,6 +131,15 @@ def forget_token() -> None:
 
 def configured_token() -> str | None:
     return _chosen_token.get(_dir_key()) or _constants.hub_token()
+
+
+def _token_name() -> str:
+    return "the token given to kachery_core.init()" if _chosen_token.get(_dir_key()) else "KACHERY_HUB_TOKEN"
+
+
+def anonymous_client(url: str) -> HubClient:
+    """An unsigned client of ``url`` (no key, no sign-in, no token sent), over this process's HTTP client for it."""
+    return HubClient(url, None, _http_client(url))
 
 
 def _http_client(url: str) -> httpx2.Client:
@@ -182,7 +204,6 @@ class HubClient:
         self.keys = keys
         self.http = http
         self.client_id = client_id or (keys.client_id if keys is not None else None)
-        self._signing_in = False
 
     @property
     def ephemeral(self) -> bool:
@@ -195,11 +216,42 @@ class HubClient:
         projects only), so a fresh computer given a token would not see its own
         private files until something else signed it in.
         """
-        if self.keys is None or self._signing_in or (self.url, str(self.client_id)) in _me_cache:
+        if self.keys is None or getattr(_signing_in, "active", False) or (self.url, str(self.client_id)) in _me_cache:
             return
-        if not configured_token():
+        token = configured_token()
+        if not token:
             return
-        self.me()  # registers with the token when the hub does not know this client (see json())
+        tried = (self.url, str(self.client_id), token)
+        if tried in _tokens_tried:
+            return
+        with _first_use_lock:  # one sign-in per process, however many threads send their first request
+            if tried in _tokens_tried or (self.url, str(self.client_id)) in _me_cache:
+                return
+            try:
+                with self._signing_in_now():
+                    self.me()  # registers with the token when the hub does not know this client (see json())
+            except HubAuthError as e:
+                if e.code not in TOKEN_REFUSALS:
+                    raise
+                # remembered by register(): go on unregistered, public projects stay readable
+            _tokens_tried.add(tried)
+
+    def _refusal(self) -> HubAuthError | None:
+        """The hub's refusal of the configured token, when this process was given one."""
+        token = configured_token()
+        return _tokens_refused.get((self.url, str(self.client_id), token)) if token and self.keys is not None else None
+
+    def _refused_token(self, e: HubError) -> HubAuthError | None:
+        """``e`` said again with the reason, when it may come from the hub's refusal of the configured token."""
+        refusal = self._refusal()
+        if refusal is None:
+            return None
+        # What an unregistered client is told where a signed-in one might have had access.
+        if not (e.code == "client_not_registered" or isinstance(e, HubPermissionError)
+                or (isinstance(e, HubNotFoundError) and e.code == "file_not_found")):
+            return None
+        return HubAuthError(self.url, f"{e.message}; {_token_name()} was refused: {refusal.message}",
+                            status=e.status, code=refusal.code)
 
     def send(
         self,
@@ -243,6 +295,11 @@ class HubClient:
         if response.status_code >= 400 and response.status_code not in ok_statuses:
             try:
                 _raise_for(self.url, response)
+            except HubError as e:
+                said = self._refused_token(e)
+                if said is None:
+                    raise
+                raise said from None
             finally:
                 response.close()
         return response
@@ -254,6 +311,9 @@ class HubClient:
         except HubAuthError as e:
             if e.code != "client_not_registered" or not configured_token():
                 raise
+            said = self._refused_token(e)
+            if said is not None:
+                raise said from None  # refused once already in this process: not tried again
         self.register()
         return self.send(method, path, **kwargs).json()
 
@@ -269,9 +329,17 @@ class HubClient:
                 f"(open {self.url}/ or run `kachery-hub token create`) and call kachery_core.init(token=...)",
                 code="client_not_registered",
             )
-        with self._signing_in_now():
-            info: dict[str, Any] = self.send("POST", "/api/clients", json={"token": t, "label": "kachery_core"}).json()
+        try:
+            with self._signing_in_now():
+                info: dict[str, Any] = self.send("POST", "/api/clients", json={"token": t, "label": "kachery_core"}).json()
+        except HubAuthError as e:
+            if sign_in_token is None and e.code in TOKEN_REFUSALS:
+                # the configured one: not tried again in this process, and named by later refusals
+                _tokens_refused[(self.url, str(self.client_id), t)] = e
+                _tokens_tried.add((self.url, str(self.client_id), t))
+            raise
         _me_cache[(self.url, str(self.client_id))] = info
+        _tokens_refused.pop((self.url, str(self.client_id), t), None)
         return info
 
     def me(self, refresh: bool = False) -> dict[str, Any]:
@@ -287,11 +355,12 @@ class HubClient:
     @contextmanager
     def _signing_in_now(self) -> Iterator[None]:
         """The requests that sign in are not preceded by a sign-in of their own."""
-        outer, self._signing_in = self._signing_in, True
+        outer = getattr(_signing_in, "active", False)
+        _signing_in.active = True
         try:
             yield
         finally:
-            self._signing_in = outer
+            _signing_in.active = outer
 
     def direct_transfers(self) -> bool:
         """Whether file bytes go to presigned object-store URLs instead of through the hub."""
@@ -329,7 +398,7 @@ def connect(what: str = "this operation", *, url: str | None = None) -> HubClien
     if hub_url is None:
         raise HubNotConfiguredError(what)
     if _constants.ephemeral():
-        return HubClient(hub_url, None, _http_client(hub_url))
+        return anonymous_client(hub_url)
     keys, client_id = _client_keys()
     return HubClient(hub_url, keys, _http_client(hub_url), client_id=client_id)
 

@@ -229,6 +229,11 @@ def _numpy(module: str, name: str, real: Any, unpickler: _CheckedUnpickler) -> A
     return real  # numpy.dtypes.*DType classes: called, they give numpy's own plain dtypes
 
 
+#: Names in a pickle that make the fast unpickler give way to the checked one (see _find_class);
+#: only a shortcut: a pickle without them that still needs checks is caught by _NeedsChecks.
+_NEEDS_CHECKS_HINT = (b"numpy", b"slice")
+
+
 class _NeedsChecks(Exception):
     """Raised by the fast unpickler at the first name it cannot load safely itself: numpy's own
     ``__setstate__`` trusts its input (an object array with fewer items than its shape, or a dtype
@@ -451,9 +456,13 @@ def bytes_to_pkl(data: bytes) -> Any:
     """The value pickled in ``data``, refusing anything but builtin values and numpy arrays,
     dtypes and scalars, and anything that would build more items or bytes than ``data`` holds."""
     try:
+        if any(name in data for name in _NEEDS_CHECKS_HINT):
+            # a pickle naming numpy (or slice) is loaded by the checked unpickler from the start: the
+            # fast one would stop at that name and the work it did before it would be lost
+            return _CheckedUnpickler(io.BytesIO(data), _Budget(len(data))).load()
         try:
             return RestrictedUnpickler(io.BytesIO(data), _Budget(len(data))).load()
-        except _NeedsChecks:
+        except _NeedsChecks:  # a name the hint missed; the fast unpickler refuses to go on without checks
             return _CheckedUnpickler(io.BytesIO(data), _Budget(len(data))).load()
     except UnsafePickleError:
         raise

@@ -49,7 +49,7 @@ def sign_in_methods(hub_url: str | None = None) -> dict[str, Any] | None:
     url = _hub.normalize_url(hub_url) if hub_url else _hub.configured_url()
     if url is None:
         raise HubNotConfiguredError("asking how to sign in")
-    client = _hub.HubClient(url, None, _hub._http_client(url))
+    client = _hub.anonymous_client(url)
     try:
         body = client.send("GET", "/api/sign-in-methods").json()
     except HubNotFoundError:
@@ -123,7 +123,7 @@ def sign_out() -> None:
     try:
         client.send("DELETE", "/api/me")
     except HubAuthError as e:
-        if e.code != "client_not_registered":
-            raise
+        if e.code != "client_not_registered" and e.code not in _hub.TOKEN_REFUSALS:
+            raise  # not signed in (a refused token signed nothing in): nothing to undo
     client.forget()
     _hub.forget_token()

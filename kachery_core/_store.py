@@ -424,29 +424,40 @@ def load_bytes(uri: str, start: int | None = None, end: int | None = None, *, lo
     """
     if start in (None, 0) and end is None:
         return _load_verified(uri, local_only, _read_bytes)
-    parsed, path = find_local(uri)
-    if path is None and _use_hub(local_only):
-        from . import _remote
-
-        return _remote.load_bytes(uri, start, end)  # an HTTP range request, not the whole file
-    if path is None:
-        path = Path(load_file(uri, local_only=local_only))  # raises what is missing
-    fd = os.open(path, os.O_RDONLY)
     try:
-        st = os.fstat(fd)
-        actual = _hashing.sha1_of_open_file(fd, os.path.abspath(path))
-        if actual != parsed.sha1:
-            raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=path == store_path(parsed.sha1))
-        lo = 0 if start is None else start
-        hi = st.st_size if end is None else end
-        if not (0 <= lo <= hi <= st.st_size):
-            raise ByteRangeError(uri, start, end, st.st_size)
-        data = os.pread(fd, hi - lo, lo)
-        if len(data) != hi - lo or not _hashing.same_identity(st, os.fstat(fd)):
-            raise HashMismatchError(uri, parsed.sha1, "(changed while it was read)", str(path))
-        return data
-    finally:
-        os.close(fd)
+        # one hash of each local source (or none, when the cache vouches for it), then the range
+        return _load_verified(uri, True, _read_range(start, end))
+    except KacheryFileNotFoundError:
+        if not _use_hub(local_only):
+            raise
+    from . import _remote
+
+    return _remote.load_bytes(uri, start, end)  # an HTTP range request, not the whole file
+
+
+def _read_range(start: int | None, end: int | None) -> Callable[[Path, Sha1URI, str, bool], bytes | None]:
+    def read(path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> bytes | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        try:
+            st = os.fstat(fd)
+            actual = _hashing.sha1_of_open_file(fd, os.path.abspath(path))
+            if actual != parsed.sha1:
+                raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=in_store)
+            lo = 0 if start is None else start
+            hi = st.st_size if end is None else end
+            if not (0 <= lo <= hi <= st.st_size):
+                raise ByteRangeError(uri, start, end, st.st_size)
+            data = os.pread(fd, hi - lo, lo)
+            if len(data) != hi - lo or not _hashing.same_identity(st, os.fstat(fd)):
+                raise HashMismatchError(uri, parsed.sha1, "(changed while it was read)", str(path))
+            return data
+        finally:
+            os.close(fd)
+
+    return read
 
 
 def load_text(uri: str, *, local_only: bool = False) -> str:
@@ -477,31 +488,55 @@ def cat_file(uri: str, *, local_only: bool = False, out: BinaryIO | None = None)
     """Write the content of ``uri`` to ``out`` (standard output by default).
 
     Up to 64 MiB, the content is read and checked before anything is written. A bigger
-    file is hashed as it streams, in constant memory; if it turns out not to match (it
-    changed after it was checked), :class:`HashMismatchError` is raised at the end, and
-    what was already written cannot be taken back.
+    file is read once and hashed as it streams, in constant memory; if it turns out not
+    to match (corrupt, or changed while it was read), :class:`HashMismatchError` is raised
+    at the end, and what was already written cannot be taken back.
     """
     stream = out if out is not None else sys.stdout.buffer
-    sha1 = parse_sha1_uri(uri).sha1
-    path = Path(load_file(uri, local_only=local_only))
-    in_store = path == store_path(sha1)
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        if st.st_size <= _CAT_VERIFY_FIRST_BYTES:
-            data = f.read()
-            actual = hashlib.sha1(data).hexdigest()
-            if actual != sha1:
-                raise _mismatch(path, st, uri, sha1, actual, in_store=in_store)
-            stream.write(data)
-        else:
+    try:
+        _load_verified(uri, local_only, _cat_to(stream))  # one read and one hash pass of the file
+    except _WrittenMismatch as e:
+        raise e.mismatch from None
+    stream.flush()
+
+
+class _WrittenMismatch(Exception):
+    """A mismatch found after bytes were written: no other source may be tried after it."""
+
+    def __init__(self, mismatch: HashMismatchError) -> None:
+        self.mismatch = mismatch
+
+
+def _cat_to(stream: BinaryIO) -> Callable[[Path, Sha1URI, str, bool], bool | None]:
+    def cat(path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> bool | None:
+        try:
+            f = open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            return None
+        with f:
+            st = os.fstat(f.fileno())
+            if st.st_size <= _CAT_VERIFY_FIRST_BYTES:
+                data = f.read()
+                actual = hashlib.sha1(data).hexdigest()
+                if actual != parsed.sha1:
+                    raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=in_store)
+                stream.write(data)
+                return True
+            cached = _hashing.cached_sha1(os.path.abspath(path), st)
+            if cached is not None and cached != parsed.sha1:
+                raise _mismatch(path, st, uri, parsed.sha1, cached, in_store=in_store)  # before writing anything
             h = hashlib.sha1()
             while chunk := f.read(_hashing.CHUNK_SIZE):
                 h.update(chunk)
                 stream.write(chunk)
-            if h.hexdigest() != sha1:
+            if h.hexdigest() != parsed.sha1:
                 stream.flush()
-                raise _mismatch(path, st, uri, sha1, h.hexdigest(), in_store=in_store)
-    stream.flush()
+                raise _WrittenMismatch(_mismatch(path, st, uri, parsed.sha1, h.hexdigest(), in_store=in_store))
+            if cached is None and _hashing.same_identity(st, os.fstat(f.fileno())):
+                _hashing.record_sha1(os.path.abspath(path), st, parsed.sha1)
+        return True
+
+    return cat
 
 
 def load_file_info(uri: str, *, local_only: bool = False) -> dict[str, Any]:

@@ -74,14 +74,16 @@ GET,PUT,DELETE  /api/projects/{project_id}/mutables/{key}         get, set (at m
 
 Browser pages: ``/`` (``/?token=...`` asks "Sign in to this hub as X?"; the browser is signed in
 only when that form is posted), ``/sign-in/{rid}`` (confirm a notebook's sign-in; "Not X?" signs
-the browser out to choose another token or account), ``/sign-out``, ``/auth/login`` and
+the browser out to choose another token or account), ``POST /sign-out``, ``/auth/login`` and
 ``/auth/callback`` (OpenID Connect authorization code with PKCE; state, nonce and the id_token
-checked). Forms are CSRF-protected and same-origin; pages send their origin only as Referer.
+checked). Forms are CSRF-protected and same-origin (the origin the hub was reached at, or one of
+its public URLs); pages send their origin only as Referer.
 
 Limits (``Settings`` fields; see :mod:`kachery_hub._settings`): a request body is
 counted as it arrives and refused with 413 ``payload_too_large`` past 4 MiB on
-``/api/...`` (uploads excepted: streamed and hash-checked) or 64 KiB on a page;
-``serve`` refuses a request line plus headers over 64 KiB with 431
+``/api/...`` (uploads excepted: streamed and hash-checked) or 64 KiB on a page
+(16 KiB for the sign-in forms); any answer given before the body was read closes
+the connection; ``serve`` refuses a request line plus headers over 64 KiB with 431
 ``headers_too_large``; the sign-in endpoints (``POST /api/sign-in-requests``,
 ``POST /api/clients``, ``/auth/login``, ``POST /sign-in/{rid}``, ``/?token=``,
 ``POST /``) allow 30 requests a minute per client address, bursts of 60

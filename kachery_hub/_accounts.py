@@ -174,10 +174,6 @@ def use_token(conn: Connection, token: str) -> TokenUse:
     return use
 
 
-def user_of_token(conn: Connection, token: str) -> str:
-    return check_token(conn, token).user_id
-
-
 def token_is_usable(db: Database, token: str) -> bool:
     try:
         with db.begin() as conn:
@@ -199,10 +195,20 @@ def bind_client(conn: Connection, client_id: str, user_id: str, label: str | Non
             created_at=time.time(), token_id=token_id,
         ))
     elif existing.user_id != user_id:
-        # The same computer signing in as someone else: it now acts for the new user only.
+        # The same computer signing in as someone else acts for that user only.
         conn.execute(update(tables.clients).where(tables.clients.c.client_id == client_id).values(
             user_id=user_id, label=label, default_project_id=default_project, token_id=token_id,
         ))
+    else:
+        # The same user signing in again: the newest token is the one whose revocation signs it out
+        # (also where token_id is NULL, as migration 5 leaves existing clients); the default project stays.
+        changes: dict[str, Any] = {}
+        if token_id is not None:
+            changes["token_id"] = token_id
+        if label is not None:
+            changes["label"] = label
+        if changes:
+            conn.execute(update(tables.clients).where(tables.clients.c.client_id == client_id).values(**changes))
 
 
 def register_client(db: Database, client_id: str, token: str, label: str | None) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp
 
 from kachery_core import _signing
 
@@ -28,7 +29,7 @@ from ._auth import parse_decimal
 from ._ratelimit import RateLimiter, RateLimitSignIns, client_key
 from ._settings import Settings
 from ._state import HubState
-from .errors import HubError
+from .errors import HubError, error_body, send_error
 
 log = logging.getLogger("kachery_hub")
 
@@ -38,16 +39,16 @@ _HTTP_CODES = {
 }
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status)
+def _error(status: int, code: str, message: str, **extra: Any) -> Response:
+    return Response(error_body(code, message, **extra), status_code=status, media_type="application/json")
 
 
-async def _on_hub_error(request: Request, exc: Exception) -> JSONResponse:
+async def _on_hub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HubError)
-    return JSONResponse(exc.payload(), status_code=exc.status)
+    return _error(exc.status, exc.code, exc.message, **exc.extra)
 
 
-async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = []
     for err in exc.errors()[:5]:
@@ -56,7 +57,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     return _error(422, "invalid_request", "; ".join(problems) or "the request is not valid")
 
 
-async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -65,12 +66,12 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     return _error(exc.status_code, code, detail)
 
 
-async def _on_bad_text(request: Request, exc: Exception) -> JSONResponse:
+async def _on_bad_text(request: Request, exc: Exception) -> Response:
     # JSON may carry lone surrogates ("\ud800"), which no database or UTF-8 encoder accepts.
     return _error(400, "invalid_input", "text in the request is not valid Unicode (lone surrogate characters)")
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _error(500, "internal_error", "the hub failed to handle this request; see its log")
 
@@ -94,9 +95,13 @@ class _LimitBodies:
     access only reads: one carrying a body is answered 401 before any of it
     is read (no endpoint takes an unsigned body; this spares parsing one).
 
-    Every answer given before its request's body was read (these refusals, and
-    any 401, 404... the app sends without reading) carries ``Connection: close``,
-    uploads included, so the hub does not go on reading a body it did not want.
+    Every answer given before its request's body was read carries ``Connection:
+    close``, uploads included, so the server does not go on reading (and
+    dropping) a body the hub did not want: these refusals, any 401, 404... the
+    app sends without reading, the 400 of :class:`~kachery_hub._text.CheckUrlText`,
+    the 429 of the sign-in rate limit and the 500 of an unexpected error. For
+    that it is the outermost layer of the app, around Starlette's error
+    middleware too (see :class:`_HubApp`), so every answer passes through it.
     """
 
     def __init__(self, app: Any, api_limit: int, page_limit: int, inflight_limit: int, read_timeout: float) -> None:
@@ -125,12 +130,12 @@ class _LimitBodies:
             elif name in _SIGNATURE_HEADERS:
                 signed = True
         if path.startswith("/api/") and not signed and (chunked or length):
-            await _refusal(401, "unauthenticated", "an unsigned (anonymous) request may not carry a body: anonymous "
-                           "access is read-only; sign the request with a client key")(scope, receive, send)
+            await _refuse_early(send, 401, "unauthenticated", "an unsigned (anonymous) request may not carry a body: "
+                                "anonymous access is read-only; sign the request with a client key")
             return
         if limit is not None and length is not None and length > limit:
             message = f"request body of {length} bytes is over the limit of {limit} bytes"
-            await _refusal(413, "payload_too_large", message)(scope, receive, send)
+            await _refuse_early(send, 413, "payload_too_large", message)
             return
         client = scope.get("client")
         address = client_key(str(client[0])) if client else ""
@@ -142,8 +147,10 @@ class _LimitBodies:
             nonlocal refused
             refused = True
             if not started:
-                await _refusal(status, code, message, **headers)(scope, receive, send)
-            # else the answer is under way and cannot change: it is cut short, the connection closed.
+                await _refuse_early(send, status, code, message, **headers)
+            # else the answer is under way and cannot change: the app's further messages are dropped, so the
+            # answer stays incomplete, and the server closes the connection of an incomplete answer (uvicorn
+            # logs "ASGI callable returned without completing response"); the client sees it cut short.
             return {"type": "http.disconnect"}
 
         async def counting_receive() -> Any:
@@ -207,11 +214,21 @@ ADDRESS_SHARE = 4
 _SIGNATURE_HEADERS = {_signing.HEADER_CLIENT.lower().encode(), _signing.HEADER_SIGNATURE.lower().encode()}
 
 
-def _refusal(status: int, code: str, message: str, **headers: str) -> JSONResponse:
-    response = _error(status, code, message)
-    response.headers.update(headers)
-    response.headers["Connection"] = "close"  # do not read on
-    return response
+async def _refuse_early(send: Any, status: int, code: str, message: str, **headers: str) -> None:
+    await send_error(send, status, code, message, {**headers, "Connection": "close"})  # do not read on
+
+
+class _HubApp(FastAPI):
+    """FastAPI with :class:`_LimitBodies` outside its whole middleware stack.
+
+    ``add_middleware`` places middleware inside Starlette's ``ServerErrorMiddleware``,
+    which answers 500s; the body limits must see that answer too.
+    """
+
+    body_limits: dict[str, Any]  # _LimitBodies' arguments, set by create_app
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _LimitBodies(super().build_middleware_stack(), **self.body_limits)
 
 
 def _is_upload(method: str, path: str) -> bool:
@@ -249,7 +266,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
         if state is None:
             hub.close()
 
-    app = FastAPI(
+    app = _HubApp(
         title="kachery hub",
         version="1",
         description="Share content-addressed files and mutables between computers, by project.",
@@ -261,12 +278,13 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(UnicodeError, _on_bad_text)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(_LimitBodies, api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes,
-                       inflight_limit=settings.max_inflight_body_bytes, read_timeout=settings.body_read_timeout_seconds)
+    # Outermost (built around the rest): every answer, early ones and 500s included, passes its send.
+    app.body_limits = dict(api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes,
+                           inflight_limit=settings.max_inflight_body_bytes, read_timeout=settings.body_read_timeout_seconds)
     app.add_middleware(_text.CheckUrlText)  # strict UTF-8, no control characters in path and query
     for module in (_mutables, _files, _projects, _accounts, _signin):
         app.include_router(module.router, responses=_ERROR_RESPONSES)
-    if settings.rate_limit_per_minute > 0:  # outermost: a refused sign-in costs nothing else
+    if settings.rate_limit_per_minute > 0:  # next: a refused sign-in costs nothing else
         app.add_middleware(RateLimitSignIns, limiter=RateLimiter(settings.rate_limit_per_minute,
                                                                  settings.resolved_rate_limit_burst))
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 from . import _accounts
 from ._database import Database
@@ -59,15 +60,31 @@ def _serve_token(state: HubState, email: str) -> str:
 
 
 class _HideTokens(logging.Filter):
-    """Keep sign-in tokens (``/?token=...``) out of the access log."""
+    """Keep secrets out of the access log: sign-in tokens and sign-in request ids (one-time capabilities)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) > 2 and "token=" in str(record.args[2]):
-            record.args = (*record.args[:2], _TOKEN_IN_QUERY.sub(r"\1(hidden)", str(record.args[2])), *record.args[3:])
+        if isinstance(record.args, tuple) and len(record.args) > 2 and isinstance(record.args[2], str):
+            record.args = (*record.args[:2], hide_secrets(record.args[2]), *record.args[3:])
         return True
 
 
-_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*")
+def hide_secrets(target: str) -> str:
+    """``target`` (path and query) with the value of every ``token`` query parameter and a sign-in request id hidden.
+
+    A parameter's name counts once decoded, as the page reads it (``%74oken=`` is ``token=``).
+    """
+    path, mark, query = target.partition("?")
+    path = _SIGN_IN_REQUEST_ID.sub(r"\1(hidden)", path)
+    if query:
+        parts = []
+        for part in query.split("&"):
+            name, equals, value = part.partition("=")
+            parts.append(f"{name}=(hidden)" if equals and unquote_plus(name) == "token" else part)
+        query = "&".join(parts)
+    return path + mark + query
+
+
+_SIGN_IN_REQUEST_ID = re.compile(r"^(/sign-in/|/api/sign-in-requests/)[^/]+")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -110,20 +127,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_token_create(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url)  # tokens are metadata only: no byte store needed
-    try:
-        db.migrate()
-        print(_accounts.create_token(db, args.user, is_admin=args.admin, label=args.label, expires_in=args.expires_in))
-    finally:
-        db.close()
-    return 0
-
-
 @contextmanager
 def _metadata(args: argparse.Namespace) -> Iterator[Database]:
+    """The hub's database, migrated; tokens and clients are metadata only, so no byte store is opened."""
     settings = _settings(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.resolved_database_url)
@@ -142,6 +148,12 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [list(header), *rows]) for i in range(len(header) - 1)]
     for r in [list(header), *rows]:
         print("  ".join([*(v.ljust(w) for v, w in zip(r, widths)), r[-1]]).rstrip())
+
+
+def _cmd_token_create(args: argparse.Namespace) -> int:
+    with _metadata(args) as db:
+        print(_accounts.create_token(db, args.user, is_admin=args.admin, label=args.label, expires_in=args.expires_in))
+    return 0
 
 
 def _cmd_token_list(args: argparse.Namespace) -> int:

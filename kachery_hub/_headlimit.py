@@ -19,15 +19,24 @@ the count, so bodies of any size and keep-alive connections are unaffected; a
 head may exceed the limit by at most one read before it is refused. Trailer
 fields are dropped (the hub never reads them).
 
-Without httptools, uvicorn's h11 protocol is used with the same limit as its
-``h11_max_incomplete_event_size`` (h11 answers 400).
+The subclass relies on parts of uvicorn's ``HttpToolsProtocol`` that are not
+public (its parser callbacks, ``send_400_response``, ``url``, ``headers``,
+``pipeline``, and the running cycle's ``disconnected`` and ``message_event``).
+Before ``serve`` uses it, :func:`http_options` runs it on two refused heads
+in memory; if that fails (a uvicorn that changed them), or without httptools,
+uvicorn's h11 protocol is used with the same limit as its
+``h11_max_incomplete_event_size`` (h11 answers 400), and a warning says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 from typing import Any
+
+from .errors import error_body
+
+log = logging.getLogger("kachery_hub")
 
 #: How long a refused connection is read (and dropped) before it is closed.
 LINGER_SECONDS = 1.0
@@ -36,18 +45,110 @@ MAX_TARGET_BYTES = 65535
 
 
 def _answer(status: bytes, code: str, message: str) -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    body = error_body(code, message)
     return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)) + body
 
 
 def http_options(max_head_bytes: int) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config``: an HTTP protocol that refuses a head over ``max_head_bytes``."""
+    h11 = {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes}
     try:
         import httptools  # noqa: F401
     except ImportError:  # uvicorn[standard] brings httptools; without it, h11 keeps the limit
-        return {"http": "h11", "h11_max_incomplete_event_size": max_head_bytes}
+        return h11
+    try:
+        problem = _self_test()
+    except Exception as e:  # noqa: BLE001 (whatever a changed uvicorn raises)
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        log.warning("the request head limit does not work with this uvicorn (%s); using its h11 protocol, "
+                    "with the same limit, instead of httptools", problem)
+        return h11
     return {"http": head_limited_protocol(max_head_bytes)}
+
+
+class _ProbeTransport(asyncio.Transport):
+    """A transport that keeps what is written to it, for :func:`_self_test`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8555)}.get(name, default)
+
+    def write(self, data: Any) -> None:
+        self.written += bytes(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _self_test() -> str | None:
+    """Run the head-limited protocol on refused heads in memory: ``None`` if it answers as it should, else what failed.
+
+    One head arrives whole (refused in a parser callback: ``url``, ``headers``,
+    ``send_400_response``); one request's trailers pass the limit while its app
+    waits for the body (``pipeline``, the cycle's ``disconnected`` and
+    ``message_event``: the app must see a disconnect).
+    """
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    limit = 1024
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while (message := await receive())["type"] == "http.request":
+            pass
+        seen.append(message["type"])
+
+    async def run() -> str | None:
+        protocol_class = head_limited_protocol(limit)
+        config = Config(app, lifespan="off", log_config=None)
+        for reads, what in (([b"GET /?pad=" + b"a" * 2 * limit + b" HTTP/1.1\r\nHost: x\r\n\r\n"], "a head in one read"),
+                            ([b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n",
+                              b"X-T: " + b"a" * 2 * limit], "trailers")):
+            protocol = protocol_class(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
+            transport = _ProbeTransport()
+            protocol.connection_made(transport)
+            for data in reads:
+                protocol.data_received(data)
+            for _ in range(10):  # let the app (if one started) run to its end
+                await asyncio.sleep(0)
+            protocol.connection_lost(None)
+            if not transport.written.startswith(b"HTTP/1.1 431"):
+                return f"{what}: answered {transport.written[:40]!r}, not 431"
+        if seen != ["http.disconnect"]:
+            return f"trailers: the app saw {seen}, not a disconnect"
+        return None
+
+    quiet = logging.getLogger("uvicorn.error")  # which warns of the refused head ("Invalid HTTP request received")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+        quiet.setLevel(level)
 
 
 class _Refused(Exception):

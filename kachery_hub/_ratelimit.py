@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import QueryParams
-from starlette.responses import JSONResponse
+
+from .errors import send_error
 
 #: Addresses tracked at once (about 100 bytes each).
 MAX_CLIENTS = 50_000
@@ -110,8 +111,6 @@ class RateLimitSignIns:
                 retry = max(1, math.ceil(wait))
                 message = (f"too many sign-in requests from this address (at most {self.limiter.per_minute:g} a minute, "
                            f"{self.limiter.burst} at once); retry in {retry} s")
-                response = JSONResponse({"error": {"code": "rate_limited", "message": message}}, status_code=429,
-                                        headers={"Retry-After": str(retry)})
-                await response(scope, receive, send)
+                await send_error(send, 429, "rate_limited", message, {"Retry-After": str(retry)})
                 return
         await self.app(scope, receive, send)

@@ -60,12 +60,14 @@ prefix the proxy strips: the signed path is checked with it put back.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 import socket
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
@@ -135,9 +137,11 @@ class Settings:
         if not self.oidc_issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
             raise ConfigurationError(f"the OpenID Connect issuer must be an https:// URL, not {self.oidc_issuer!r}")
         if not self.max_clock_skew_seconds > 0:
-            raise ConfigurationError(f"max_clock_skew_seconds must be positive, not {self.max_clock_skew_seconds!r}")
+            raise ConfigurationError(f"max_clock_skew_seconds ({ENV_MAX_CLOCK_SKEW}) must be positive, "
+                                     f"not {self.max_clock_skew_seconds!r}")
         if not 0 <= self.rate_limit_per_minute < float("inf"):
-            raise ConfigurationError(f"rate_limit_per_minute must be 0 (off) or more, not {self.rate_limit_per_minute!r}")
+            raise ConfigurationError(f"rate_limit_per_minute ({ENV_RATE_LIMIT}) must be 0 (off) or more, "
+                                     f"not {self.rate_limit_per_minute!r}")
         if self.rate_limit_burst is not None and self.rate_limit_burst < 1:
             raise ConfigurationError(f"rate_limit_burst must be 1 or more, not {self.rate_limit_burst!r}")
         for name in ("max_json_body_bytes", "max_form_body_bytes", "max_header_bytes"):
@@ -147,7 +151,8 @@ class Settings:
             raise ConfigurationError(f"max_inflight_body_bytes ({ENV_MAX_INFLIGHT_BODY_BYTES}) must hold at least one "
                                      f"largest body ({self.max_json_body_bytes}), not {self.max_inflight_body_bytes!r}")
         if not 0 < self.body_read_timeout_seconds < float("inf"):
-            raise ConfigurationError(f"body_read_timeout_seconds must be positive, not {self.body_read_timeout_seconds!r}")
+            raise ConfigurationError(f"body_read_timeout_seconds ({ENV_BODY_TIMEOUT}) must be positive, "
+                                     f"not {self.body_read_timeout_seconds!r}")
 
     @cached_property  # both are read on every signed request
     def signed_hosts(self) -> tuple[str, ...]:
@@ -178,25 +183,10 @@ class Settings:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if environ is None else environ
-        skew_text = env.get(ENV_MAX_CLOCK_SKEW)
-        try:
-            skew = float(skew_text) if skew_text else 300.0
-        except ValueError:
-            raise ConfigurationError(f"{ENV_MAX_CLOCK_SKEW}={skew_text!r} is not a number of seconds") from None
-        rate_text = env.get(ENV_RATE_LIMIT)
-        try:
-            rate = float(rate_text) if rate_text else RATE_LIMIT_PER_MINUTE
-        except ValueError:
-            raise ConfigurationError(f"{ENV_RATE_LIMIT}={rate_text!r} is not a number of requests a minute") from None
-        inflight_text = (env.get(ENV_MAX_INFLIGHT_BODY_BYTES) or "").strip()
-        if inflight_text and not (inflight_text.isascii() and inflight_text.isdigit()):
-            raise ConfigurationError(f"{ENV_MAX_INFLIGHT_BODY_BYTES}={inflight_text!r} is not a number of bytes")
-        inflight = int(inflight_text) if inflight_text else MAX_INFLIGHT_BODY_BYTES
-        timeout_text = env.get(ENV_BODY_TIMEOUT)
-        try:
-            body_timeout = float(timeout_text) if timeout_text else BODY_READ_TIMEOUT_SECONDS
-        except ValueError:
-            raise ConfigurationError(f"{ENV_BODY_TIMEOUT}={timeout_text!r} is not a number of seconds") from None
+        skew = _env_number(env, ENV_MAX_CLOCK_SKEW, float, 300.0)
+        rate = _env_number(env, ENV_RATE_LIMIT, float, float(RATE_LIMIT_PER_MINUTE))
+        inflight = _env_number(env, ENV_MAX_INFLIGHT_BODY_BYTES, int, MAX_INFLIGHT_BODY_BYTES)
+        body_timeout = _env_number(env, ENV_BODY_TIMEOUT, float, BODY_READ_TIMEOUT_SECONDS)
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
@@ -213,6 +203,22 @@ class Settings:
             public_urls=tuple((env.get(ENV_PUBLIC_URL) or "").split(",")),
         )
         return base.with_overrides(**overrides)
+
+
+_Number = TypeVar("_Number", int, float)
+_ASCII_NUMBER = {int: re.compile(r"[0-9]+"), float: re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")}
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type[_Number], default: _Number) -> _Number:
+    """The number in variable ``name`` (``default`` when unset or empty): ASCII digits, finite, else refused."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    # ASCII only: int() and float() also take other scripts' digits, "1_000", "nan" and "inf".
+    if _ASCII_NUMBER[kind].fullmatch(text) is None or not math.isfinite(value := kind(text)):
+        whole = "whole " if kind is int else ""
+        raise ConfigurationError(f"{name}={text!r} is not a {whole}number")
+    return value
 
 
 def _public_url(text: str) -> str:

@@ -17,8 +17,9 @@ to the browser's user, exactly as presenting a token would.
 The request ID is an unguessable capability and only its hash is stored, like
 tokens and sessions. Pages are HTML with every value escaped; forms are posted
 same-origin, carry a CSRF token that must match a cookie of this browser (a
-double-submit check) and an ``Origin`` of this hub when the browser sends one,
-with a body of at most :data:`MAX_FORM_BYTES`. The session cookie is
+double-submit check) and an ``Origin`` of this hub when the browser sends one
+(the origin it was reached at, or that of one of its public URLs: behind a TLS
+proxy the hub's own base URL is http://...), with a body of at most :data:`MAX_FORM_BYTES`. The session cookie is
 ``HttpOnly``, ``SameSite=Lax`` (the browser comes back from the identity
 provider by a top-level redirect) and ``Secure`` under https. Pages send only
 their origin as ``Referer`` (``strict-origin``: the path and query of
@@ -53,7 +54,7 @@ from . import _database as tables
 from ._accounts import TokenUse, bind_client, check_token, ensure_user, use_token
 from ._auth import Caller, caller, read_body
 from ._database import Database
-from ._state import HubState, hub_state
+from ._state import HubState, hub_state, state_of
 from ._text import Line
 from ._oidc import LOGIN_SECONDS, LoginAttempt, OidcProvider, VerifiedIdentity
 from ._settings import GOOGLE_ISSUER
@@ -162,10 +163,20 @@ def _check_csrf(request: Request, form: dict[str, list[str]]) -> None:
         raise Forbidden("the form's CSRF token is missing or does not match this browser; reload the page and try again")
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _own_origins(request: Request) -> set[str]:
+    """Where this hub's pages are: as reached (``base_url``) and its public URLs (Settings normalized them)."""
+    return {_origin(str(request.base_url)), *(_origin(u) for u in state_of(request).settings.public_urls)}
+
+
 async def _read_form(request: Request) -> dict[str, list[str]]:
     """A posted form of this hub's pages, its CSRF value and origin checked; bytes counted as they arrive."""
     origin = request.headers.get("origin")
-    if origin is not None and origin.rstrip("/") != str(request.base_url).rstrip("/"):
+    if origin is not None and _origin(origin) not in _own_origins(request):
         raise Forbidden("sign-in forms are accepted from this hub's own pages only")
     body = await read_body(request, MAX_FORM_BYTES, "a sign-in form")
     try:

@@ -3,8 +3,13 @@
 The hub's data is private to the user running it: ``kachery-hub`` runs with
 umask 077, and on start the data folder (and a ``file://`` byte store or SQLite
 database outside it) loses its group and other permissions. A folder that had
-any, as made by an older version, has everything in it this user owns made
-owner-only too (0700 folders, 0600 files); later starts need not walk it again.
+any has everything in it this user owns made owner-only too (0700 folders, 0600
+files); later starts need not walk it again.
+
+An app embedded with ``create_app`` runs under its process's umask: a new byte
+store folder outside the data folder is made 0700 and a new SQLite database file
+0600 before they are opened (SQLite gives ``-wal``/``-shm`` its file's mode),
+and all of them are tightened again once open.
 """
 
 from __future__ import annotations
@@ -35,11 +40,15 @@ class HubState:
     @classmethod
     def open(cls, settings: Settings) -> HubState:
         settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for path in _hub_paths(settings):  # before the database opens: SQLite gives -wal/-shm its file's mode
+        paths = _hub_paths(settings)
+        for path in paths:  # before the database opens: SQLite gives -wal/-shm its file's mode
             make_private(path)
+        _create_private(settings)
         db = Database(settings.resolved_database_url)
         db.migrate()
         store = open_byte_store(settings.resolved_storage_url)
+        for path in paths:  # whatever opening them made under a looser umask
+            make_private(path)
         store.cleanup()
         from ._files import ABANDONED_UPLOAD_SECONDS, remove_abandoned_uploads  # _files needs this module
 
@@ -57,14 +66,34 @@ class HubState:
 def _hub_paths(settings: Settings) -> list[Path]:
     """The data folder, and the hub's files outside it (a local byte store, a SQLite database and its journals)."""
     paths = [settings.data_dir]
-    storage = settings.resolved_storage_url
-    if storage.startswith(("file:", "/")):
-        paths.append(Path(unquote(urlsplit(storage).path)))
-    url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        db = Path(url.database)
+    store, db = _local_store(settings), _sqlite_file(settings)
+    if store is not None:
+        paths.append(store)
+    if db is not None:
         paths += [db, *(db.with_name(db.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
     return [p for p in paths if not p.is_relative_to(settings.data_dir) or p == settings.data_dir]
+
+
+def _create_private(settings: Settings) -> None:
+    """Make a missing local byte store (0700) and SQLite database file (0600), so they are never readable by others."""
+    store = _local_store(settings)
+    if store is not None and not store.is_relative_to(settings.data_dir):
+        store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    database = _sqlite_file(settings)
+    if database is not None and not database.is_relative_to(settings.data_dir) and database.parent.is_dir():
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))  # an empty file is an empty SQLite database
+
+
+def _local_store(settings: Settings) -> Path | None:
+    storage = settings.resolved_storage_url
+    return Path(unquote(urlsplit(storage).path)) if storage.startswith(("file:", "/")) else None
+
+
+def _sqlite_file(settings: Settings) -> Path | None:
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return Path(url.database)
+    return None
 
 
 def make_private(path: Path) -> None:

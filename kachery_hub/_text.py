@@ -24,9 +24,8 @@ from typing import Annotated, Any
 from urllib.parse import unquote_to_bytes
 
 from pydantic import AfterValidator, ValidationInfo
-from starlette.responses import JSONResponse
 
-from .errors import HubError
+from .errors import HubError, send_error
 
 _NOT_IN_A_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _NOT_IN_A_VALUE = re.compile("[\x00\ud800-\udfff]")
@@ -135,7 +134,6 @@ class CheckUrlText:
                     raw_path = b""
                 check_url(raw_path, scope.get("query_string", b""))
             except InvalidText as e:
-                response = JSONResponse(e.payload(), status_code=e.status)
-                await response(scope, receive, send)
+                await send_error(send, e.status, e.code, e.message)
                 return
         await self.app(scope, receive, send)

@@ -3,11 +3,32 @@
 Each class carries the HTTP status and a stable machine-readable ``code``; the
 app turns any of them into ``{"error": {"code": ..., "message": ...}}``. Each
 also inherits the built-in a Python caller would expect, as in kachery_core.
+That body is built by :func:`error_body` only, wherever the answer comes from
+(the app's handlers, the ASGI middlewares through :func:`send_error`, the
+protocol's own 431/414).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+
+def error_body(code: str, message: str, **extra: Any) -> bytes:
+    """The JSON body of every error answer: ``{"error": {"code", "message", ...extra}}``."""
+    content = {"error": {"code": code, "message": message, **extra}}
+    return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def send_error(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, code: str, message: str,
+                     headers: Mapping[str, str] | None = None) -> None:
+    """Answer an ASGI request with the hub's JSON error body (for middleware, which has no exception handlers)."""
+    body = error_body(code, message)
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class HubError(Exception):

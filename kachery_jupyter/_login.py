@@ -53,7 +53,7 @@ def check_hub(hub_url: str) -> str:
     try:
         # Unsigned, so that no sign-in (and no token) goes to a URL before it proves to be a hub;
         # over the HTTP client kachery_core uses for this URL (an injected one, in tests).
-        response = _hub.HubClient(url, None, _hub._http_client(url)).send("GET", "/api/health")
+        response = _hub.anonymous_client(url).send("GET", "/api/health")
         body = response.json()
     except httpx2.InvalidURL as e:
         raise kc.InvalidArgumentError("hub_url", hub_url, str(e)) from None

@@ -208,8 +208,7 @@ def _requests(draw: st.DrawFn, fuzz: _Fuzz, routes: list[APIRoute]) -> tuple[str
 @pytest.mark.parametrize("group", _GROUPS)
 def test_no_input_makes_the_hub_fail(hub: Hub, group: str) -> None:
     routes = [r for r in _routes(hub.http.app) if _group(r) == group]
-    if not routes:
-        pytest.skip(f"the hub has no {group} routes")
+    assert routes, f"the hub has no {group} routes: a router is missing"
     fuzz = _Fuzz(hub)
     seen: Counter[str] = Counter()
 

@@ -351,7 +351,11 @@ def _answered(sock: socket.socket) -> bool:
 
 
 def _closed_by_hub(sock: socket.socket) -> bool:
-    """Whether the hub closes the connection after its answer (rather than waiting for more)."""
+    """Whether the hub closes the connection after its answer (rather than waiting for more).
+
+    Asked within 2 s, well within uvicorn's 5 s keep-alive timeout, which would close it anyway.
+    """
+    sock.settimeout(2.0)
     try:
         while sock.recv(65536):
             pass
@@ -729,3 +733,114 @@ def test_a_request_target_longer_than_the_url_parser_takes_is_answered_414() -> 
     assert head.startswith(b"HTTP/1.1 414"), written[:300]
     error = json.loads(body)["error"]
     assert error["code"] == "uri_too_long" and "65535 bytes" in error["message"]
+
+
+# --- Every answer given before the body was read closes the connection ---
+
+
+def _answered_early(port: int, source: str, method: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes, bool]:
+    """Send a head announcing a long chunked body, then a few chunks: (status, headers, body, closed by the hub)."""
+    with _connect(port, source, timeout=5) as sock:
+        sock.sendall(_head(method, path, port, {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                                                **headers}))
+        try:
+            for _ in range(4):
+                sock.sendall(b"%x\r\n%s\r\n" % (1000, b"x" * 1000))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        status, answer_headers, body = _read_response(sock)
+        return status, answer_headers, body, _closed_by_hub(sock)
+
+
+def test_a_refusal_of_the_url_text_closes_the_connection(shared_hub: HubProcess) -> None:
+    """400 for a query that is not UTF-8, on an upload (no body limit): the hub does not read on."""
+    status, headers, body, closed = _answered_early(shared_hub.port, "127.0.0.1", "PUT",
+                                                    f"/api/projects/someone/files/{'a' * 40}?label=%ff", FAKE_SIGNATURE)
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_input", body[:300]
+    assert closed, "the hub kept the connection open to read a body it refused"
+    assert headers.get("connection") == "close"
+
+
+def test_a_rate_limited_sign_in_closes_the_connection(proxied_hub: HubProcess) -> None:
+    port = proxied_hub.port
+    with _connect(port, "127.0.0.40") as sock:  # spend this address's burst of 6
+        for _ in range(6):
+            sock.sendall(_head("POST", "/api/sign-in-requests", port, {"Content-Length": "0"}))
+            assert _read_response(sock)[0] != 429
+    status, headers, body, closed = _answered_early(port, "127.0.0.40", "POST", "/sign-in/some-request", {})
+    assert status == 429 and json.loads(body)["error"]["code"] == "rate_limited", body[:300]
+    assert closed, "the hub kept the connection open to read a body it refused"
+    assert headers.get("connection") == "close" and headers.get("retry-after")
+
+
+def test_an_unexpected_error_before_the_body_is_read_closes_the_connection(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path / "hub"))
+
+    @app.post("/api/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    http = _client(app)
+    try:
+        r = http.post("/api/boom", content=iter([b"x" * 1000]), headers=FAKE_SIGNATURE)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error", r.text
+        assert r.headers.get("connection") == "close"
+    finally:
+        app.state.hub.close()
+
+
+def test_every_error_body_is_built_by_one_helper() -> None:
+    from kachery_hub.errors import error_body
+
+    assert json.loads(error_body("busy", "retry", extra=1)) == {"error": {"code": "busy", "message": "retry", "extra": 1}}
+
+
+# --- serve without the uvicorn internals the head limit uses ---
+
+
+def test_serve_falls_back_to_h11_when_uvicorn_lacks_what_the_head_limit_uses(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("httptools")
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from kachery_hub._headlimit import http_options
+
+    options = http_options(65536)
+    assert isinstance(options["http"], type) and issubclass(options["http"], HttpToolsProtocol)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    # A uvicorn whose protocol no longer has a part the subclass relies on (here: ``pipeline`` renamed): h11,
+    # with the same limit.
+    init = HttpToolsProtocol.__init__
+
+    def renamed(self: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.requests_waiting = self.__dict__.pop("pipeline")
+
+    monkeypatch.setattr(HttpToolsProtocol, "__init__", renamed)
+    with caplog.at_level("WARNING", logger="kachery_hub"):
+        options = http_options(65536)
+    assert options == {"http": "h11", "h11_max_incomplete_event_size": 65536}
+    assert any("h11" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"), caplog.records
+
+
+# --- An embedded hub (no CLI umask) ---
+
+
+def test_an_embedded_hub_makes_a_new_store_and_database_outside_its_folder_owner_only(tmp_path: Path) -> None:
+    (tmp_path / "db").mkdir(mode=0o755)
+    store, database = tmp_path / "store", tmp_path / "db" / "hub.sqlite"
+    old = os.umask(0o022)
+    try:
+        app = create_app(Settings(data_dir=tmp_path / "hub", storage_url=f"file://{store}",
+                                  database_url=f"sqlite:///{database}"))
+    finally:
+        os.umask(old)
+    try:
+        assert store.is_dir() and database.is_file()
+        # (what the store holds is out of others' reach once its folder is 0700, whatever its own mode)
+        files = [store, *database.parent.glob("hub.sqlite*")]
+        assert {p.name for p in files} >= {"store", "hub.sqlite", "hub.sqlite-wal", "hub.sqlite-shm"}
+        loose = [f"{p.name} {stat.filemode(p.lstat().st_mode)}" for p in files if p.lstat().st_mode & 0o077]
+        assert loose == [], loose
+    finally:
+        app.state.hub.close()

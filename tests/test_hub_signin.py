@@ -322,14 +322,45 @@ def test_the_access_log_keeps_sign_in_tokens_out(tmp_path: Path) -> None:
 
     hub = HubProcess(tmp_path / "hub-data", free_port(), "--log-level", "info")
     hub.start()
+    rid = "a-sign-in-request-id-kept-secret"
     try:
         r = httpx2.get(f"{hub.url}/", params={"token": hub.admin_token, "x": "1"})
         assert r.status_code == 200 and "Sign in to this hub as" in r.text
+        # The page reads ?%74oken= as ?token=, and a sign-in request's id is a one-time capability.
+        r = httpx2.get(f"{hub.url}/?x=2&%74oken={hub.admin_token}")
+        assert r.status_code == 200 and "Sign in to this hub as" in r.text
+        httpx2.get(f"{hub.url}/sign-in/{rid}?x=3")
+        httpx2.post(f"{hub.url}/sign-in/{rid}")
+        httpx2.get(f"{hub.url}/api/sign-in-requests/{rid}")
     finally:
         assert hub.proc is not None and hub.proc.stdout is not None
         hub.proc.terminate()
         log = hub.proc.stdout.read()
         hub.stop()
-    access = [line for line in log.splitlines() if '"GET /?' in line]
-    assert len(access) == 1 and "GET /?token=(hidden)&x=1" in access[0], log
-    assert hub.admin_token not in access[0]
+    access = [line for line in log.splitlines() if ('"GET /' in line or '"POST /' in line) and "/api/health" not in line]
+    assert len(access) == 5, log
+    assert "GET /?token=(hidden)&x=1" in access[0], log
+    assert "GET /?x=2&%74oken=(hidden) " in access[1], log
+    assert "GET /sign-in/(hidden)?x=3" in access[2] and "POST /sign-in/(hidden)" in access[3], log
+    assert "GET /api/sign-in-requests/(hidden)" in access[4], log
+    assert not [line for line in access if hub.admin_token in line or rid in line], log
+
+
+def test_sign_in_forms_are_accepted_from_the_public_url_behind_a_proxy(tmp_path: Path) -> None:
+    """serve --public-url https://... behind a TLS proxy it does not trust: the browser's Origin is the public URL."""
+    from kachery_hub import Settings, create_app
+    from kachery_hub._accounts import create_token
+
+    app = create_app(Settings(data_dir=tmp_path / "hub", public_urls=("https://lab.example.org", "http://127.0.0.1:8555")))
+    try:
+        with TestClient(app, raise_server_exceptions=False) as browser:
+            token = create_token(app.state.hub.db, "ada@example.org")
+            page = browser.get("/", params={"token": token})
+            form = {"token": token, "action": "confirm", "csrf": _csrf_of(page.text)}
+            evil = browser.post("/", data=form, headers={"Origin": "https://evil.example.org"})
+            assert evil.status_code == 403 and SESSION_COOKIE not in browser.cookies
+            done = browser.post("/", data=form, headers={"Origin": "https://lab.example.org"}, follow_redirects=False)
+            assert done.status_code == 303, done.text
+            assert "This browser is signed in as <b>ada@example.org</b>" in browser.get("/").text
+    finally:
+        app.state.hub.close()

@@ -51,10 +51,10 @@ def test_an_upgrade_applies_new_migrations_and_keeps_the_data(tmp_path: Path) ->
     with db.begin() as conn:
         assert conn.execute(select(users.c.email)).scalars().all() == ["kept@example.org"]
         assert conn.execute(text("SELECT locale FROM users")).scalar_one() is None
-    from kachery_hub._accounts import user_of_token
+    from kachery_hub._accounts import check_token
 
     with db.begin() as conn:
-        assert user_of_token(conn, token)
+        assert check_token(conn, token).user_id
 
 
 def test_a_failed_migration_changes_nothing(tmp_path: Path) -> None:
@@ -86,9 +86,9 @@ def test_hub_restart_keeps_users_projects_and_files(tmp_path: Path) -> None:
     app.state.hub.close()
     app = create_app(settings)
     with app.state.hub.db.begin() as conn:
-        from kachery_hub._accounts import user_of_token
+        from kachery_hub._accounts import check_token
 
-        assert user_of_token(conn, token)
+        assert check_token(conn, token).user_id
 
 
 def test_upload_is_visible_only_after_its_hash_is_verified(tmp_path: Path) -> None:
@@ -181,8 +181,8 @@ def test_a_hub_created_at_version_1_upgrades_to_the_latest_keeping_its_users(tmp
     app = create_app(Settings(data_dir=tmp_path, database_url=url))
     state = app.state.hub
     assert _version(state.db) == LATEST_VERSION > 1
-    from kachery_hub._accounts import user_of_token
+    from kachery_hub._accounts import check_token
 
     with state.db.begin() as conn:
-        assert user_of_token(conn, token)
+        assert check_token(conn, token).user_id
     state.close()

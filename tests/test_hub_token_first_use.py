@@ -65,3 +65,44 @@ def test_without_a_token_a_fresh_computer_still_reads_as_an_unknown_client(
     out = run_python(f"import kachery_core as kc\nkc.load_text({uri!r})", env=env, check=False)
     assert out.returncode != 0
     assert "not in any project anonymous clients can read" in out.stderr
+
+
+def _revoked_token(hub: HubProcess) -> str:
+    import subprocess
+
+    from hub_process import HUB_CMD
+
+    token = hub.token("ada@example.org")
+    listed = subprocess.run([*HUB_CMD, "token", "list", "--data", str(hub.data), "--user", "ada@example.org"],
+                            capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    newest = [line.split()[0] for line in listed[1:] if " active " in line][-1]
+    subprocess.run([*HUB_CMD, "token", "revoke", "--data", str(hub.data), newest],
+                   capture_output=True, text=True, check=True, timeout=60)
+    return token
+
+
+def test_a_revoked_token_still_reads_public_files_and_says_why_a_private_one_fails(
+    real_hub: HubProcess, private_uri: tuple[str, str], tmp_path: Path
+) -> None:
+    uri, _ = private_uri
+    kc.set_project_public(kc.create_project("shared"), True)
+    public = kc.store_text("for everyone", project_id=kc.list_projects()[-1]["project_id"])
+    token = _revoked_token(real_hub)
+    code = (
+        "from kachery_core import _hub\n"
+        "sign_ins = []\n"
+        "register = _hub.HubClient.register\n"
+        "_hub.HubClient.register = lambda self, *a: (sign_ins.append(1), register(self, *a))[1]\n"
+        f"texts = [kc.load_text({public!r}), kc.load_file_info({public!r})['size'], kc.load_text({public!r})]\n"
+        "try:\n"
+        f"    kc.load_text({uri!r})\n"
+        "    failure = None\n"
+        "except kc.HubAuthError as e:\n"
+        "    failure = [e.code, str(e)]\n"
+        "print(json.dumps([texts, len(sign_ins), failure]))\n"
+    )
+    texts, sign_ins, failure = json.loads(_on_fresh_computer(real_hub, tmp_path, "colab-revoked", token, code))
+    assert texts == ["for everyone", len("for everyone"), "for everyone"]
+    assert sign_ins == 1  # tried once, not before every request
+    assert failure is not None and failure[0] == "token_revoked"
+    assert "KACHERY_HUB_TOKEN was refused: this sign-in token was revoked" in failure[1]

@@ -169,6 +169,22 @@ def test_revoking_with_sign_out_also_signs_out_the_clients_it_signed_in(hub: Hub
     assert _send(hub, other, "GET", "/api/me").status_code == 200  # the same user's other client stays
 
 
+def test_signing_in_again_with_a_new_token_records_that_token(hub: Hub) -> None:
+    admin = _client(hub, "root@example.org", admin=True)
+    ada = new_keys()
+    assert _register(hub, hub.token("ada@example.org"), ada).status_code == 200
+    with hub.state.db.begin() as conn:  # as a client bound before tokens had IDs is
+        conn.execute(update(tables.clients).where(tables.clients.c.client_id == ada.client_id).values(token_id=None))
+    second = hub.token("ada@example.org")
+    r = _send(hub, ada, "POST", "/api/clients", {"token": second, "label": "ada's new laptop"})
+    assert r.status_code == 200 and r.json()["label"] == "ada's new laptop"
+    row = next(c for c in _accounts.list_clients(hub.state.db) if c["client_id"] == ada.client_id)
+    assert (row["token_id"], row["label"]) == (_token_id(hub, second), "ada's new laptop")
+    r = _send(hub, admin, "DELETE", f"/api/tokens/{_token_id(hub, second)}?sign_out_clients=true")
+    assert r.status_code == 200 and r.json()["clients_signed_out"] == 1
+    assert _error(_send(hub, ada, "GET", "/api/me"))[:2] == (401, "client_not_registered")
+
+
 def test_an_admin_lists_clients_and_signs_one_out(hub: Hub) -> None:
     admin = _client(hub, "root@example.org", admin=True)
     ada = _client(hub, "ada@example.org")

@@ -192,3 +192,33 @@ def test_garbage_pickle_is_a_serialization_error(tmp_path: Any) -> None:
     path.write_bytes(b"\x80\x04not a pickle")
     with pytest.raises(SerializationError, match="not a valid pickle"):
         kc.load_pkl(kc.store_file_local(path))
+
+
+@pytest.mark.parametrize(
+    ("obj", "fast_loads"),
+    [({"n": list(range(1000)), "a": np.arange(3)}, 0), ([np.float64(1.5)] * 3, 0), ({"n": list(range(1000))}, 1)],
+    ids=["dict-with-an-array", "numpy-scalars", "builtins-only"],
+)
+def test_a_pickle_naming_numpy_is_read_once_by_the_checked_unpickler(
+    monkeypatch: pytest.MonkeyPatch, obj: Any, fast_loads: int
+) -> None:
+    from kachery_core import _serializers
+
+    loads = {"fast": 0, "checked": 0}
+
+    class Fast(_serializers.RestrictedUnpickler):
+        def load(self) -> Any:
+            loads["fast"] += 1
+            return super().load()
+
+    class Checked(_serializers._CheckedUnpickler):
+        def load(self) -> Any:
+            loads["checked"] += 1
+            return super().load()
+
+    monkeypatch.setattr(_serializers, "RestrictedUnpickler", Fast)
+    monkeypatch.setattr(_serializers, "_CheckedUnpickler", Checked)
+    data = pickle.dumps(obj, protocol=5)
+    loaded = _serializers.bytes_to_pkl(data)
+    assert pickle.dumps(loaded, protocol=5) == data
+    assert loads == {"fast": fast_loads, "checked": 1 - fast_loads}  # no pass thrown away

@@ -322,3 +322,79 @@ def test_storing_works_where_os_has_no_copy_file_range(
     data = os.urandom(3 * 2**20)
     uri = kc.store_file_local(_write(tmp_path / "a.bin", data))
     assert Path(kc.load_file(uri)).read_bytes() == data
+
+
+def _count_hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the content sha1 hashes from now on (kachery_core hashes through ``hashlib.sha1``);
+    not the paths the hash cache names its entries by (the sha1 of a path of a few hundred bytes)."""
+    real = hashlib.sha1
+    hashed: list[int] = []
+
+    class Counting:
+        def __init__(self, data: Any = b"", **kwargs: Any) -> None:
+            self._h = real(data, **kwargs)
+            self._count(data)
+
+        def update(self, data: Any) -> None:
+            self._count(data)
+            self._h.update(data)
+
+        def _count(self, data: Any) -> None:
+            if memoryview(data).nbytes > 4096:
+                hashed.append(memoryview(data).nbytes)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha1", Counting)
+    return hashed
+
+
+@pytest.mark.parametrize("size", [100_000, 3_000_000], ids=["small", "streamed"])
+def test_cat_file_reads_and_hashes_the_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    from kachery_core import _store
+
+    monkeypatch.setattr(_store, "_CAT_VERIFY_FIRST_BYTES", 1_000_000)  # 3 MB streams as a big file does
+    data = os.urandom(size)
+    uri = kc.store_file_local(_write(tmp_path / "f", data))
+    sha1 = kc.parse_sha1_uri(uri).sha1
+    _hashing._cache_path(str(_store.store_path(sha1))).unlink(missing_ok=True)  # nothing vouches for it yet
+    hashed = _count_hashed_bytes(monkeypatch)
+    out = io.BytesIO()
+    kc.cat_file(uri, out=out)
+    assert out.getvalue() == data
+    assert sum(hashed) == size  # one pass, not a check before the copy and another during it
+
+
+def test_cat_file_of_a_big_corrupt_store_file_raises_after_writing_and_tries_nothing_else(
+    tmp_path: Path, kachery_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kachery_core import _store
+
+    monkeypatch.setattr(_store, "_CAT_VERIFY_FIRST_BYTES", 1000)
+    data = os.urandom(5000)
+    src = _write(tmp_path / "ref", data)
+    uri = kc.store_file_local(src)
+    sha1 = kc.parse_sha1_uri(uri).sha1
+    store_file = _store.store_path(sha1)
+    os.chmod(store_file, 0o644)
+    store_file.write_bytes(b"x" * 5000)
+    with_location = kc.store_file_local(src, reference=True)
+    out = io.BytesIO()
+    with pytest.raises(HashMismatchError):
+        kc.cat_file(with_location, out=out)
+    assert out.getvalue() == b"x" * 5000  # written once, not followed by the other source's bytes
+    assert not store_file.exists()  # moved aside: the next read finds the good copy
+    out = io.BytesIO()
+    kc.cat_file(with_location, out=out)
+    assert out.getvalue() == data
+
+
+def test_a_range_of_a_small_file_is_hashed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(200_000)  # under the hash cache's minimum: nothing vouches for it
+    uri = kc.store_file_local(_write(tmp_path / "r", data))
+    hashed = _count_hashed_bytes(monkeypatch)
+    assert kc.load_bytes(uri, 10, 20) == data[10:20]
+    assert sum(hashed) == len(data)
