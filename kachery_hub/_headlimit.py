@@ -144,9 +144,11 @@ def _self_test() -> str | None:
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     loop = asyncio.new_event_loop()
+    test = run()
     try:
-        return loop.run_until_complete(run())
+        return loop.run_until_complete(test)
     finally:
+        test.close()  # never started if the loop could not run
         loop.close()
         quiet.setLevel(level)
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,10 +58,15 @@ def ip(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
     shell.user_ns.clear()
 
 
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to the end in a thread of its own: the browser tests keep an event loop running in this one."""
+def in_own_thread(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a thread with no event loop: the browser tests keep one running in this one."""
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+        return pool.submit(function, *args).result()
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to the end (in a thread of its own, see :func:`in_own_thread`)."""
+    return in_own_thread(asyncio.run, coro)
 
 
 def run_python(code: str, *, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

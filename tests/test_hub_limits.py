@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_async
+from conftest import in_own_thread, run_async
 
 pytest.importorskip("fastapi")
 
@@ -805,7 +805,7 @@ def test_serve_falls_back_to_h11_when_uvicorn_lacks_what_the_head_limit_uses(
 
     from kachery_hub._headlimit import http_options
 
-    options = http_options(65536)
+    options = in_own_thread(http_options, 65536)  # as serve: before any event loop runs
     assert isinstance(options["http"], type) and issubclass(options["http"], HttpToolsProtocol)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     # A uvicorn whose protocol no longer has a part the subclass relies on (here: ``pipeline`` renamed): h11,
@@ -818,7 +818,7 @@ def test_serve_falls_back_to_h11_when_uvicorn_lacks_what_the_head_limit_uses(
 
     monkeypatch.setattr(HttpToolsProtocol, "__init__", renamed)
     with caplog.at_level("WARNING", logger="kachery_hub"):
-        options = http_options(65536)
+        options = in_own_thread(http_options, 65536)  # as serve: before any event loop runs
     assert options == {"http": "h11", "h11_max_incomplete_event_size": 65536}
     assert any("h11" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"), caplog.records
 
