@@ -23,6 +23,8 @@ import hashlib
 import os
 import random
 import secrets
+import subprocess
+import sys
 import shutil
 import tempfile
 import time
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import format_table, load_line, save_results
-from bench_hub_common import Hub, percentile, sign_in
+from bench_hub_common import Hub, client_env, percentile, sign_in
 
 HELD_STORE = "ours store_text, bytes another project holds"
 FRESH_STORE = "anchor: the same, bytes nobody holds"
@@ -66,11 +68,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
         held = [secrets.token_hex(chars) for _ in range(args.calls)]
         fresh = [secrets.token_hex(chars) for _ in range(args.calls)]
 
-        _as_client(b_dir)
-        kc.init(hub_url=hub.url)
-        for text in held:
-            kc.store_text(text)
-        _hub.close_connections()
+        # B is another computer: its stores run in a process of their own.
+        code = "import sys, kachery_core as kc\nfor line in sys.stdin: kc.store_text(line.rstrip('\\n'))"
+        env = client_env(b_dir, hub.url)
+        subprocess.run([sys.executable, "-c", code], input="\n".join(held) + "\n", text=True, env=env, check=True)
 
         _as_client(a_dir)
         kc.init(hub_url=hub.url)

@@ -86,8 +86,10 @@ def _file_json(row: Any) -> dict[str, Any]:
 _PROJECT_FILE = select(tables.files).where(
     tables.files.c.project_id == bindparam("pid"), tables.files.c.sha1 == bindparam("sha1"))
 # ON CONFLICT (SQLite and PostgreSQL alike): concurrent uploads of the same bytes both succeed.
+# A row is written whether or not the blob is known (DO UPDATE, not DO NOTHING): the same work, and so the
+# same time, whether or not another project holds the bytes.
 _INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :now) "
-                    "ON CONFLICT (sha1) DO NOTHING")
+                    "ON CONFLICT (sha1) DO UPDATE SET size = excluded.size")
 _FILE_KEY = text("SELECT storage_key FROM files WHERE project_id = :pid AND sha1 = :sha1")
 _PENDING = text("INSERT INTO pending_uploads (upload_id, project_id, sha1, created_at) VALUES (:id, :pid, :sha1, :now)")
 _COMPLETED = text("DELETE FROM pending_uploads WHERE upload_id = :id AND project_id = :pid AND sha1 = :sha1")
