@@ -54,7 +54,10 @@ _HUB_FILE = "hub.yaml"
 # In-process state: the hub chosen by init() per kachery directory, and HTTP clients
 # injected for a hub URL (an in-process ASGI test client, a client with a proxy...).
 _chosen_url: dict[str, str] = {}
-_chosen_token: dict[str, str] = {}
+#: The token given to init(), with the hub it was given for, by kachery directory.
+_chosen_token: dict[str, tuple[str, str]] = {}
+#: KACHERY_HUB_TOKEN without KACHERY_HUB_URL: the hub it was first used with in this process.
+_env_token_hub: dict[str, str] = {}
 _injected: dict[str, httpx2.Client] = {}
 _default_clients: dict[str, httpx2.Client] = {}
 _me_cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -118,7 +121,7 @@ def choose(url: str, token: str | None, http_client: httpx2.Client | None) -> st
     url = normalize_url(url)
     _chosen_url[_dir_key()] = url
     if token:
-        _chosen_token[_dir_key()] = token
+        _chosen_token[_dir_key()] = (url, token)
     if http_client is not None:
         _injected[url] = http_client
     return url
@@ -129,12 +132,31 @@ def forget_token() -> None:
     _chosen_token.pop(_dir_key(), None)
 
 
-def configured_token() -> str | None:
-    return _chosen_token.get(_dir_key()) or _constants.hub_token()
+def configured_token(url: str | None = None) -> str | None:
+    """The sign-in token for hub ``url`` (default: the hub in use), or None.
+
+    A token is sent only to the hub it was given for, so that switching hubs never
+    hands one hub's token to another: the token given to init() goes to the hub named
+    with it; KACHERY_HUB_TOKEN to the hub of KACHERY_HUB_URL, or without that variable
+    to the first hub this process used it with.
+    """
+    url = normalize_url(url) if url else configured_url()
+    if url is None:
+        return None
+    chosen = _chosen_token.get(_dir_key())
+    if chosen is not None and chosen[0] == url:
+        return chosen[1]
+    token, env_url = _constants.hub_token(), _constants.hub_url()
+    if not token:
+        return None
+    if env_url:
+        return token if normalize_url(env_url) == url else None
+    return token if _env_token_hub.setdefault(token, url) == url else None
 
 
-def _token_name() -> str:
-    return "the token given to kachery_core.init()" if _chosen_token.get(_dir_key()) else "KACHERY_HUB_TOKEN"
+def _token_name(url: str) -> str:
+    chosen = _chosen_token.get(_dir_key())
+    return "the token given to kachery_core.init()" if chosen is not None and chosen[0] == url else "KACHERY_HUB_TOKEN"
 
 
 def anonymous_client(url: str) -> HubClient:
@@ -218,7 +240,7 @@ class HubClient:
         """
         if self.keys is None or getattr(_signing_in, "active", False) or (self.url, str(self.client_id)) in _me_cache:
             return
-        token = configured_token()
+        token = configured_token(self.url)
         if not token:
             return
         tried = (self.url, str(self.client_id), token)
@@ -238,7 +260,7 @@ class HubClient:
 
     def _refusal(self) -> HubAuthError | None:
         """The hub's refusal of the configured token, when this process was given one."""
-        token = configured_token()
+        token = configured_token(self.url)
         return _tokens_refused.get((self.url, str(self.client_id), token)) if token and self.keys is not None else None
 
     def _refused_token(self, e: HubError) -> HubAuthError | None:
@@ -250,7 +272,7 @@ class HubClient:
         if not (e.code == "client_not_registered" or isinstance(e, HubPermissionError)
                 or (isinstance(e, HubNotFoundError) and e.code == "file_not_found")):
             return None
-        return HubAuthError(self.url, f"{e.message}; {_token_name()} was refused: {refusal.message}",
+        return HubAuthError(self.url, f"{e.message}; {_token_name(self.url)} was refused: {refusal.message}",
                             status=e.status, code=refusal.code)
 
     def send(
@@ -309,7 +331,7 @@ class HubClient:
         try:
             return self.send(method, path, **kwargs).json()
         except HubAuthError as e:
-            if e.code != "client_not_registered" or not configured_token():
+            if e.code != "client_not_registered" or not configured_token(self.url):
                 raise
             said = self._refused_token(e)
             if said is not None:
@@ -321,7 +343,7 @@ class HubClient:
         """Bind this client's key to the user of a sign-in token."""
         if self.keys is None:
             raise HubAuthError(self.url, "an ephemeral client cannot sign in; unset KACHERY_CLOUD_EPHEMERAL")
-        t = sign_in_token or configured_token()
+        t = sign_in_token or configured_token(self.url)
         if not t:
             raise HubAuthError(
                 self.url,
@@ -432,7 +454,7 @@ def init(
     url = choose(url, token, http_client)
     client = connect("kachery_core.init()", url=url)
     if not client.ephemeral:
-        if token or configured_token():
+        if token or configured_token(url):
             client.register(token)
         else:
             try:

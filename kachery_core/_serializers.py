@@ -14,6 +14,7 @@ import io
 import json
 import pickle
 import re
+import struct
 from typing import Any
 
 from .errors import SerializationError, UnsafePickleError
@@ -467,7 +468,9 @@ def bytes_to_pkl(data: bytes) -> Any:
     except UnsafePickleError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            SystemError) as e:  # SystemError: numpy making a str scalar of code points past U+10FFFF
+            SystemError, struct.error, OverflowError, RecursionError) as e:
+        # SystemError: numpy making a str scalar of code points past U+10FFFF; struct.error and
+        # OverflowError: the pure-Python unpickler reading a truncated or oversized length
         what = what_it_is(data)
         raise SerializationError(f"content is not a pickle: it is {what}" if what != "a pickle"
                                  else f"content is not a valid pickle ({type(e).__name__}: {e})") from None

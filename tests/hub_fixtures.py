@@ -305,6 +305,7 @@ def make_hub(kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypa
         _hub._direct.pop(url, None)
     _hub._chosen_url.clear()
     _hub._chosen_token.clear()
+    _hub._env_token_hub.clear()
     _hub._me_cache.clear()
     _hub.close_connections()
 

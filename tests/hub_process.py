@@ -106,4 +106,5 @@ def forget_hubs() -> None:
     _hub.close_connections()
     _hub._chosen_url.clear()
     _hub._chosen_token.clear()
+    _hub._env_token_hub.clear()
     _hub._me_cache.clear()

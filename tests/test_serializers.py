@@ -222,3 +222,12 @@ def test_a_pickle_naming_numpy_is_read_once_by_the_checked_unpickler(
     loaded = _serializers.bytes_to_pkl(data)
     assert pickle.dumps(loaded, protocol=5) == data
     assert loads == {"fast": fast_loads, "checked": 1 - fast_loads}  # no pass thrown away
+
+
+@pytest.mark.parametrize("data", [
+    b'\x80\x05\x95\\\x00\x00\x00\x00\x00\x00\x8c\x05n\x04mpy\x94\x8c\x05dtype\x94\x93\x94\x8c\x02V6\x94\x89\x88\x87\x94R\x94K\x03\x8c\x01|\x94h\x02\x8c\x02i2\x94\x89\x88\x87\x94R\x94(K\x03\x8c\x01<\x94NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t\x94bK\x03\x85\x94\x86\x94NNK\x06K\x02K\x00t\x94b.',
+    b'\x80\x04\x95`\x00\x00\x00\x00\x00\x00\x00\x8c\x16numpy._core.multiarray\x94\x8c\x06scalar\x94\x93\x94\x8c\x05numpy\x94\x8c\x05dtype\x94\x93\x94\x8c\x02V4\x94\x89\x88\x87\x94R\x94(K\x03\x8c\x01|\x94NNNK\x04K\x01K\x00t\x94bC\x04abcd\x94\x86\x94R\x94\x8d',
+], ids=["frame-length-overflow", "truncated-length"])
+def test_a_mangled_pickle_is_a_serialization_error(data: bytes) -> None:
+    with pytest.raises(SerializationError, match="not a valid pickle"):
+        kc._serializers.bytes_to_pkl(data)
