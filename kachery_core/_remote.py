@@ -272,7 +272,11 @@ def download(parsed: Sha1URI, uri: str) -> Path:
         if actual != sha1:
             raise HashMismatchError(uri, sha1, actual, f"download from {client.url}")
         _fs.makedirs(final.parent)
+        written = os.stat(tmp)
         _fs.finish_file(tmp, final)
+        st = os.stat(final)
+        if st.st_ino == written.st_ino and st.st_size == written.st_size:
+            _hashing.record_sha1(str(final), st, sha1)  # hashed as it arrived: loading it now costs a stat
     finally:
         response.close()
         tmp.unlink(missing_ok=True)

@@ -329,7 +329,7 @@ def _load_verified(uri: str, local_only: bool, read: Callable[[Path, Sha1URI, st
     if _use_hub(local_only):
         from . import _remote
 
-        result = read(_remote.download(parsed, uri), parsed, uri, True)  # verified as it arrived, and again here
+        result = read(_remote.download(parsed, uri), parsed, uri, True)  # hashed as it arrived (the cache knows)
         if result is not None:
             return result
     if mismatch is not None:

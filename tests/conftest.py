@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import sys
@@ -75,3 +76,29 @@ def run_python(code: str, *, env: dict[str, str] | None = None, check: bool = Tr
     return subprocess.run(
         [sys.executable, "-c", code], env=full_env, capture_output=True, text=True, check=check, timeout=300
     )
+
+
+def count_hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the content sha1 hashes from now on (kachery_core hashes through ``hashlib.sha1``);
+    not the paths the hash cache names its entries by (the sha1 of a path of a few hundred bytes)."""
+    real = hashlib.sha1
+    hashed: list[int] = []
+
+    class Counting:
+        def __init__(self, data: Any = b"", **kwargs: Any) -> None:
+            self._h = real(data, **kwargs)
+            self._count(data)
+
+        def update(self, data: Any) -> None:
+            self._count(data)
+            self._h.update(data)
+
+        def _count(self, data: Any) -> None:
+            if memoryview(data).nbytes > 4096:
+                hashed.append(memoryview(data).nbytes)
+
+        def hexdigest(self) -> str:
+            return self._h.hexdigest()
+
+    monkeypatch.setattr(hashlib, "sha1", Counting)
+    return hashed

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hub_fixtures import *  # noqa: F403
 from hub_fixtures import Hub
+from conftest import count_hashed_bytes
 
 import kachery_core as kc
 from kachery_core import _hub, _signing
@@ -84,6 +85,15 @@ def test_cache_locally_for_store_file(hub: Hub, tmp_path: Path) -> None:
     uri = kc.store_file(str(src), cache_locally=True)
     assert Path(kc.load_file(uri, local_only=True)).read_text() == "file content"
     assert kc.store_file(str(src), local=True) == uri
+
+
+def test_a_download_is_hashed_once_as_it_arrives(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.sign_in("A", "a@example.org")
+    data = os.urandom(3_000_000)
+    uri = kc.store_npy(np.frombuffer(data, dtype=np.uint8))
+    hashed = count_hashed_bytes(monkeypatch)
+    path = Path(kc.load_file(uri))
+    assert path.stat().st_size > len(data) and sum(hashed) == path.stat().st_size  # not again once it is stored
 
 
 def test_load_bytes_uses_a_range_and_does_not_download_everything(hub: Hub) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import count_hashed_bytes
 
 import kachery_core as kc
 from kachery_core import _hashing
@@ -324,32 +325,6 @@ def test_storing_works_where_os_has_no_copy_file_range(
     assert Path(kc.load_file(uri)).read_bytes() == data
 
 
-def _count_hashed_bytes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Sizes of the content sha1 hashes from now on (kachery_core hashes through ``hashlib.sha1``);
-    not the paths the hash cache names its entries by (the sha1 of a path of a few hundred bytes)."""
-    real = hashlib.sha1
-    hashed: list[int] = []
-
-    class Counting:
-        def __init__(self, data: Any = b"", **kwargs: Any) -> None:
-            self._h = real(data, **kwargs)
-            self._count(data)
-
-        def update(self, data: Any) -> None:
-            self._count(data)
-            self._h.update(data)
-
-        def _count(self, data: Any) -> None:
-            if memoryview(data).nbytes > 4096:
-                hashed.append(memoryview(data).nbytes)
-
-        def hexdigest(self) -> str:
-            return self._h.hexdigest()
-
-    monkeypatch.setattr(hashlib, "sha1", Counting)
-    return hashed
-
-
 @pytest.mark.parametrize("size", [100_000, 3_000_000], ids=["small", "streamed"])
 def test_cat_file_reads_and_hashes_the_file_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
@@ -361,7 +336,7 @@ def test_cat_file_reads_and_hashes_the_file_once(
     uri = kc.store_file_local(_write(tmp_path / "f", data))
     sha1 = kc.parse_sha1_uri(uri).sha1
     _hashing._cache_path(str(_store.store_path(sha1))).unlink(missing_ok=True)  # nothing vouches for it yet
-    hashed = _count_hashed_bytes(monkeypatch)
+    hashed = count_hashed_bytes(monkeypatch)
     out = io.BytesIO()
     kc.cat_file(uri, out=out)
     assert out.getvalue() == data
@@ -395,6 +370,6 @@ def test_cat_file_of_a_big_corrupt_store_file_raises_after_writing_and_tries_not
 def test_a_range_of_a_small_file_is_hashed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(200_000)  # under the hash cache's minimum: nothing vouches for it
     uri = kc.store_file_local(_write(tmp_path / "r", data))
-    hashed = _count_hashed_bytes(monkeypatch)
+    hashed = count_hashed_bytes(monkeypatch)
     assert kc.load_bytes(uri, 10, 20) == data[10:20]
     assert sum(hashed) == len(data)
