@@ -47,6 +47,10 @@ class IncomingBlob(Protocol):
 
     def abort(self) -> None: ...
 
+    def release(self) -> None:
+        """Drop what ``finish`` kept (bytes the store held already); call it after the answer is sent."""
+        ...
+
 
 @dataclass(frozen=True)
 class UploadTarget:
@@ -105,6 +109,7 @@ class _LocalIncoming:
         self._hash = hashlib.sha1()
         self._size = 0
         self._max_size = max_size
+        self._redundant = False
 
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -124,8 +129,12 @@ class _LocalIncoming:
             self._file.flush()
             os.fsync(self._file.fileno())  # the database will say the blob exists: make it so
             final = self._store.blob_path(expected_sha1)
-            # Renamed over a blob already there too (the same verified bytes): the work, and so
-            # the time of the answer, does not depend on whether another project holds them.
+            if final.exists():
+                # The store held these bytes already. Freeing a big file's blocks takes time (about
+                # a second a GiB): that is done by release(), after the answer, so that the answer
+                # comes as soon whether or not another project holds the bytes.
+                self._redundant = True
+                return self._size
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, final)
             self._file.close()  # only now: the lock keeps a cleanup from taking the file before the rename
@@ -138,6 +147,10 @@ class _LocalIncoming:
         if not self._file.closed:
             self._tmp.unlink(missing_ok=True)
             self._file.close()
+
+    def release(self) -> None:
+        if self._redundant:
+            self.abort()
 
 
 class LocalFolderStore:

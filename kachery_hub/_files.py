@@ -11,8 +11,8 @@ A client adds a file to a project only by proving it holds the whole content:
 through the hub, by sending the bytes (hashed as they stream); with an object
 store, by sending them to a key of its own (an upload id handed to it alone)
 whose sha1 the store checks. That the hub already holds the bytes for another
-project is never a shortcut, and no answer differs by it. In a folder store the
-verified upload is renamed over the blob either way; in an object store each
+project is never a shortcut, and no answer differs by it. In a folder store a
+verified upload of bytes already there is dropped after the answer has gone; in an object store each
 project keeps the copy it uploaded (``files.storage_key``), since a download's
 presigned URL names its object and would tell whose upload it was.
 """
@@ -198,7 +198,7 @@ async def delete_project_file(project_id: str, sha1: str, background: Background
     summary="Upload a file's bytes into a project (streamed; verified against the sha1 before it is visible)",
     openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {}}}},
 )
-async def put_project_file(project_id: str, sha1: str, request: Request,
+async def put_project_file(project_id: str, sha1: str, request: Request, background: BackgroundTasks,
                            label: Line | None = Query(default=None, max_length=1000),
                            req: SignedRequest = Depends(signed_upload)) -> dict[str, Any]:
     _check_sha1(sha1)
@@ -233,7 +233,13 @@ async def put_project_file(project_id: str, sha1: str, request: Request,
         if isinstance(e, ClientDisconnect):
             raise InvalidInput("the client disconnected before the upload finished; nothing was stored") from None
         raise
-    return await run_in_threadpool(hub.db.run, _record, who, project_id, sha1, size, label)
+    try:
+        record = await run_in_threadpool(hub.db.run, _record, who, project_id, sha1, size, label)
+    except BaseException:
+        await run_in_threadpool(incoming.release)
+        raise
+    background.add_task(run_in_threadpool, incoming.release)  # after the answer: see _LocalIncoming.finish
+    return record
 
 
 class UploadRequest(BaseModel):
