@@ -9,7 +9,6 @@ limits are also checked in process, where the client address can be chosen.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import http.client
 import json
@@ -35,7 +34,7 @@ import kachery_core as kc  # noqa: E402
 from hub_fixtures import new_keys, signed_headers  # noqa: E402
 from hub_process import HubProcess, forget_hubs, free_port, real_hub  # noqa: E402,F401
 from kachery_hub import Settings, create_app  # noqa: E402
-from kachery_hub._headlimit import head_limited_protocol  # noqa: E402
+from kachery_hub._headlimit import _ProbeTransport, head_limited_protocol  # noqa: E402
 from kachery_hub._ratelimit import RateLimiter  # noqa: E402
 from kachery_hub._settings import (  # noqa: E402
     ENV_BODY_TIMEOUT,
@@ -680,37 +679,6 @@ def test_the_new_limits_are_read_from_the_environment(tmp_path: Path) -> None:
         Settings(data_dir=tmp_path, body_read_timeout_seconds=0)
 
 
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = b""
-        self.closing = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 8555)}.get(name, default)
-
-    def write(self, data: Any) -> None:
-        self.written += bytes(data)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 def test_a_request_target_longer_than_the_url_parser_takes_is_answered_414() -> None:
     """With a head limit above 64 KiB, a target httptools cannot parse gets JSON, not a plain-text 400."""
     pytest.importorskip("httptools")
@@ -723,7 +691,7 @@ def test_a_request_target_longer_than_the_url_parser_takes_is_answered_414() -> 
     async def run() -> bytes:
         protocol_class = head_limited_protocol(MiB)
         protocol = protocol_class(config=Config(app), server_state=ServerState(), app_state={})  # type: ignore[call-arg]
-        transport = _Transport()
+        transport = _ProbeTransport()
         protocol.connection_made(transport)
         protocol.data_received(b"GET /?pad=" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         return transport.written
