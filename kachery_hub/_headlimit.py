@@ -149,6 +149,11 @@ def _self_test() -> str | None:
         return loop.run_until_complete(test)
     finally:
         test.close()  # never started if the loop could not run
+        left = asyncio.all_tasks(loop)  # a probe's app still waiting: ended here, not when collected
+        for task in left:
+            task.cancel()
+        if left and not loop.is_running():
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         loop.close()
         quiet.setLevel(level)
 
