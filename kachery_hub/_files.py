@@ -92,6 +92,7 @@ _INSERT_BLOB = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :
                     "ON CONFLICT (sha1) DO UPDATE SET size = excluded.size")
 _FILE_KEY = text("SELECT storage_key FROM files WHERE project_id = :pid AND sha1 = :sha1")
 _PENDING = text("INSERT INTO pending_uploads (upload_id, project_id, sha1, created_at) VALUES (:id, :pid, :sha1, :now)")
+_PENDING_AGAIN = text(_PENDING.text + " ON CONFLICT (upload_id) DO NOTHING")
 _COMPLETED = text("DELETE FROM pending_uploads WHERE upload_id = :id AND project_id = :pid AND sha1 = :sha1")
 _INSERT_FILE = text(
     "INSERT INTO files (project_id, sha1, size, label, created_by, created_at, storage_key) "
@@ -169,6 +170,10 @@ def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> tupl
     key = conn.execute(_FILE_KEY, {"pid": project_id, "sha1": sha1}).scalar()
     deleted = conn.execute(delete(tables.files).where(
         tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).rowcount
+    if key is not None:
+        # Its presigned upload URL may still be valid (an hour): bytes sent to it again would make an
+        # object nothing records. Pending once more, the sweep of abandoned uploads removes it later.
+        conn.execute(_PENDING_AGAIN, {"id": key.rsplit("/", 1)[-1], "pid": project_id, "sha1": sha1, "now": time.time()})
     return bool(deleted), key
 
 
