@@ -351,8 +351,13 @@ def _read_bytes(path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> bytes 
     except (FileNotFoundError, IsADirectoryError):
         return None
     with f:
-        st = os.fstat(f.fileno())
-        data = f.read()
+        return _read_whole_verified(f, path, parsed, uri, in_store)
+
+
+def _read_whole_verified(f: BinaryIO, path: Path, parsed: Sha1URI, uri: str, in_store: bool) -> bytes:
+    """The rest of open file ``f``, checked against the URI's hash: the bytes read are the bytes hashed."""
+    st = os.fstat(f.fileno())
+    data = f.read()
     actual = hashlib.sha1(data).hexdigest()
     if actual != parsed.sha1:
         raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=in_store)
@@ -516,11 +521,7 @@ def _cat_to(stream: BinaryIO) -> Callable[[Path, Sha1URI, str, bool], bool | Non
         with f:
             st = os.fstat(f.fileno())
             if st.st_size <= _CAT_VERIFY_FIRST_BYTES:
-                data = f.read()
-                actual = hashlib.sha1(data).hexdigest()
-                if actual != parsed.sha1:
-                    raise _mismatch(path, st, uri, parsed.sha1, actual, in_store=in_store)
-                stream.write(data)
+                stream.write(_read_whole_verified(f, path, parsed, uri, in_store))
                 return True
             cached = _hashing.cached_sha1(os.path.abspath(path), st)
             if cached is not None and cached != parsed.sha1:

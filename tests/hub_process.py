@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -92,8 +93,18 @@ class HubProcess:
 
 @pytest.fixture
 def real_hub(tmp_path: Path) -> Iterator[HubProcess]:
-    hub = HubProcess(tmp_path / "hub-data", free_port())
-    hub.start()
+    with running(HubProcess(tmp_path / "hub-data", free_port())) as hub:
+        yield hub
+
+
+@contextmanager
+def running(hub: HubProcess, env: dict[str, str] | None = None) -> Iterator[HubProcess]:
+    """``hub`` started (with ``env`` added to its environment) and stopped at the end; then this
+    process forgets its hubs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        hub.start()
     try:
         yield hub
     finally:

@@ -32,7 +32,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
 from hub_fixtures import new_keys, signed_headers  # noqa: E402
-from hub_process import HubProcess, forget_hubs, free_port, real_hub  # noqa: E402,F401
+from hub_process import HubProcess, forget_hubs, free_port, real_hub, running  # noqa: E402,F401
 from kachery_hub import Settings, create_app  # noqa: E402
 from kachery_hub._headlimit import _ProbeTransport, head_limited_protocol  # noqa: E402
 from kachery_hub._ratelimit import RateLimiter  # noqa: E402
@@ -53,13 +53,8 @@ FAKE_SIGNATURE = {"X-Kachery-Client": "ab" * 32, "X-Kachery-Signature": "cd" * 6
 @pytest.fixture(scope="module")
 def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """One real hub with the default settings for the tests that need no other."""
-    hub = HubProcess(tmp_path_factory.mktemp("shared") / "hub-data", free_port())
-    hub.start()
-    try:
+    with running(HubProcess(tmp_path_factory.mktemp("shared") / "hub-data", free_port())) as hub:
         yield hub
-    finally:
-        hub.stop()
-        forget_hubs()
 
 
 def _memory_kib(pid: int) -> dict[str, int]:
@@ -615,15 +610,8 @@ def test_the_hub_trusts_no_forwarded_for_by_default(shared_hub: HubProcess) -> N
 def proxied_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     """A real hub behind a (pretended) reverse proxy at 127.0.0.50, with a 1 s body timeout."""
     hub = HubProcess(tmp_path_factory.mktemp("proxied") / "hub-data", free_port(), "--trusted-proxies", "127.0.0.50")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(ENV_BODY_TIMEOUT, "1")
-        env.setenv(ENV_RATE_LIMIT, "3")  # bursts of 6
-        hub.start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
-        forget_hubs()
+    with running(hub, {ENV_BODY_TIMEOUT: "1", ENV_RATE_LIMIT: "3"}) as started:  # rate 3: bursts of 6
+        yield started
 
 
 def _sign_in_codes(port: int, source: str, n: int) -> list[int]:
