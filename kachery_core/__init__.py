@@ -6,6 +6,7 @@ API-compatible with kachery-cloud: point ``KACHERY_CLOUD_DIR`` at an existing
 
 from __future__ import annotations
 
+from ._feeds import Feed, FeedFollower, FeedMessage, create_feed, list_feeds, load_feed
 from ._fs import get_kachery_cloud_dir
 from ._hub import get_client_info, get_hub_url, init
 from ._identity import get_client_id
@@ -55,6 +56,9 @@ from .errors import (
     ByteRangeError,
     ClockSkewError,
     ConfigError,
+    FeedLimitError,
+    FeedMessageError,
+    FeedNotFoundError,
     FileChangedError,
     HashMismatchError,
     HubAuthError,
@@ -83,6 +87,12 @@ __all__ = [
     "ByteRangeError",
     "ClockSkewError",
     "ConfigError",
+    "Feed",
+    "FeedFollower",
+    "FeedLimitError",
+    "FeedMessage",
+    "FeedMessageError",
+    "FeedNotFoundError",
     "FileChangedError",
     "HashMismatchError",
     "HubAuthError",
@@ -105,6 +115,7 @@ __all__ = [
     "UnknownURISchemeError",
     "UnsafePickleError",
     "cat_file",
+    "create_feed",
     "create_project",
     "delete_mutable",
     "delete_mutable_local",
@@ -119,10 +130,12 @@ __all__ = [
     "get_project_id",
     "get_sign_in_status",
     "init",
+    "list_feeds",
     "list_mutables",
     "list_project_members",
     "list_projects",
     "load_bytes",
+    "load_feed",
     "load_file",
     "load_file_info",
     "load_json",

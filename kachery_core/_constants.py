@@ -22,6 +22,12 @@ ENV_HUB_TOKEN = "KACHERY_HUB_TOKEN"
 
 #: Largest value a mutable may hold, in UTF-8 bytes.
 MAX_MUTABLE_VALUE_BYTES = 1024 * 1024
+#: A feed message: at most this many bytes of canonical JSON (sorted keys, compact, ASCII).
+MAX_FEED_MESSAGE_BYTES = 1024 * 1024
+#: One append: at most this many messages ...
+MAX_FEED_BATCH_MESSAGES = 10_000
+#: ... in a request body of at most this many bytes (the hub's JSON body limit).
+MAX_FEED_BATCH_BYTES = 4 * 1024 * 1024
 #: Files at least this big print progress while being hashed or copied.
 PROGRESS_THRESHOLD_BYTES = 256 * 1024 * 1024
 

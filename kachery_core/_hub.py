@@ -270,7 +270,7 @@ class HubClient:
             return None
         # What an unregistered client is told where a signed-in one might have had access.
         if not (e.code == "client_not_registered" or isinstance(e, HubPermissionError)
-                or (isinstance(e, HubNotFoundError) and e.code == "file_not_found")):
+                or (isinstance(e, HubNotFoundError) and e.code in ("file_not_found", "feed_not_found"))):
             return None
         return HubAuthError(self.url, f"{e.message}; {_token_name(self.url)} was refused: {refusal.message}",
                             status=e.status, code=refusal.code)
@@ -287,12 +287,15 @@ class HubClient:
         headers: dict[str, str] | None = None,
         stream: bool = False,
         ok_statuses: tuple[int, ...] = (),
+        timeout: httpx2.Timeout | None = None,
     ) -> httpx2.Response:
         """Send one signed request; raises a :class:`HubError` for an error answer."""
         self._sign_in_first()
         request = self.http.build_request(
-            method, self.url + path, json=json, params=params, content=content, headers=headers
+            method, self.url + path, json=json, params=params, content=content, headers=headers,
         )
+        if timeout is not None:
+            request.extensions["timeout"] = timeout.as_dict()
         if self.keys is not None:
             if body_sha1 is None:
                 body_sha1 = hashlib.sha1(request.content).hexdigest()

@@ -130,11 +130,11 @@ class ConfigError(KacheryError, ValueError):
 class HubNotConfiguredError(KacheryError, RuntimeError):
     """An operation needs a hub and none is configured."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, *, hint: str | None = None) -> None:
         self.what = what
         super().__init__(
-            f"{what} needs a kachery hub, and none is configured: call "
-            "kachery_core.init(hub_url=..., token=...) or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN)"
+            f"{what} needs a kachery hub, and none is configured: "
+            + (hint or "call kachery_core.init(hub_url=..., token=...) or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN)")
         )
 
 
@@ -181,6 +181,28 @@ class HubRequestError(HubError, ValueError):
 
 class HubServerError(HubError, RuntimeError):
     """The hub failed (5xx)."""
+
+
+class FeedNotFoundError(HubNotFoundError):
+    """The hub has no such feed, or this client may not read it (the hub tells these apart to nobody)."""
+
+    def __init__(self, hub_url: str, feed_id: str, message: str, *, status: int | None = 404,
+                 code: str | None = "feed_not_found") -> None:
+        self.feed_id = feed_id
+        super().__init__(hub_url, message, status=status, code=code)
+
+
+class FeedMessageError(KacheryError, ValueError):
+    """A feed message that is not a JSON object of JSON values; ``path`` names the offending part."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"Invalid feed message at {path}: {reason}")
+
+
+class FeedLimitError(KacheryError, ValueError):
+    """An append over a feed's limits (messages per append, bytes per message or per append)."""
 
 
 class InvalidArgumentError(KacheryError, ValueError):

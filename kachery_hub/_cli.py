@@ -118,7 +118,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # X-Forwarded-* is believed from the configured proxies only (uvicorn's default trusts 127.0.0.1,
         # which would let any local user pick the address the rate limits count).
         proxies = list(settings.trusted_proxies)
+        # Feed event streams never end by themselves: on shutdown they get a few seconds, then are closed.
         config = uvicorn.Config(app, log_level=args.log_level, lifespan="on", proxy_headers=bool(proxies),
+                                timeout_graceful_shutdown=3,
                                 forwarded_allow_ips=proxies or None, **http_options(settings.max_header_bytes))
         logging.getLogger("uvicorn.access").addFilter(_HideTokens())  # after Config: it sets logging up
         uvicorn.Server(config).run(sockets=[sock])

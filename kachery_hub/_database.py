@@ -122,6 +122,24 @@ mutables = Table(
     Column("updated_by", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+feeds = Table(
+    "feeds", metadata,
+    Column("feed_id", Text, primary_key=True),
+    Column("project_id", Text, nullable=False),
+    Column("label", Text),
+    Column("created_by", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("message_count", BigInteger, nullable=False),
+    Column("last_append_at", Float),
+)
+feed_messages = Table(
+    "feed_messages", metadata,
+    Column("feed_id", Text, primary_key=True),
+    Column("number", BigInteger, primary_key=True),
+    Column("body", Text, nullable=False),
+    Column("appended_at", Float, nullable=False),
+    Column("appended_by", Text, nullable=False),
+)
 sessions = Table(
     "sessions", metadata,
     Column("session_hash", Text, primary_key=True),
@@ -163,6 +181,9 @@ nonces = Table(
 _REMEMBER_NONCE = text("INSERT INTO nonces (nonce, expires_at) VALUES (:n, :e) ON CONFLICT (nonce) DO NOTHING")
 
 
+_READ_ONLY = "kachery_read_only"
+
+
 def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_hex(8)
 
@@ -181,8 +202,8 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 def _sqlite_begin(conn: Connection) -> None:
     # IMMEDIATE takes the write lock up front, so concurrent writers wait (busy_timeout)
-    # instead of failing when a read turns into a write.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # instead of failing when a read turns into a write. Reads (Database.read) take no lock.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -216,6 +237,12 @@ class Database:
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         with self._writer or nullcontext(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A transaction that only reads: on SQLite it waits for no writer (WAL keeps its snapshot)."""
+        with self.engine.connect().execution_options(**{_READ_ONLY: True}) as conn, conn.begin():
             yield conn
 
     def run(self, work: Callable[..., T], *args: Any) -> T:

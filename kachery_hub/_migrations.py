@@ -163,6 +163,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE sessions ADD COLUMN token_id TEXT",
         ),
     ),
+    Migration(
+        6,
+        "feeds: append-only logs of JSON messages, numbered from 0 without gaps",
+        (
+            # message_count is also the number the next message gets: appenders take it under
+            # the row's lock, so numbers are handed out in commit order.
+            """CREATE TABLE feeds (
+                feed_id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL REFERENCES projects(id),
+                label TEXT,
+                created_by TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                message_count BIGINT NOT NULL,
+                last_append_at DOUBLE PRECISION
+            )""",
+            "CREATE INDEX feeds_by_project ON feeds (project_id, created_at)",
+            """CREATE TABLE feed_messages (
+                feed_id TEXT NOT NULL REFERENCES feeds(feed_id),
+                number BIGINT NOT NULL,
+                body TEXT NOT NULL,
+                appended_at DOUBLE PRECISION NOT NULL,
+                appended_by TEXT NOT NULL,
+                PRIMARY KEY (feed_id, number)
+            )""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -20,6 +20,8 @@ build ``Settings(data_dir=...)`` directly.
 ``KACHERY_HUB_BODY_TIMEOUT``    seconds a request body may make no progress before a 408 (default 30)
 ``KACHERY_HUB_TRUSTED_PROXIES`` comma-separated addresses or networks of reverse proxies whose
                                 ``X-Forwarded-For``/``-Proto`` ``serve`` believes (default: none)
+``KACHERY_HUB_FEED_KEEPALIVE``  seconds an idle feed event stream waits before a keep-alive, when it
+                                also re-checks the reader's access (default 15)
 ==============================  ======================================================
 
 Limits against anonymous abuse (fields of :class:`Settings`): request bodies
@@ -85,6 +87,7 @@ ENV_RATE_LIMIT = "KACHERY_HUB_RATE_LIMIT"
 ENV_MAX_INFLIGHT_BODY_BYTES = "KACHERY_HUB_MAX_INFLIGHT_BODY_BYTES"
 ENV_BODY_TIMEOUT = "KACHERY_HUB_BODY_TIMEOUT"
 ENV_TRUSTED_PROXIES = "KACHERY_HUB_TRUSTED_PROXIES"
+ENV_FEED_KEEPALIVE = "KACHERY_HUB_FEED_KEEPALIVE"
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 
@@ -101,6 +104,8 @@ RATE_LIMIT_PER_MINUTE = 30
 MAX_INFLIGHT_BODY_BYTES = 64 * 1024 * 1024
 #: A request body that makes no progress for this long is answered 408.
 BODY_READ_TIMEOUT_SECONDS = 30.0
+#: A feed's event stream sends a keep-alive (and re-checks the reader's access) after this long idle.
+FEED_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,7 @@ class Settings:
     oidc_client_secret: str | None = None
     admin_emails: tuple[str, ...] = ()
     public_urls: tuple[str, ...] = ()
+    feed_keepalive_seconds: float = FEED_KEEPALIVE_SECONDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -153,6 +159,9 @@ class Settings:
         if not 0 < self.body_read_timeout_seconds < float("inf"):
             raise ConfigurationError(f"body_read_timeout_seconds ({ENV_BODY_TIMEOUT}) must be positive, "
                                      f"not {self.body_read_timeout_seconds!r}")
+        if not 0 < self.feed_keepalive_seconds <= 3600:
+            raise ConfigurationError(f"feed_keepalive_seconds ({ENV_FEED_KEEPALIVE}) must be more than 0 and at "
+                                     f"most 3600, not {self.feed_keepalive_seconds!r}")
 
     @cached_property  # both are read on every signed request
     def signed_hosts(self) -> tuple[str, ...]:
@@ -187,6 +196,7 @@ class Settings:
         rate = _env_number(env, ENV_RATE_LIMIT, float, float(RATE_LIMIT_PER_MINUTE))
         inflight = _env_number(env, ENV_MAX_INFLIGHT_BODY_BYTES, int, MAX_INFLIGHT_BODY_BYTES)
         body_timeout = _env_number(env, ENV_BODY_TIMEOUT, float, BODY_READ_TIMEOUT_SECONDS)
+        keepalive = _env_number(env, ENV_FEED_KEEPALIVE, float, FEED_KEEPALIVE_SECONDS)
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
@@ -195,6 +205,7 @@ class Settings:
             rate_limit_per_minute=rate,
             max_inflight_body_bytes=inflight,
             body_read_timeout_seconds=body_timeout,
+            feed_keepalive_seconds=keepalive,
             trusted_proxies=tuple((env.get(ENV_TRUSTED_PROXIES) or "").split(",")),
             oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
             oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,

@@ -28,6 +28,7 @@ from ._bytestore import ByteStore, open_byte_store
 from ._database import Database
 from ._oidc import OidcConfig, OidcProvider
 from ._settings import Settings
+from ._wakeup import WakeUps
 
 
 @dataclass
@@ -36,6 +37,11 @@ class HubState:
     db: Database
     store: ByteStore
     oidc: OidcProvider | None = field(default=None)
+    wakeups: WakeUps = field(default=None)  # type: ignore[assignment]  # made from the database URL
+
+    def __post_init__(self) -> None:
+        if self.wakeups is None:
+            self.wakeups = WakeUps(self.db.url)
 
     @classmethod
     def open(cls, settings: Settings) -> HubState:

@@ -124,6 +124,10 @@ class MutableNotFound(NotFound):
     code = "mutable_not_found"
 
 
+class FeedNotFound(NotFound):
+    code = "feed_not_found"
+
+
 class UserNotFound(NotFound):
     code = "user_not_found"
 

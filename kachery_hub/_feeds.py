@@ -1,0 +1,381 @@
+"""Feeds: append-only logs of JSON messages in a project, followed live.
+
+A feed belongs to a project. Reading (and following) takes the ``read`` role,
+or a public-read project; appending takes ``write``. A feed nobody may read is
+answered exactly like a feed that does not exist (404 ``feed_not_found``).
+
+Messages are numbered from 0 without gaps. An append takes its numbers from
+the feed's row (``message_count``) in the transaction that stores the
+messages, under that row's lock, so a batch gets consecutive numbers, commits
+whole or not at all, and numbers become visible in order: a reader by number
+never sees a gap. Each message is stored as its canonical JSON (sorted keys,
+compact separators, ASCII), as ``kachery_core.store_json`` writes it.
+
+Followers use the event stream (Server-Sent Events): it sends what is there
+from a number on, in batches, then waits for a wake-up (:mod:`._wakeup`) and
+reads again by number. A lost wake-up costs at most one keep-alive period.
+
+Limits: ``MAX_FEED_BATCH_MESSAGES`` (10,000) messages per append, each at most
+``MAX_FEED_MESSAGE_BYTES`` (1 MiB of canonical JSON), in a body of at most the
+hub's JSON body limit (4 MiB); a page of messages holds at most 10,000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, Row, bindparam, select, text
+from starlette.concurrency import run_in_threadpool
+
+from kachery_core import _constants
+
+from . import _database as tables
+from ._auth import Caller, SignedRequest, parse_decimal, signed_request
+from ._database import Database
+from ._projects import _RANK, require_role
+from ._state import HubState
+from ._text import Line
+from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge
+
+router = APIRouter(tags=["feeds"])
+
+FEED_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")  # as kachery_core._uris.parse_feed_uri
+#: Messages in one page of ``GET .../messages`` and in one event of the stream.
+MAX_PAGE = 10_000
+EVENT_BATCH = 1_000
+#: Numbers beyond this are refused (and cannot be reached: BIGINT).
+MAX_NUMBER = 2**62
+
+
+def _check_id(feed_id: str) -> str:
+    if not FEED_ID_RE.fullmatch(feed_id):
+        raise InvalidInput(f"{feed_id[:140]!r} is not a feed id (1 to 128 letters, digits, '_' or '-')")
+    return feed_id
+
+
+def channel(feed_id: str) -> str:
+    """The wake-up channel of a feed."""
+    return f"feed:{feed_id}"
+
+
+# Built once (see _projects.require_role): they run on every feed request.
+_member = tables.members.alias("m")
+_FEED_AND_ROLE = (
+    select(tables.feeds, tables.projects.c.public_read, _member.c.role.label("caller_role"))
+    .join(tables.projects, tables.projects.c.id == tables.feeds.c.project_id)
+    .outerjoin(_member, (_member.c.project_id == tables.feeds.c.project_id) & (_member.c.user_id == bindparam("user_id")))
+    .where(tables.feeds.c.feed_id == bindparam("feed_id"))
+)
+# The feed's row lock (PostgreSQL) or the writer lock (SQLite) orders appenders.
+_TAKE_NUMBERS = text(
+    "UPDATE feeds SET message_count = message_count + :n, last_append_at = :now "
+    "WHERE feed_id = :feed_id RETURNING message_count"
+)
+_INSERT = text(
+    "INSERT INTO feed_messages (feed_id, number, body, appended_at, appended_by) VALUES (:f, :n, :b, :t, :u)"
+)
+_PAGE = text(
+    "SELECT number, body, appended_at, appended_by FROM feed_messages "
+    "WHERE feed_id = :feed_id AND number >= :start ORDER BY number LIMIT :limit"
+)
+_COUNT = select(tables.feeds.c.message_count).where(tables.feeds.c.feed_id == bindparam("feed_id"))
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a reader of a feed may see: its project, whether it may append, and authors' emails."""
+
+    feed_id: str
+    project_id: str
+    may_append: bool
+    sees_authors: bool  # members see who appended; public readers do not
+    row: Row[Any]
+
+
+def require_feed(conn: Connection, who: Caller, feed_id: str, needed: str = "read") -> Access:
+    """The feed if ``who`` may act on it with role ``needed``; 404 alike for absent and unreadable ones."""
+    row = conn.execute(_FEED_AND_ROLE, {"feed_id": feed_id, "user_id": who.user_id}).first()
+    role = row.caller_role if row is not None and who.user_id is not None else None
+    if row is None or not (row.public_read or role is not None):
+        raise FeedNotFound(f"feed {feed_id!r} does not exist, or this client may not read it", feed_id=feed_id)
+    may_append = role is not None and _RANK[role] >= _RANK["write"]
+    if needed == "write" and not may_append:
+        who.require_user()
+        raise Forbidden(f"{who.email} has {role or 'public read'} access to the project of feed {feed_id!r}; "
+                        "appending needs write", feed_id=feed_id, project_id=row.project_id)
+    return Access(feed_id, row.project_id, may_append, role is not None, row)
+
+
+def _info(access: Access) -> dict[str, Any]:
+    row = access.row
+    return {"feed_id": row.feed_id, "uri": f"kachery-feed://{row.feed_id}", "project_id": row.project_id,
+            "label": row.label, "message_count": row.message_count, "last_append_at": row.last_append_at,
+            "created_at": row.created_at, "can_append": access.may_append}
+
+
+# ---------------------------------------------------------------- messages in, messages out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidInput(f"feed messages cannot hold {name}: JSON has no such number")
+
+
+def parse_messages(raw: bytes) -> list[str]:
+    """The canonical JSON text of each message of an append body ``{"messages": [...]}``."""
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
+        if isinstance(e, InvalidInput):
+            raise
+        raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        raise InvalidInput('the body must be a JSON object {"messages": [...]} holding a list of messages')
+    if not messages:
+        raise InvalidInput("an append needs at least one message")
+    if len(messages) > _constants.MAX_FEED_BATCH_MESSAGES:
+        raise PayloadTooLarge(f"an append of {len(messages)} messages is over the limit of "
+                              f"{_constants.MAX_FEED_BATCH_MESSAGES} messages per append")
+    texts = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidInput(f"messages[{i}] is a JSON {_json_kind(message)}; a feed message must be a JSON object",
+                               index=i)
+        try:
+            encoded = json.dumps(message, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (ValueError, RecursionError):  # numbers too large for a float parse as inf
+            raise InvalidInput(f"messages[{i}] holds a number JSON cannot represent", index=i) from None
+        if len(encoded) > _constants.MAX_FEED_MESSAGE_BYTES:
+            raise PayloadTooLarge(f"messages[{i}] is {len(encoded)} bytes of JSON, over the limit of "
+                                  f"{_constants.MAX_FEED_MESSAGE_BYTES} bytes per message", index=i)
+        texts.append(encoded)
+    return texts
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _number_text(value: float) -> str:
+    return repr(value) if math.isfinite(value) else "null"
+
+
+class _Authors:
+    """Emails of who appended, looked up once per user (members only see them)."""
+
+    def __init__(self, sees: bool) -> None:
+        self.sees = sees
+        self.known: dict[str, str] = {}
+
+    def fill(self, conn: Connection, user_ids: set[str]) -> None:
+        missing = [u for u in user_ids if u not in self.known] if self.sees else []
+        if missing:
+            rows = conn.execute(select(tables.users.c.id, tables.users.c.email).where(tables.users.c.id.in_(missing)))
+            for r in rows:
+                self.known[r.id] = json.dumps(r.email)
+            for u in missing:
+                self.known.setdefault(u, "null")
+
+    def of(self, user_id: str) -> str:
+        return self.known.get(user_id, "null") if self.sees else "null"
+
+
+def read_page(conn: Connection, feed_id: str, start: int, limit: int, authors: _Authors) -> tuple[list[str], int]:
+    """Messages ``start..`` (at most ``limit``) as JSON texts, and the next number to read."""
+    rows = conn.execute(_PAGE, {"feed_id": feed_id, "start": start, "limit": limit}).all()
+    authors.fill(conn, {r.appended_by for r in rows})
+    out = [
+        f'{{"number":{r.number},"time":{_number_text(r.appended_at)},"user":{authors.of(r.appended_by)},'
+        f'"message":{r.body}}}'
+        for r in rows
+    ]
+    return out, (rows[-1].number + 1 if rows else start)
+
+
+# ---------------------------------------------------------------- work in a transaction
+
+
+def _create(conn: Connection, who: Caller, project_id: str, label: str | None) -> dict[str, Any]:
+    user_id = who.require_user()
+    require_role(conn, who, project_id, "write")
+    feed_id = tables.new_id("f") + tables.new_id()  # 33 characters, 128 random bits
+    now = time.time()
+    conn.execute(tables.feeds.insert().values(
+        feed_id=feed_id, project_id=project_id, label=label, created_by=user_id, created_at=now, message_count=0))
+    return {"feed_id": feed_id, "uri": f"kachery-feed://{feed_id}", "project_id": project_id, "label": label,
+            "created_at": now, "message_count": 0}
+
+
+def _list(conn: Connection, who: Caller, project_id: str, limit: int, after: str | None) -> list[dict[str, Any]]:
+    require_role(conn, who, project_id, "read")
+    f = tables.feeds
+    q = select(f.c.feed_id, f.c.label, f.c.message_count, f.c.last_append_at, f.c.created_at).where(
+        f.c.project_id == project_id)
+    if after is not None:  # newest first; the page after feed `after`
+        mark = conn.execute(select(f.c.created_at).where(f.c.feed_id == after, f.c.project_id == project_id)).first()
+        if mark is None:
+            raise InvalidInput(f"after={after!r} is not a feed of project {project_id!r}")
+        q = q.where((f.c.created_at < mark.created_at) | ((f.c.created_at == mark.created_at) & (f.c.feed_id < after)))
+    rows = conn.execute(q.order_by(f.c.created_at.desc(), f.c.feed_id.desc()).limit(limit)).all()
+    return [{"feed_id": r.feed_id, "uri": f"kachery-feed://{r.feed_id}", "label": r.label,
+             "message_count": r.message_count, "last_append_at": r.last_append_at, "created_at": r.created_at}
+            for r in rows]
+
+
+def _get(conn: Connection, who: Caller, feed_id: str) -> dict[str, Any]:
+    return _info(require_feed(conn, who, feed_id))
+
+
+def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: bytes) -> dict[str, Any]:
+    require_feed(conn, who, feed_id, "write")
+    user_id = who.require_user()
+    texts = parse_messages(raw)
+    now = time.time()
+    count = int(conn.execute(_TAKE_NUMBERS, {"n": len(texts), "now": now, "feed_id": feed_id}).scalar_one())
+    first = count - len(texts)
+    conn.execute(_INSERT, [{"f": feed_id, "n": first + i, "b": t, "t": now, "u": user_id} for i, t in enumerate(texts)])
+    hub.wakeups.publish(conn, channel(feed_id), count - 1)
+    return {"first_number": first, "count": len(texts), "message_count": count, "time": now}
+
+
+def _page(conn: Connection, who: Caller, feed_id: str, start: int, limit: int) -> str:
+    access = require_feed(conn, who, feed_id)
+    out, _ = read_page(conn, feed_id, start, limit, _Authors(access.sees_authors))
+    count = conn.execute(_COUNT, {"feed_id": feed_id}).scalar_one()
+    return f'{{"message_count":{count},"messages":[{",".join(out)}]}}'
+
+
+def _open(conn: Connection, who: Caller, feed_id: str) -> tuple[Caller, Access]:
+    return who, require_feed(conn, who, feed_id)
+
+
+# ---------------------------------------------------------------- endpoints
+
+
+class CreateFeed(BaseModel):
+    label: Line | None = Field(default=None, max_length=1000)
+
+
+@router.post("/api/projects/{project_id}/feeds", summary="Create a feed in a project (needs write)")
+async def post_feed(project_id: str, body: CreateFeed, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_create, project_id, body.label)
+
+
+@router.get("/api/projects/{project_id}/feeds", summary="Feeds of a project, newest first")
+async def get_feeds(project_id: str, limit: int = Query(default=1000, ge=1, le=10000),
+                    after: str | None = Query(default=None, max_length=128),
+                    req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    if after is not None:
+        _check_id(after)
+    return {"feeds": await req.run(_list, project_id, limit, after)}
+
+
+@router.get("/api/feeds/{feed_id}", summary="A feed: its project, label, message count, whether the caller may append")
+async def get_feed(feed_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_get, _check_id(feed_id))
+
+
+@router.post("/api/feeds/{feed_id}/messages",
+             summary="Append messages (JSON objects) to a feed, atomically with consecutive numbers (needs write)")
+async def post_messages(feed_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    feed_id = _check_id(feed_id)
+    result: dict[str, Any] = await req.run(_append, req.hub, feed_id, request._body)
+    req.hub.wakeups.notify(channel(feed_id), result["message_count"] - 1)  # after the commit
+    return result
+
+
+@router.get("/api/feeds/{feed_id}/messages", summary="A page of a feed's messages from number `start`")
+async def get_messages(feed_id: str, start: int = Query(default=0, ge=0, le=MAX_NUMBER),
+                       limit: int = Query(default=1000, ge=1, le=MAX_PAGE),
+                       req: SignedRequest = Depends(signed_request)) -> Response:
+    body = await req.run(_page, _check_id(feed_id), start, limit)
+    return Response(body, media_type="application/json")
+
+
+@router.get(
+    "/api/feeds/{feed_id}/events",
+    summary="Follow a feed live (Server-Sent Events) from `start` or after the `Last-Event-ID` header",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "`id:` the number of the batch's last message; `event: messages`, "
+                                    "`data:` a JSON list of {number, time, user, message}; `: keep-alive` "
+                                    "comments; `event: end` when `wait` seconds passed or access was lost"}},
+)
+async def get_events(feed_id: str, start: int | None = Query(default=None, ge=0, le=MAX_NUMBER),
+                     wait: float | None = Query(default=None, gt=0, le=86400),
+                     keepalive: float | None = Query(default=None, ge=0.5, le=3600),
+                     last_event_id: str | None = Header(default=None, max_length=32),
+                     req: SignedRequest = Depends(signed_request)) -> StreamingResponse:
+    feed_id = _check_id(feed_id)
+    if start is None and last_event_id is not None:
+        last = parse_decimal(last_event_id.strip())
+        if last is None or last >= MAX_NUMBER:
+            raise InvalidInput(f"Last-Event-ID must be a message number, not {last_event_id[:32]!r}")
+        start = last + 1
+    who, access = await req.run(_open, feed_id)
+    return StreamingResponse(
+        _events(req.hub, who, access, start or 0, wait, keepalive), media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _event(name: str, data: str, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {name}\ndata: {data}\n\n".encode()
+
+
+async def _events(hub: HubState, who: Caller, access: Access, position: int, wait: float | None,
+                  keepalive: float | None) -> AsyncIterator[bytes]:
+    db: Database = hub.db
+    feed_id = access.feed_id
+    authors = _Authors(access.sees_authors)
+    recheck = hub.settings.feed_keepalive_seconds  # how often an idle stream re-checks the reader's access
+    keepalive = keepalive or recheck
+    checked = time.monotonic()
+    deadline = None if wait is None else time.monotonic() + wait
+
+    def read(start: int) -> tuple[list[str], int]:
+        with db.read() as conn:
+            return read_page(conn, feed_id, start, EVENT_BATCH, authors)
+
+    def still_readable() -> HubError | None:
+        try:
+            with db.read() as conn:
+                require_feed(conn, who, feed_id)
+        except HubError as e:
+            return e
+        return None
+
+    # Subscribed before the first read: a wake-up between a read and the wait is not lost.
+    with hub.wakeups.subscribe(channel(feed_id)) as sub:
+        yield b"retry: 1000\n\n"
+        while True:
+            batch, position = await run_in_threadpool(read, position)
+            if batch:
+                yield _event("messages", f"[{','.join(batch)}]", position - 1)
+                if len(batch) == EVENT_BATCH:
+                    await asyncio.sleep(0)  # let other streams have the loop between batches
+                    continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                yield _event("end", '{"reason":"wait"}')
+                return
+            if await sub.wait(keepalive if left is None else min(keepalive, left)):
+                continue
+            if time.monotonic() - checked >= recheck:
+                checked = time.monotonic()
+                refused = await run_in_threadpool(still_readable)
+                if refused is not None:  # access lost while following: say so and end
+                    yield _event("end", json.dumps({"reason": "refused", **refused.payload()["error"]}))
+                    return
+            yield b": keep-alive\n\n"
