@@ -23,12 +23,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 from . import _constants, _hub
 from ._projects import get_project_id
+from ._serializers import canonical_json
 from ._uris import parse_feed_uri
 from .errors import (
     FeedLimitError,
@@ -53,8 +53,7 @@ _NO_HUB_HINT = ("start one with `kachery-hub serve` (the embedded default) and s
                 "KACHERY_HUB_TOKEN it prints, or call kachery_core.init(hub_url=..., token=...)")
 
 
-@dataclass(frozen=True)
-class FeedMessage:
+class FeedMessage(NamedTuple):
     """A message with what the hub recorded: its number, when (hub clock, epoch seconds) and by whom.
 
     ``user`` is the email of who appended it, or None when the reader is not a
@@ -123,7 +122,7 @@ def encode_message(message: Any, path: str = "message") -> str:
     if not isinstance(message, dict):
         raise FeedMessageError(path, f"a feed message must be a dict (a JSON object), not {type(message).__name__}")
     try:
-        encoded = json.dumps(message, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        encoded = canonical_json(message)
     except (TypeError, ValueError, RecursionError) as e:
         found = _find_problem(message, path)
         if found is None:  # e.g. keys of mixed types that cannot be sorted
@@ -178,8 +177,14 @@ def _sse(response: httpx2.Response) -> Iterator[tuple[str, str, str | None]]:
         del buf[:start]
 
 
-def _messages(data: str) -> list[FeedMessage]:
-    return [FeedMessage(m["number"], m["time"], m["user"], m["message"]) for m in json.loads(data)]
+def _messages(page: dict[str, Any]) -> list[FeedMessage]:
+    """The messages of a page ``{"first": n, "runs": [[count, time, user], ...], "messages": [...]}``."""
+    number, messages, out = page["first"], page["messages"], []
+    i = 0
+    for count, t, user in page["runs"]:
+        out += [FeedMessage(number + k, t, user, m) for k, m in enumerate(messages[i:i + count])]
+        number, i = number + count, i + count
+    return out
 
 
 class FeedFollower:
@@ -241,7 +246,7 @@ class FeedFollower:
                 for event, data, _ in _sse(response):
                     if event == "messages":
                         delay, failing_since = 0.05, None
-                        for m in _messages(data):
+                        for m in _messages(json.loads(data)):
                             if m.number < self.position:  # already seen (cannot happen from a stream by number)
                                 continue
                             self.position = m.number + 1
@@ -382,7 +387,7 @@ class Feed:
             page = client.json("GET", self._path + "/messages", params={"start": start, "limit": limit})
         except HubNotFoundError as e:
             raise _not_found(client, self.feed_id, e) from None
-        return [FeedMessage(m["number"], m["time"], m["user"], m["message"]) for m in page["messages"]]
+        return _messages(page)
 
     def iter_messages(self, start: int = 0, end: int | None = None) -> Iterator[FeedMessage]:
         """Messages ``start`` to ``end - 1`` (or the last one now), fetched in pages: constant memory."""
@@ -437,7 +442,7 @@ class Feed:
             try:
                 for event, data, _ in _sse(response):
                     if event == "messages":
-                        got = [m.message for m in _messages(data)]
+                        got: list[dict[str, Any]] = json.loads(data)["messages"]
                         return got if most is None else got[:most]
                     if event == "end":
                         reason = json.loads(data)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Float,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -132,11 +133,13 @@ feeds = Table(
     Column("message_count", BigInteger, nullable=False),
     Column("last_append_at", Float),
 )
-feed_messages = Table(
-    "feed_messages", metadata,
+feed_batches = Table(
+    "feed_batches", metadata,
     Column("feed_id", Text, primary_key=True),
-    Column("number", BigInteger, primary_key=True),
-    Column("body", Text, nullable=False),
+    Column("first_number", BigInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("bodies", Text, nullable=False),  # the messages' JSON texts joined by ","
+    Column("lengths", Text, nullable=False),  # their lengths, joined by ","
     Column("appended_at", Float, nullable=False),
     Column("appended_by", Text, nullable=False),
 )

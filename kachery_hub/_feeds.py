@@ -38,6 +38,7 @@ from sqlalchemy import Connection, Row, bindparam, select, text
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
+from kachery_core._serializers import canonical_json
 
 from . import _database as tables
 from ._auth import Caller, SignedRequest, parse_decimal, signed_request
@@ -80,13 +81,6 @@ _FEED_AND_ROLE = (
 _TAKE_NUMBERS = text(
     "UPDATE feeds SET message_count = message_count + :n, last_append_at = :now "
     "WHERE feed_id = :feed_id RETURNING message_count"
-)
-_INSERT = text(
-    "INSERT INTO feed_messages (feed_id, number, body, appended_at, appended_by) VALUES (:f, :n, :b, :t, :u)"
-)
-_PAGE = text(
-    "SELECT number, body, appended_at, appended_by FROM feed_messages "
-    "WHERE feed_id = :feed_id AND number >= :start ORDER BY number LIMIT :limit"
 )
 _COUNT = select(tables.feeds.c.message_count).where(tables.feeds.c.feed_id == bindparam("feed_id"))
 
@@ -152,7 +146,7 @@ def parse_messages(raw: bytes) -> list[str]:
             raise InvalidInput(f"messages[{i}] is a JSON {_json_kind(message)}; a feed message must be a JSON object",
                                index=i)
         try:
-            encoded = json.dumps(message, sort_keys=True, separators=(",", ":"), allow_nan=False)
+            encoded = canonical_json(message)
         except (ValueError, RecursionError):  # numbers too large for a float parse as inf
             raise InvalidInput(f"messages[{i}] holds a number JSON cannot represent", index=i) from None
         if len(encoded) > _constants.MAX_FEED_MESSAGE_BYTES:
@@ -171,35 +165,82 @@ def _number_text(value: float) -> str:
 
 
 class _Authors:
-    """Emails of who appended, looked up once per user (members only see them)."""
+    """Emails of who appended, as JSON text, looked up once per user (members only see them)."""
 
     def __init__(self, sees: bool) -> None:
         self.sees = sees
         self.known: dict[str, str] = {}
 
-    def fill(self, conn: Connection, user_ids: set[str]) -> None:
-        missing = [u for u in user_ids if u not in self.known] if self.sees else []
-        if missing:
-            rows = conn.execute(select(tables.users.c.id, tables.users.c.email).where(tables.users.c.id.in_(missing)))
-            for r in rows:
-                self.known[r.id] = json.dumps(r.email)
-            for u in missing:
-                self.known.setdefault(u, "null")
-
-    def of(self, user_id: str) -> str:
-        return self.known.get(user_id, "null") if self.sees else "null"
+    def of(self, conn: Connection, user_id: str) -> str:
+        if not self.sees:
+            return "null"
+        email = self.known.get(user_id)
+        if email is None:
+            row = conn.execute(_EMAIL, {"user_id": user_id}).first()
+            email = self.known[user_id] = json.dumps(row.email if row is not None else None)
+        return email
 
 
-def read_page(conn: Connection, feed_id: str, start: int, limit: int, authors: _Authors) -> tuple[list[str], int]:
-    """Messages ``start..`` (at most ``limit``) as JSON texts, and the next number to read."""
-    rows = conn.execute(_PAGE, {"feed_id": feed_id, "start": start, "limit": limit}).all()
-    authors.fill(conn, {r.appended_by for r in rows})
-    out = [
-        f'{{"number":{r.number},"time":{_number_text(r.appended_at)},"user":{authors.of(r.appended_by)},'
-        f'"message":{r.body}}}'
-        for r in rows
-    ]
-    return out, (rows[-1].number + 1 if rows else start)
+_EMAIL = select(tables.users.c.email).where(tables.users.c.id == bindparam("user_id"))
+# The batches holding messages from `start` on: those that begin after the start of the largest batch
+# that could hold it (an index range) and end after it.
+_BATCHES_SQL = {
+    "qmark": "SELECT first_number, count, bodies, lengths, appended_at, appended_by FROM feed_batches "
+             "WHERE feed_id = ? AND first_number > ? AND first_number + count > ? ORDER BY first_number LIMIT ?",
+    "format": "SELECT first_number, count, bodies, lengths, appended_at, appended_by FROM feed_batches "
+              "WHERE feed_id = %s AND first_number > %s AND first_number + count > %s ORDER BY first_number LIMIT %s",
+}
+_INSERT_SQL = {
+    "qmark": "INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "format": "INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
+              "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+}
+_BATCHES_PER_QUERY = 32
+
+
+def _style(conn: Connection) -> str:
+    return "qmark" if conn.dialect.paramstyle == "qmark" else "format"
+
+
+def _slice(bodies: str, lengths: str, skip: int, take: int) -> str:
+    """Messages ``skip`` to ``skip + take - 1`` of a batch, still joined by ','."""
+    sizes = [int(x) for x in lengths.split(",")]
+    if skip == 0 and take >= len(sizes):
+        return bodies
+    begin = sum(sizes[:skip]) + skip  # each message is followed by one ','
+    end = begin + sum(sizes[skip:skip + take]) + take - 1
+    return bodies[begin:end]
+
+
+def read_page(conn: Connection, feed_id: str, start: int, limit: int, authors: _Authors) -> tuple[str, int, int]:
+    """Messages ``start..`` (at most ``limit``) as the JSON of a page, their count, and the next number.
+
+    A page is ``{"first": n, "runs": [[count, time, user], ...], "messages": [...]}``: the messages
+    of one append share their time and author, so each run says them once (readers parse a
+    number and an email per append, not per message).
+    """
+    # The driver's own cursor: this runs for every follower after every append, and for every page
+    # of a catch-up read; SQLAlchemy's rows cost more than the query.
+    sql = _BATCHES_SQL[_style(conn)]
+    runs: list[str] = []
+    parts: list[str] = []
+    position = start
+    while position - start < limit:
+        rows = conn.exec_driver_sql(
+            sql, (feed_id, position - _constants.MAX_FEED_BATCH_MESSAGES, position, _BATCHES_PER_QUERY)).fetchall()
+        for first, count, bodies, lengths, appended_at, appended_by in rows:
+            skip = position - first
+            take = min(count - skip, limit - (position - start))
+            parts.append(_slice(bodies, lengths, skip, take))
+            runs.append(f"[{take},{_number_text(appended_at)},{authors.of(conn, appended_by)}]")
+            position += take
+            if position - start >= limit:
+                break
+        if len(rows) < _BATCHES_PER_QUERY:
+            break
+    page = f'{{"first":{start},"runs":[{",".join(runs)}],"messages":[{",".join(parts)}]}}'
+    return page, position - start, position
 
 
 # ---------------------------------------------------------------- work in a transaction
@@ -243,16 +284,18 @@ def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: byt
     now = time.time()
     count = int(conn.execute(_TAKE_NUMBERS, {"n": len(texts), "now": now, "feed_id": feed_id}).scalar_one())
     first = count - len(texts)
-    conn.execute(_INSERT, [{"f": feed_id, "n": first + i, "b": t, "t": now, "u": user_id} for i, t in enumerate(texts)])
+    conn.exec_driver_sql(_INSERT_SQL[_style(conn)], (feed_id, first, len(texts), ",".join(texts),
+                                                     ",".join([str(len(t)) for t in texts]), now, user_id))
     hub.wakeups.publish(conn, channel(feed_id), count - 1)
     return {"first_number": first, "count": len(texts), "message_count": count, "time": now}
 
 
 def _page(conn: Connection, who: Caller, feed_id: str, start: int, limit: int) -> str:
     access = require_feed(conn, who, feed_id)
-    out, _ = read_page(conn, feed_id, start, limit, _Authors(access.sees_authors))
+    page, _, _ = read_page(conn, feed_id, start, limit, _Authors(access.sees_authors))
     count = conn.execute(_COUNT, {"feed_id": feed_id}).scalar_one()
-    return f'{{"message_count":{count},"messages":[{",".join(out)}]}}'
+    return f'{{"message_count":{count},{page[1:]}'
+
 
 
 def _open(conn: Connection, who: Caller, feed_id: str) -> tuple[Caller, Access]:
@@ -308,7 +351,7 @@ async def get_messages(feed_id: str, start: int = Query(default=0, ge=0, le=MAX_
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}},
                      "description": "`id:` the number of the batch's last message; `event: messages`, "
-                                    "`data:` a JSON list of {number, time, user, message}; `: keep-alive` "
+                                    "`data:` a page {first, runs: [[count, time, user]], messages}; `: keep-alive` "
                                     "comments; `event: end` when `wait` seconds passed or access was lost"}},
 )
 async def get_events(feed_id: str, start: int | None = Query(default=None, ge=0, le=MAX_NUMBER),
@@ -344,7 +387,7 @@ async def _events(hub: HubState, who: Caller, access: Access, position: int, wai
     checked = time.monotonic()
     deadline = None if wait is None else time.monotonic() + wait
 
-    def read(start: int) -> tuple[list[str], int]:
+    def read(start: int) -> tuple[str, int, int]:
         with db.read() as conn:
             return read_page(conn, feed_id, start, EVENT_BATCH, authors)
 
@@ -360,10 +403,10 @@ async def _events(hub: HubState, who: Caller, access: Access, position: int, wai
     with hub.wakeups.subscribe(channel(feed_id)) as sub:
         yield b"retry: 1000\n\n"
         while True:
-            batch, position = await run_in_threadpool(read, position)
-            if batch:
-                yield _event("messages", f"[{','.join(batch)}]", position - 1)
-                if len(batch) == EVENT_BATCH:
+            page, count, position = await run_in_threadpool(read, position)
+            if count:
+                yield _event("messages", page, position - 1)
+                if count == EVENT_BATCH:
                     await asyncio.sleep(0)  # let other streams have the loop between batches
                     continue
             left = None if deadline is None else deadline - time.monotonic()

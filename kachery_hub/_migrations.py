@@ -179,13 +179,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 last_append_at DOUBLE PRECISION
             )""",
             "CREATE INDEX feeds_by_project ON feeds (project_id, created_at)",
-            """CREATE TABLE feed_messages (
+            # One row per append: its messages' canonical JSON texts joined by ',' (ASCII), and their
+            # lengths, so a reader can start inside a batch. An append of 1,000 messages is one row.
+            """CREATE TABLE feed_batches (
                 feed_id TEXT NOT NULL REFERENCES feeds(feed_id),
-                number BIGINT NOT NULL,
-                body TEXT NOT NULL,
+                first_number BIGINT NOT NULL,
+                count INTEGER NOT NULL,
+                bodies TEXT NOT NULL,
+                lengths TEXT NOT NULL,
                 appended_at DOUBLE PRECISION NOT NULL,
                 appended_by TEXT NOT NULL,
-                PRIMARY KEY (feed_id, number)
+                PRIMARY KEY (feed_id, first_number)
             )""",
         ),
     ),
