@@ -134,13 +134,13 @@ def encode_message(message: Any, path: str = "message") -> str:
     return encoded
 
 
-def _append_body(messages: Any) -> tuple[bytes, int]:
+def _append_body(messages: Any, one: bool = False) -> tuple[bytes, int]:
     if isinstance(messages, dict) or not isinstance(messages, (list, tuple)):
         raise InvalidArgumentError("messages", type(messages).__name__, "expected a list of dicts")
     if len(messages) > _constants.MAX_FEED_BATCH_MESSAGES:
         raise FeedLimitError(f"an append of {len(messages)} messages is over the limit of "
                              f"{_constants.MAX_FEED_BATCH_MESSAGES} messages per append; split it")
-    texts = [encode_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    texts = [encode_message(m, "message" if one else f"messages[{i}]") for i, m in enumerate(messages)]
     body = ('{"messages":[' + ",".join(texts) + "]}").encode("ascii")
     if len(body) > _constants.MAX_FEED_BATCH_BYTES:
         raise FeedLimitError(f"an append of {len(body)} bytes is over the limit of "
@@ -365,11 +365,14 @@ class Feed:
     # writing
     def append_message(self, message: dict[str, Any]) -> int:
         """Append one message (a dict of JSON values); returns its number."""
-        return self.append_messages([message])[0]
+        return self._append(_append_body([message], one=True))[0]
 
     def append_messages(self, messages: list[dict[str, Any]]) -> list[int]:
         """Append messages atomically: they get consecutive numbers (returned), or none is stored."""
-        body, count = _append_body(messages)
+        return self._append(_append_body(messages))
+
+    def _append(self, encoded: tuple[bytes, int]) -> list[int]:
+        body, count = encoded
         if count == 0:
             return []
         client = _connect("appending to a feed", write=True)
