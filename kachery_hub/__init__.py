@@ -70,6 +70,10 @@ GET             /api/files/{sha1}                                 download from 
 GET             /api/files/{sha1}/info                            size and label
 GET             /api/projects/{project_id}/mutables               keys by ``prefix`` (paged)
 GET,PUT,DELETE  /api/projects/{project_id}/mutables/{key}         get, set (at most 1 MiB), delete
+GET,POST        /api/projects/{project_id}/feeds                  feeds of a project, newest first; create one
+GET             /api/feeds/{feed_id}                              project, label, message count, ``can_append``
+GET,POST        /api/feeds/{feed_id}/messages                     a page by number (``start``, ``limit``); append
+GET             /api/feeds/{feed_id}/events                       follow live (Server-Sent Events; ``Last-Event-ID``)
 ==============  ================================================  ===============================================
 
 Browser pages: ``/`` (``/?token=...`` asks "Sign in to this hub as X?"; the browser is signed in
