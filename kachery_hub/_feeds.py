@@ -277,6 +277,23 @@ def _get(conn: Connection, who: Caller, feed_id: str) -> dict[str, Any]:
     return _info(require_feed(conn, who, feed_id))
 
 
+@dataclass(frozen=True)
+class LivePage:
+    """An append as its followers in this process get it, without reading it back."""
+
+    first: int
+    count: int
+    appended_at: float
+    email: str | None
+    messages: str  # the messages' JSON texts joined by ","
+
+    def event(self, sees_authors: bool) -> bytes:
+        user = json.dumps(self.email) if sees_authors else "null"
+        page = (f'{{"first":{self.first},"runs":[[{self.count},{_number_text(self.appended_at)},{user}]],'
+                f'"messages":[{self.messages}]}}')
+        return _event("messages", page, self.first + self.count - 1)
+
+
 def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: bytes) -> dict[str, Any]:
     require_feed(conn, who, feed_id, "write")
     user_id = who.require_user()
@@ -284,10 +301,12 @@ def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: byt
     now = time.time()
     count = int(conn.execute(_TAKE_NUMBERS, {"n": len(texts), "now": now, "feed_id": feed_id}).scalar_one())
     first = count - len(texts)
-    conn.exec_driver_sql(_INSERT_SQL[_style(conn)], (feed_id, first, len(texts), ",".join(texts),
+    joined = ",".join(texts)
+    conn.exec_driver_sql(_INSERT_SQL[_style(conn)], (feed_id, first, len(texts), joined,
                                                      ",".join([str(len(t)) for t in texts]), now, user_id))
     hub.wakeups.publish(conn, channel(feed_id), count - 1)
-    return {"first_number": first, "count": len(texts), "message_count": count, "time": now}
+    live = LivePage(first, len(texts), now, who.email, joined) if len(texts) <= EVENT_BATCH else None
+    return {"first_number": first, "count": len(texts), "message_count": count, "time": now, "live": live}
 
 
 def _page(conn: Connection, who: Caller, feed_id: str, start: int, limit: int) -> str:
@@ -333,7 +352,8 @@ async def get_feed(feed_id: str, req: SignedRequest = Depends(signed_request)) -
 async def post_messages(feed_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     feed_id = _check_id(feed_id)
     result: dict[str, Any] = await req.run(_append, req.hub, feed_id, request._body)
-    req.hub.wakeups.notify(channel(feed_id), result["message_count"] - 1)  # after the commit
+    # After the commit: followers here get the page itself (a large one they read back).
+    req.hub.wakeups.notify(channel(feed_id), result["message_count"] - 1, result.pop("live"))
     return result
 
 
@@ -402,19 +422,30 @@ async def _events(hub: HubState, who: Caller, access: Access, position: int, wai
     # Subscribed before the first read: a wake-up between a read and the wait is not lost.
     with hub.wakeups.subscribe(channel(feed_id)) as sub:
         yield b"retry: 1000\n\n"
+        must_read = True
         while True:
-            page, count, position = await run_in_threadpool(read, position)
-            if count:
-                yield _event("messages", page, position - 1)
-                if count == EVENT_BATCH:
-                    await asyncio.sleep(0)  # let other streams have the loop between batches
-                    continue
+            if must_read:
+                page, count, position = await run_in_threadpool(read, position)
+                if count:
+                    yield _event("messages", page, position - 1)
+                    if count == EVENT_BATCH:
+                        await asyncio.sleep(0)  # let other streams have the loop between batches
+                        continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 yield _event("end", '{"reason":"wait"}')
                 return
             if await sub.wait(keepalive if left is None else min(keepalive, left)):
+                # Appends made through this process come with their page: sent as they are when they
+                # follow on from the position; anything else (a gap, another hub's append) is read.
+                pages, bare = sub.take()
+                for live in sorted(pages, key=lambda p: p.first):
+                    if live.first == position:
+                        yield live.event(access.sees_authors)
+                        position += live.count
+                must_read = bare >= position or any(live.first > position for live in pages)
                 continue
+            must_read = True
             if time.monotonic() - checked >= recheck:
                 checked = time.monotonic()
                 refused = await run_in_threadpool(still_readable)

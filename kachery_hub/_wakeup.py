@@ -23,6 +23,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
@@ -35,15 +36,31 @@ _NOTIFY = text(f"SELECT pg_notify('{PG_CHANNEL}', :payload)")
 class Subscription:
     """Wakes when its channel is notified; made by :meth:`WakeUps.subscribe` on an event loop."""
 
+    #: Pages kept between two takes; past this the subscriber reads the database instead.
+    MAX_PAGES = 64
+
     def __init__(self, channel: str, loop: asyncio.AbstractEventLoop) -> None:
         self.channel = channel
         self.loop = loop
         self.latest = -1  # the highest number a wake-up named (-1: none yet)
         self._event = asyncio.Event()
+        self._pages: list[Any] = []
+        self._bare = -1  # the highest number named by a wake-up without a page (or past MAX_PAGES)
 
-    def _wake(self, number: int) -> None:  # on the subscription's loop
+    def _wake(self, number: int, page: Any = None) -> None:  # on the subscription's loop
         self.latest = max(self.latest, number)
+        if page is not None and len(self._pages) < self.MAX_PAGES:
+            self._pages.append(page)
+        else:
+            self._bare = max(self._bare, number)
         self._event.set()
+
+    def take(self) -> tuple[list[Any], int]:
+        """The pages delivered with wake-ups since the last take, and the highest number a wake-up
+        named without its page (-1: none): what the subscriber must read from the database."""
+        pages, bare = self._pages, self._bare
+        self._pages, self._bare = [], -1
+        return pages, bare
 
     async def wait(self, timeout: float) -> bool:
         """Until a wake-up since the last wait (True) or ``timeout`` seconds (False)."""
@@ -96,13 +113,17 @@ class WakeUps:
         with self._lock:
             return sum(len(s) for c, s in self._subs.items() if c.startswith(prefix))
 
-    def notify(self, channel: str, number: int) -> None:
-        """Wake this process's subscribers of ``channel``; safe from any thread."""
+    def notify(self, channel: str, number: int, page: Any = None) -> None:
+        """Wake this process's subscribers of ``channel``; safe from any thread.
+
+        ``page``: what was written (a committed page up to ``number``), so subscribers here
+        need not read it back; other processes get the number alone.
+        """
         with self._lock:
             subs = list(self._subs.get(channel, ()))
         for sub in subs:
             try:
-                sub.loop.call_soon_threadsafe(sub._wake, number)
+                sub.loop.call_soon_threadsafe(sub._wake, number, page)
             except RuntimeError:  # its loop is closed: the subscriber is gone
                 continue
 
