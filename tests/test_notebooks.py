@@ -46,6 +46,14 @@ def test_notebook_runs(path: Path, kachery_dir: Path, request: pytest.FixtureReq
         assert "deterministic: sha1://" in text
         assert "UnknownURISchemeError - " in text
         assert (kachery_dir / "private.pem").exists(), "the kernel used the test's KACHERY_CLOUD_DIR"
+    if path.name == "feeds.ipynb":
+        assert "first message is number 0" in text and "a batch got [1, 2, 3]" in text
+        for step in range(3):  # the other process was woken for each message, in order
+            assert f"other computer got {step} after" in text
+        assert "the follower exited with 0" in text
+        assert "3 scientist@example.org {'epoch': 3, 'loss': 0.25}" in text
+        assert "FeedNotFoundError - feed 'f000" in text and "FeedMessageError - Invalid feed message at message['when']" in text
+        assert "12 messages; the viewer above" in text
     if path.name == "sharing.ipynb":
         assert "signed in as scientist@example.org" in text
         assert "the other computer loaded (1000,)" in text
