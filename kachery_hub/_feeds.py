@@ -27,6 +27,7 @@ import json
 import math
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -44,9 +45,10 @@ from . import _database as tables
 from ._auth import Caller, SignedRequest, parse_decimal, signed_request
 from ._database import Database
 from ._projects import _RANK, require_role
+from ._ratelimit import client_key
 from ._state import HubState
 from ._text import Line
-from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge
+from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge, TooManyStreams
 
 router = APIRouter(tags=["feeds"])
 
@@ -374,7 +376,7 @@ async def get_messages(feed_id: str, start: int = Query(default=0, ge=0, le=MAX_
                                     "`data:` a page {first, runs: [[count, time, user]], messages}; `: keep-alive` "
                                     "comments; `event: end` when `wait` seconds passed or access was lost"}},
 )
-async def get_events(feed_id: str, start: int | None = Query(default=None, ge=0, le=MAX_NUMBER),
+async def get_events(feed_id: str, request: Request, start: int | None = Query(default=None, ge=0, le=MAX_NUMBER),
                      wait: float | None = Query(default=None, gt=0, le=86400),
                      keepalive: float | None = Query(default=None, ge=0.5, le=3600),
                      last_event_id: str | None = Header(default=None, max_length=32),
@@ -386,10 +388,34 @@ async def get_events(feed_id: str, start: int | None = Query(default=None, ge=0,
             raise InvalidInput(f"Last-Event-ID must be a message number, not {last_event_id[:32]!r}")
         start = last + 1
     who, access = await req.run(_open, feed_id)
-    return StreamingResponse(
-        _events(req.hub, who, access, start or 0, wait, keepalive), media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    slot = _StreamSlot(req.hub, client_key(request.client.host) if request.client else "")
+    stream = _events(req.hub, who, access, start or 0, wait, keepalive, slot)
+    # A stream the server never starts (the client left first) never runs its `finally`.
+    weakref.finalize(stream, slot.release)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class _StreamSlot:
+    """One of the event streams a client address may hold (``max_streams_per_address``)."""
+
+    def __init__(self, hub: HubState, address: str) -> None:
+        limit = hub.settings.max_streams_per_address
+        held = hub.open_streams.get(address, 0)
+        if held >= limit:
+            raise TooManyStreams(f"this address holds {held} feed event streams, the most the hub allows "
+                                 f"({limit}); close some (one follower can follow one feed)")
+        hub.open_streams[address] = held + 1  # on the event loop: no lock needed
+        self._hub, self._address, self._held = hub, address, True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            left = self._hub.open_streams.get(self._address, 1) - 1
+            if left > 0:
+                self._hub.open_streams[self._address] = left
+            else:
+                self._hub.open_streams.pop(self._address, None)
 
 
 def _event(name: str, data: str, event_id: int | None = None) -> bytes:
@@ -398,6 +424,15 @@ def _event(name: str, data: str, event_id: int | None = None) -> bytes:
 
 
 async def _events(hub: HubState, who: Caller, access: Access, position: int, wait: float | None,
+                  keepalive: float | None, slot: _StreamSlot) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _stream(hub, who, access, position, wait, keepalive):
+            yield chunk
+    finally:
+        slot.release()
+
+
+async def _stream(hub: HubState, who: Caller, access: Access, position: int, wait: float | None,
                   keepalive: float | None) -> AsyncIterator[bytes]:
     db: Database = hub.db
     feed_id = access.feed_id

@@ -22,6 +22,8 @@ build ``Settings(data_dir=...)`` directly.
                                 ``X-Forwarded-For``/``-Proto`` ``serve`` believes (default: none)
 ``KACHERY_HUB_FEED_KEEPALIVE``  seconds an idle feed event stream waits before a keep-alive, when it
                                 also re-checks the reader's access (default 15)
+``KACHERY_HUB_MAX_STREAMS_PER_ADDRESS``  feed event streams one client address may hold open at
+                                once (default 256; past it, 429 ``too_many_streams``)
 ==============================  ======================================================
 
 Limits against anonymous abuse (fields of :class:`Settings`): request bodies
@@ -88,6 +90,7 @@ ENV_MAX_INFLIGHT_BODY_BYTES = "KACHERY_HUB_MAX_INFLIGHT_BODY_BYTES"
 ENV_BODY_TIMEOUT = "KACHERY_HUB_BODY_TIMEOUT"
 ENV_TRUSTED_PROXIES = "KACHERY_HUB_TRUSTED_PROXIES"
 ENV_FEED_KEEPALIVE = "KACHERY_HUB_FEED_KEEPALIVE"
+ENV_MAX_STREAMS = "KACHERY_HUB_MAX_STREAMS_PER_ADDRESS"
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 
@@ -106,6 +109,8 @@ MAX_INFLIGHT_BODY_BYTES = 64 * 1024 * 1024
 BODY_READ_TIMEOUT_SECONDS = 30.0
 #: A feed's event stream sends a keep-alive (and re-checks the reader's access) after this long idle.
 FEED_KEEPALIVE_SECONDS = 15.0
+#: Feed event streams one client address may hold open at once.
+MAX_STREAMS_PER_ADDRESS = 256
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class Settings:
     admin_emails: tuple[str, ...] = ()
     public_urls: tuple[str, ...] = ()
     feed_keepalive_seconds: float = FEED_KEEPALIVE_SECONDS
+    max_streams_per_address: int = MAX_STREAMS_PER_ADDRESS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -162,6 +168,9 @@ class Settings:
         if not 0 < self.feed_keepalive_seconds <= 3600:
             raise ConfigurationError(f"feed_keepalive_seconds ({ENV_FEED_KEEPALIVE}) must be more than 0 and at "
                                      f"most 3600, not {self.feed_keepalive_seconds!r}")
+        if self.max_streams_per_address < 1:
+            raise ConfigurationError(f"max_streams_per_address ({ENV_MAX_STREAMS}) must be 1 or more, "
+                                     f"not {self.max_streams_per_address!r}")
 
     @cached_property  # both are read on every signed request
     def signed_hosts(self) -> tuple[str, ...]:
@@ -197,6 +206,7 @@ class Settings:
         inflight = _env_number(env, ENV_MAX_INFLIGHT_BODY_BYTES, int, MAX_INFLIGHT_BODY_BYTES)
         body_timeout = _env_number(env, ENV_BODY_TIMEOUT, float, BODY_READ_TIMEOUT_SECONDS)
         keepalive = _env_number(env, ENV_FEED_KEEPALIVE, float, FEED_KEEPALIVE_SECONDS)
+        streams = _env_number(env, ENV_MAX_STREAMS, int, MAX_STREAMS_PER_ADDRESS)
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
@@ -206,6 +216,7 @@ class Settings:
             max_inflight_body_bytes=inflight,
             body_read_timeout_seconds=body_timeout,
             feed_keepalive_seconds=keepalive,
+            max_streams_per_address=streams,
             trusted_proxies=tuple((env.get(ENV_TRUSTED_PROXIES) or "").split(",")),
             oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
             oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,

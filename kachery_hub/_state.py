@@ -38,6 +38,8 @@ class HubState:
     store: ByteStore
     oidc: OidcProvider | None = field(default=None)
     wakeups: WakeUps = field(default=None)  # type: ignore[assignment]  # made from the database URL
+    #: feed event streams open, by client address (see _feeds.get_events)
+    open_streams: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.wakeups is None:

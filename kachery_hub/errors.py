@@ -124,6 +124,11 @@ class MutableNotFound(NotFound):
     code = "mutable_not_found"
 
 
+class TooManyStreams(HubError):
+    status = 429
+    code = "too_many_streams"
+
+
 class FeedNotFound(NotFound):
     code = "feed_not_found"
 
