@@ -6,7 +6,7 @@
 #                           a copy is refreshed when its original is newer); the hub stops with it
 #   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless, printing it
 #   bash dev.sh test        set up .venv, then run the whole test suite (extra args go to pytest)
-#   bash dev.sh setup       only set up
+#   bash dev.sh setup       only set up (also PostgreSQL and redis-server, for the benchmarks in bench/)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -83,6 +83,15 @@ setup_postgres() {
     fi
 }
 
+# bench/bench_feeds.py runs Debian's redis-server as an anchor (started and stopped by the benchmark).
+setup_redis() {
+    if ! command -v redis-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing redis-server (an anchor of bench/bench_feeds.py)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/dev/null ||
+            echo "==> could not install redis-server: bench/bench_feeds.py needs it" >&2
+    fi
+}
+
 # The hub dev.sh start runs; a global because the EXIT trap runs after start() has returned.
 HUB_PID=""
 
@@ -151,6 +160,8 @@ shift || true
 case "$cmd" in
 setup)
     setup
+    setup_postgres
+    setup_redis
     ;;
 start)
     setup
