@@ -242,6 +242,9 @@ class FeedFollower:
                 continue
             with self._lock:
                 self._response = response
+            if self._stop.is_set():  # closed while connecting: nothing was there to interrupt
+                response.close()
+                return
             try:
                 for event, data, _ in _sse(response):
                     if event == "messages":
@@ -307,13 +310,15 @@ class Feed:
         label = f" {self.label!r}" if self._info and self._info.get("label") else ""
         return f"<Feed {self.uri}{label}>"
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any] | None:
+    def _repr_mimebundle_(
+        self, include: Any = None, exclude: Any = None
+    ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, Any]] | None:
         # The live viewer where kachery_jupyter is installed; kachery_core itself never imports Jupyter.
         try:
             viewer = importlib.import_module("kachery_jupyter._feedviewer")
         except ImportError:
             return None
-        bundle: dict[str, Any] = viewer.feed_mimebundle(self)
+        bundle: tuple[dict[str, Any], dict[str, Any]] = viewer.feed_mimebundle(self)  # (data, metadata)
         return bundle
 
     @property

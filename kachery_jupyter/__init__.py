@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LoginWidget", "load_ipython_extension"]
+__all__ = ["FeedViewer", "LoginWidget", "load_ipython_extension"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -22,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from ._login import LoginWidget
 
         return LoginWidget
+    if name == "FeedViewer":
+        from ._feedviewer import FeedViewer
+
+        return FeedViewer
     raise AttributeError(f"module 'kachery_jupyter' has no attribute {name!r}")

@@ -192,6 +192,29 @@ class KacheryMagics(Magics):
         except kc.KacheryError as e:
             raise _usage(e) from None
 
+    @magic_arguments()
+    @argument("feed", help="a kachery-feed:// URI or a feed ID")
+    @argument("--start", type=int, default=0, help="the number of the first message to show (default 0)")
+    @line_magic
+    def kc_feed(self, line: str) -> Any:
+        """Show a feed in a live viewer: messages appended anywhere appear as they come;
+        filter, pause, newest or oldest first, and append a message when you may write.
+
+            %kc_feed kachery-feed://5f0c2b7e9a1d4c3e
+            %kc_feed 5f0c2b7e9a1d4c3e --start 1000
+        """
+        args = _parse(self.kc_feed, line)
+        if args.start < 0:
+            raise UsageError(f"--start {args.start}: a message number is 0 or more")
+        try:
+            from ._feedviewer import FeedViewer
+        except ImportError:
+            raise UsageError('the feed viewer needs anywidget: pip install "kachery-jupyter[jupyter]"') from None
+        try:
+            return FeedViewer(kc.load_feed(args.feed), start=args.start)
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
 
 def status_line() -> str:
     """Where this kernel stands, in one line."""
