@@ -143,6 +143,40 @@ feed_batches = Table(
     Column("appended_at", Float, nullable=False),
     Column("appended_by", Text, nullable=False),
 )
+task_backends = Table(
+    "task_backends", metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("backend_id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("client_id", Text, nullable=False),
+    Column("label", Text),
+    Column("handlers", Text, nullable=False),  # JSON: [{"task_type", "task_name"}]
+    Column("num_workers", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+)
+task_jobs = Table(
+    "task_jobs", metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("job_id", Text, primary_key=True),
+    Column("task_type", Text, nullable=False),
+    Column("task_name", Text, nullable=False),
+    Column("task_input", Text, nullable=False),  # canonical JSON
+    Column("status", Text, nullable=False),  # pending, started, finished, error, cancelled
+    Column("attempts", Integer, nullable=False),
+    Column("requested_by", Text),  # user id; None: an anonymous request (public project)
+    Column("requested_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("backend_id", Text),
+    Column("lease_expires_at", Float),
+    Column("progress", Text),  # JSON {"fraction", "message"}
+    Column("result", Text),  # JSON, when small enough
+    Column("result_uri", Text),  # sha1:// of a file in the project holding the result's JSON
+    Column("error", Text),  # JSON {"type", "message", "traceback"}
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("version", BigInteger, nullable=False),  # bumped at each change: what job streams follow
+)
 sessions = Table(
     "sessions", metadata,
     Column("session_hash", Text, primary_key=True),

@@ -27,7 +27,6 @@ import json
 import math
 import re
 import time
-import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +44,10 @@ from . import _database as tables
 from ._auth import Caller, SignedRequest, parse_decimal, signed_request
 from ._database import Database
 from ._projects import _RANK, require_role
-from ._ratelimit import client_key
 from ._state import HubState
+from ._streams import StreamSlot, event, event_stream
 from ._text import Line
-from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge, TooManyStreams
+from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 router = APIRouter(tags=["feeds"])
 
@@ -120,6 +119,13 @@ def _info(access: Access) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- messages in, messages out
+
+
+def require_json(request: Request) -> None:
+    """Refuse a body not declared ``application/json`` (as the hub's other JSON endpoints do)."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise UnsupportedMediaType(f"the body must be sent as application/json, not {kind[:80] or 'without a type'!r}")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -293,7 +299,7 @@ class LivePage:
         user = json.dumps(self.email) if sees_authors else "null"
         page = (f'{{"first":{self.first},"runs":[[{self.count},{_number_text(self.appended_at)},{user}]],'
                 f'"messages":[{self.messages}]}}')
-        return _event("messages", page, self.first + self.count - 1)
+        return event("messages", page, self.first + self.count - 1)
 
 
 def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: bytes) -> dict[str, Any]:
@@ -353,6 +359,7 @@ async def get_feed(feed_id: str, req: SignedRequest = Depends(signed_request)) -
              summary="Append messages (JSON objects) to a feed, atomically with consecutive numbers (needs write)")
 async def post_messages(feed_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     feed_id = _check_id(feed_id)
+    require_json(request)
     result: dict[str, Any] = await req.run(_append, req.hub, feed_id, request._body)
     # After the commit: followers here get the page itself (a large one they read back).
     req.hub.wakeups.notify(channel(feed_id), result["message_count"] - 1, result.pop("live"))
@@ -388,43 +395,11 @@ async def get_events(feed_id: str, request: Request, start: int | None = Query(d
             raise InvalidInput(f"Last-Event-ID must be a message number, not {last_event_id[:32]!r}")
         start = last + 1
     who, access = await req.run(_open, feed_id)
-    slot = _StreamSlot(req.hub, client_key(request.client.host) if request.client else "")
-    stream = _events(req.hub, who, access, start or 0, wait, keepalive, slot)
-    # A stream the server never starts (the client left first) never runs its `finally`.
-    weakref.finalize(stream, slot.release)
-    return StreamingResponse(stream, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
-
-
-class _StreamSlot:
-    """One of the event streams a client address may hold (``max_streams_per_address``)."""
-
-    def __init__(self, hub: HubState, address: str) -> None:
-        limit = hub.settings.max_streams_per_address
-        held = hub.open_streams.get(address, 0)
-        if held >= limit:
-            raise TooManyStreams(f"this address holds {held} feed event streams, the most the hub allows "
-                                 f"({limit}); close some (one follower can follow one feed)")
-        hub.open_streams[address] = held + 1  # on the event loop: no lock needed
-        self._hub, self._address, self._held = hub, address, True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            left = self._hub.open_streams.get(self._address, 1) - 1
-            if left > 0:
-                self._hub.open_streams[self._address] = left
-            else:
-                self._hub.open_streams.pop(self._address, None)
-
-
-def _event(name: str, data: str, event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {name}\ndata: {data}\n\n".encode()
+    return event_stream(req.hub, request, lambda slot: _events(req.hub, who, access, start or 0, wait, keepalive, slot))
 
 
 async def _events(hub: HubState, who: Caller, access: Access, position: int, wait: float | None,
-                  keepalive: float | None, slot: _StreamSlot) -> AsyncIterator[bytes]:
+                  keepalive: float | None, slot: StreamSlot) -> AsyncIterator[bytes]:
     try:
         async for chunk in _stream(hub, who, access, position, wait, keepalive):
             yield chunk
@@ -459,21 +434,32 @@ async def _stream(hub: HubState, who: Caller, access: Access, position: int, wai
         yield b"retry: 1000\n\n"
         must_read = True
         while True:
+            # Access is re-checked once a period, busy or idle: a member removed while the feed
+            # keeps growing is cut off as surely as one whose feed went quiet.
+            if time.monotonic() - checked >= recheck:
+                checked = time.monotonic()
+                refused = await run_in_threadpool(still_readable)
+                if refused is not None:
+                    yield event("end", json.dumps({"reason": "refused", **refused.payload()["error"]}))
+                    return
             if must_read:
                 page, count, position = await run_in_threadpool(read, position)
                 if count:
-                    yield _event("messages", page, position - 1)
+                    yield event("messages", page, position - 1)
                     if count == EVENT_BATCH:
                         await asyncio.sleep(0)  # let other streams have the loop between batches
                         continue
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                yield _event("end", '{"reason":"wait"}')
+                yield event("end", '{"reason":"wait"}')
                 return
             if await sub.wait(keepalive if left is None else min(keepalive, left)):
                 # Appends made through this process come with their page: sent as they are when they
                 # follow on from the position; anything else (a gap, another hub's append) is read.
                 pages, bare = sub.take()
+                if pages and time.monotonic() - checked >= recheck:
+                    must_read = True  # the check first (next turn), then these from the database
+                    continue
                 for live in sorted(pages, key=lambda p: p.first):
                     if live.first == position:
                         yield live.event(access.sees_authors)
@@ -481,10 +467,4 @@ async def _stream(hub: HubState, who: Caller, access: Access, position: int, wai
                 must_read = bare >= position or any(live.first > position for live in pages)
                 continue
             must_read = True
-            if time.monotonic() - checked >= recheck:
-                checked = time.monotonic()
-                refused = await run_in_threadpool(still_readable)
-                if refused is not None:  # access lost while following: say so and end
-                    yield _event("end", json.dumps({"reason": "refused", **refused.payload()["error"]}))
-                    return
             yield b": keep-alive\n\n"

@@ -24,6 +24,8 @@ build ``Settings(data_dir=...)`` directly.
                                 also re-checks the reader's access (default 15)
 ``KACHERY_HUB_MAX_STREAMS_PER_ADDRESS``  feed event streams one client address may hold open at
                                 once (default 256; past it, 429 ``too_many_streams``)
+``KACHERY_HUB_TASK_LEASE``      seconds a task backend holds a job between renewals (default 20); a job
+                                whose lease lapses is run again, at most 3 attempts in all
 ==============================  ======================================================
 
 Limits against anonymous abuse (fields of :class:`Settings`): request bodies
@@ -91,6 +93,7 @@ ENV_BODY_TIMEOUT = "KACHERY_HUB_BODY_TIMEOUT"
 ENV_TRUSTED_PROXIES = "KACHERY_HUB_TRUSTED_PROXIES"
 ENV_FEED_KEEPALIVE = "KACHERY_HUB_FEED_KEEPALIVE"
 ENV_MAX_STREAMS = "KACHERY_HUB_MAX_STREAMS_PER_ADDRESS"
+ENV_TASK_LEASE = "KACHERY_HUB_TASK_LEASE"
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 
@@ -111,6 +114,8 @@ BODY_READ_TIMEOUT_SECONDS = 30.0
 FEED_KEEPALIVE_SECONDS = 15.0
 #: Feed event streams one client address may hold open at once.
 MAX_STREAMS_PER_ADDRESS = 256
+#: A backend holds a job it claimed this long, renewed while it works; a lapsed job is run again.
+TASK_LEASE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ class Settings:
     public_urls: tuple[str, ...] = ()
     feed_keepalive_seconds: float = FEED_KEEPALIVE_SECONDS
     max_streams_per_address: int = MAX_STREAMS_PER_ADDRESS
+    task_lease_seconds: float = TASK_LEASE_SECONDS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -168,6 +174,9 @@ class Settings:
         if not 0 < self.feed_keepalive_seconds <= 3600:
             raise ConfigurationError(f"feed_keepalive_seconds ({ENV_FEED_KEEPALIVE}) must be more than 0 and at "
                                      f"most 3600, not {self.feed_keepalive_seconds!r}")
+        if not 1 <= self.task_lease_seconds <= 3600:
+            raise ConfigurationError(f"task_lease_seconds ({ENV_TASK_LEASE}) must be from 1 to 3600, "
+                                     f"not {self.task_lease_seconds!r}")
         if self.max_streams_per_address < 1:
             raise ConfigurationError(f"max_streams_per_address ({ENV_MAX_STREAMS}) must be 1 or more, "
                                      f"not {self.max_streams_per_address!r}")
@@ -207,6 +216,7 @@ class Settings:
         body_timeout = _env_number(env, ENV_BODY_TIMEOUT, float, BODY_READ_TIMEOUT_SECONDS)
         keepalive = _env_number(env, ENV_FEED_KEEPALIVE, float, FEED_KEEPALIVE_SECONDS)
         streams = _env_number(env, ENV_MAX_STREAMS, int, MAX_STREAMS_PER_ADDRESS)
+        lease = _env_number(env, ENV_TASK_LEASE, float, TASK_LEASE_SECONDS)
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
@@ -217,6 +227,7 @@ class Settings:
             body_read_timeout_seconds=body_timeout,
             feed_keepalive_seconds=keepalive,
             max_streams_per_address=streams,
+            task_lease_seconds=lease,
             trusted_proxies=tuple((env.get(ENV_TRUSTED_PROXIES) or "").split(",")),
             oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
             oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,

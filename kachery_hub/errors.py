@@ -124,6 +124,11 @@ class MutableNotFound(NotFound):
     code = "mutable_not_found"
 
 
+class UnsupportedMediaType(HubError, ValueError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class TooManyStreams(HubError):
     status = 429
     code = "too_many_streams"

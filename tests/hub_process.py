@@ -7,16 +7,19 @@ the embedded default. Import the fixture into a test module by name.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -64,6 +67,9 @@ class HubProcess:
                 break
         assert self.admin_token, "".join(lines)
         assert any(f"{self.printed_url}/?token={self.admin_token}" in x for x in lines), lines
+        # Keep reading what it prints: a hub that logs a lot would otherwise fill the pipe and stall.
+        self.log: collections.deque[str] = collections.deque(lines, maxlen=2000)
+        threading.Thread(target=self._drain, args=(self.proc.stdout, self.log), daemon=True).start()
         while time.monotonic() < deadline:
             try:
                 if httpx2.get(self.url + "/api/health", timeout=1).status_code == 200:
@@ -71,6 +77,14 @@ class HubProcess:
             except httpx2.TransportError:
                 time.sleep(0.05)
         raise AssertionError("hub did not answer /api/health")
+
+    @staticmethod
+    def _drain(stdout: Any, log: collections.deque[str]) -> None:
+        try:
+            for line in stdout:
+                log.append(line)
+        except (OSError, ValueError):  # closed by stop()
+            pass
 
     @property
     def printed_url(self) -> str:
