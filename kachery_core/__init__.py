@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from ._feeds import Feed, FeedFollower, FeedMessage, create_feed, list_feeds, load_feed
 from ._fs import get_kachery_cloud_dir
+from ._tasks import (
+    TaskBackend,
+    TaskHandle,
+    list_task_backends,
+    list_task_jobs,
+    report_task_progress,
+    request_task,
+    submit_task,
+    task_cancel_requested,
+    task_job_id,
+)
 from ._hub import get_client_info, get_hub_url, init
 from ._identity import get_client_id
 from ._mutables import delete_mutable_local, get_mutable_local, set_mutable_local
@@ -72,11 +83,16 @@ from .errors import (
     IdentityError,
     InvalidArgumentError,
     InvalidMutableKeyError,
+    InvalidTaskNameError,
     InvalidURIError,
     KacheryError,
     KacheryFileNotFoundError,
     MutableValueError,
     SerializationError,
+    TaskCancelledError,
+    TaskError,
+    TaskInputError,
+    TaskTimeoutError,
     UnknownURISchemeError,
     UnsafePickleError,
 )
@@ -106,12 +122,19 @@ __all__ = [
     "IdentityError",
     "InvalidArgumentError",
     "InvalidMutableKeyError",
+    "InvalidTaskNameError",
     "InvalidURIError",
     "KacheryError",
     "KacheryFileNotFoundError",
     "MutableValueError",
     "SerializationError",
     "Sha1URI",
+    "TaskBackend",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskHandle",
+    "TaskInputError",
+    "TaskTimeoutError",
     "UnknownURISchemeError",
     "UnsafePickleError",
     "cat_file",
@@ -134,6 +157,8 @@ __all__ = [
     "list_mutables",
     "list_project_members",
     "list_projects",
+    "list_task_backends",
+    "list_task_jobs",
     "load_bytes",
     "load_feed",
     "load_file",
@@ -145,6 +170,8 @@ __all__ = [
     "parse_sha1_uri",
     "remove_project_member",
     "rename_project",
+    "report_task_progress",
+    "request_task",
     "set_default_project",
     "set_mutable",
     "set_mutable_local",
@@ -163,6 +190,9 @@ __all__ = [
     "store_pkl_local",
     "store_text",
     "store_text_local",
+    "submit_task",
+    "task_cancel_requested",
+    "task_job_id",
     "use_hub",
     "wait_for_browser_sign_in",
 ]

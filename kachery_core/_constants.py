@@ -28,6 +28,10 @@ MAX_FEED_MESSAGE_BYTES = 1024 * 1024
 MAX_FEED_BATCH_MESSAGES = 10_000
 #: ... in a request body of at most this many bytes (the hub's JSON body limit).
 MAX_FEED_BATCH_BYTES = 4 * 1024 * 1024
+#: A task's input: a JSON object of at most this many bytes (canonical JSON).
+MAX_TASK_INPUT_BYTES = 1024 * 1024
+#: A task result of at most this many bytes of JSON is kept in the job; a larger one is stored as a file.
+MAX_TASK_RESULT_INLINE_BYTES = 1024 * 1024
 #: Files at least this big print progress while being hashed or copied.
 PROGRESS_THRESHOLD_BYTES = 256 * 1024 * 1024
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 import socket
 import threading
@@ -28,7 +27,7 @@ from urllib.parse import quote
 
 from . import _constants, _hub
 from ._projects import get_project_id
-from ._serializers import canonical_json
+from ._serializers import canonical_json, find_json_problem
 from ._uris import parse_feed_uri
 from .errors import (
     FeedLimitError,
@@ -92,31 +91,6 @@ def _feed_id_of(uri_or_feed_id: str) -> str:
 # ---------------------------------------------------------------- message checks
 
 
-def _find_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
-    """Where ``value`` is not JSON, and why (None: it is)."""
-    if depth > 500:
-        return path, "nested too deeply"
-    if value is None or isinstance(value, (str, bool, int)):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, f"{value!r} is not a JSON number")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, (str, int, float, bool)) and k is not None:
-                return f"{path}[{k!r}]", f"a key of type {type(k).__name__} (JSON keys are strings)"
-            found = _find_problem(v, f"{path}[{k!r}]", depth + 1)
-            if found:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            found = _find_problem(v, f"{path}[{i}]", depth + 1)
-            if found:
-                return found
-        return None
-    return path, f"a {type(value).__module__}.{type(value).__qualname__} is not a JSON value"
-
-
 def encode_message(message: Any, path: str = "message") -> str:
     """The canonical JSON of one message (as store_json writes it), or a typed error naming what is wrong."""
     if not isinstance(message, dict):
@@ -124,7 +98,7 @@ def encode_message(message: Any, path: str = "message") -> str:
     try:
         encoded = canonical_json(message)
     except (TypeError, ValueError, RecursionError) as e:
-        found = _find_problem(message, path)
+        found = find_json_problem(message, path)
         if found is None:  # e.g. keys of mixed types that cannot be sorted
             raise FeedMessageError(path, str(e)) from None
         raise FeedMessageError(*found) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import re
 import struct
@@ -80,6 +81,31 @@ def canonical_json(obj: Any) -> str:
     if _C_CANONICAL is None or not isinstance(obj, (dict, list)):
         return _CANONICAL.encode(obj)
     return "".join(_C_CANONICAL(obj, 0))
+
+
+def find_json_problem(value: Any, path: str, depth: int = 0) -> tuple[str, str] | None:
+    """Where ``value`` is not JSON, and why (None: it is)."""
+    if depth > 500:
+        return path, "nested too deeply"
+    if value is None or isinstance(value, (str, bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, f"{value!r} is not a JSON number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                return f"{path}[{k!r}]", f"a key of type {type(k).__name__} (JSON keys are strings)"
+            found = find_json_problem(v, f"{path}[{k!r}]", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = find_json_problem(v, f"{path}[{i}]", depth + 1)
+            if found:
+                return found
+        return None
+    return path, f"a {type(value).__module__}.{type(value).__qualname__} is not a JSON value"
 
 
 def json_dumps_deterministic(obj: Any) -> str:

@@ -205,6 +205,57 @@ class FeedLimitError(KacheryError, ValueError):
     """An append over a feed's limits (messages per append, bytes per message or per append)."""
 
 
+class InvalidTaskNameError(KacheryError, ValueError):
+    """A task name that is not 1 to 200 letters, digits, '_', '.' or '-'."""
+
+    def __init__(self, task_name: object) -> None:
+        self.task_name = task_name
+        super().__init__(f"Invalid task name {task_name!r}: expected 1 to 200 letters, digits, '_', '.' or '-'")
+
+
+class TaskInputError(KacheryError, ValueError):
+    """A task input (or result) that is not JSON; ``path`` names the offending part."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"Invalid task input at {path}: {reason}" if path.startswith("task_input")
+                         else f"Invalid value at {path}: {reason}")
+
+
+class TaskError(KacheryError, RuntimeError):
+    """A task's handler raised: the remote exception's type, message and traceback."""
+
+    def __init__(self, message: str, *, remote_type: str, remote_message: str = "", remote_traceback: str | None = None,
+                 job_id: str | None = None, task_name: str | None = None) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.job_id = job_id
+        self.task_name = task_name
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.remote_traceback:
+            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
+        return text
+
+
+class TaskCancelledError(KacheryError, RuntimeError):
+    """The job was cancelled (raise it from a handler to stop as cancelled)."""
+
+
+class TaskTimeoutError(KacheryError, TimeoutError):
+    """A task did not finish in time; ``taken`` says whether any backend had started it."""
+
+    def __init__(self, message: str, *, task_name: str, job_id: str, taken: bool) -> None:
+        self.task_name = task_name
+        self.job_id = job_id
+        self.taken = taken
+        super().__init__(message)
+
+
 class InvalidArgumentError(KacheryError, ValueError):
     """An argument of the wrong type or value, named in the message."""
 

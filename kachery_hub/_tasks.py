@@ -1,0 +1,617 @@
+"""Tasks: backends serve named functions for a project; members request them; calculations are cached.
+
+A *backend* (a lab server, a notebook kernel) registers handlers ``(task_type, task_name)``
+and claims jobs. A *job* is one run: pending → started → finished | error | cancelled.
+
+- A ``calculation``'s job id is ``sha1_of_dict({"taskInput": ..., "taskName": ...})`` (kachery-cloud's),
+  so a project holds one job per calculation and its row is the cache: a finished one is answered at
+  once, a pending or running one is joined, an errored or cancelled one runs again.
+- An ``action`` gets a new job per request and is never cached.
+
+Jobs live in the database, so a request made while no backend is online waits in the queue. A
+backend claims a job under a lease (``Settings.task_lease_seconds``) that it renews with every
+claim request while it works; a job whose lease lapses (the backend died or lost the network) goes
+back to the queue, and after ``MAX_ATTEMPTS`` starts ends as an error saying so. Claims take
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so hub replicas share one queue.
+
+Wake-ups (:mod:`._wakeup`): ``queue:<project>`` when a job becomes claimable or a cancel is asked
+(backends long-poll on it), ``job:<project>:<job id>`` when a job changes (requesters follow it
+with an event stream). Who may: requesting a calculation or reading a job takes read (anyone for a
+public-read project); requesting an action, serving (register, claim, complete) and cancelling
+someone else's job take write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import Connection, Row, bindparam, func, select, update
+from starlette.concurrency import run_in_threadpool
+
+from kachery_core import _constants
+from kachery_core._hashing import sha1_of_dict
+from kachery_core._serializers import canonical_json
+from kachery_core._uris import parse_sha1_uri
+from kachery_core.errors import KacheryError
+
+from . import _database as tables
+from ._auth import Caller, SignedRequest, signed_request
+from ._feeds import require_json
+from ._projects import _RANK, require_role
+from ._state import HubState
+from ._streams import StreamSlot, event, event_stream
+from ._text import Line
+from .errors import Conflict, Forbidden, HubError, InvalidInput, NotFound, PayloadTooLarge
+
+router = APIRouter(tags=["tasks"])
+
+TASK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+BACKEND_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+JOB_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+TASK_TYPES = ("calculation", "action")
+TERMINAL = ("finished", "error", "cancelled")
+#: Starts a job gets before it ends as an error (its backends kept disappearing).
+MAX_ATTEMPTS = 3
+#: Jobs one claim may take, and handlers one backend may serve.
+MAX_CLAIM = 100
+MAX_HANDLERS = 1000
+#: Longest a claim long-polls, and a job stream lasts when asked to wait.
+MAX_CLAIM_WAIT = 60.0
+
+TaskType = Literal["calculation", "action"]
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class BackendNotFound(NotFound):
+    code = "backend_not_found"
+
+
+class LeaseLost(Conflict):
+    code = "lease_lost"
+
+
+def queue_channel(project_id: str) -> str:
+    return f"queue:{project_id}"
+
+
+def job_channel(project_id: str, job_id: str) -> str:
+    return f"job:{project_id}:{job_id}"
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise InvalidInput(f"{str(value)[:220]!r} is not a valid {what}", field=what)
+    return value
+
+
+def check_task_name(name: str) -> str:
+    if not isinstance(name, str) or not TASK_NAME_RE.fullmatch(name):
+        raise InvalidInput(f"{str(name)[:220]!r} is not a task name (1 to 200 letters, digits, '_', '.' or '-')",
+                           field="task_name")
+    return name
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidInput(f"task input and results cannot hold {name}: JSON has no such number")
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, InvalidInput):
+            raise
+        raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object")
+    return body
+
+
+def _canonical(value: Any, what: str, limit: int) -> str:
+    try:
+        encoded = canonical_json(value)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidInput(f"{what} holds a value JSON cannot represent") from None
+    if len(encoded) > limit:
+        raise PayloadTooLarge(f"{what} is {len(encoded)} bytes of JSON, over the limit of {limit} bytes")
+    return encoded
+
+
+# ---------------------------------------------------------------- the job record
+
+_JOB = select(tables.task_jobs).where(
+    tables.task_jobs.c.project_id == bindparam("project_id"), tables.task_jobs.c.job_id == bindparam("job_id"))
+
+
+def _job_row(conn: Connection, project_id: str, job_id: str) -> Row[Any] | None:
+    return conn.execute(_JOB, {"project_id": project_id, "job_id": job_id}).first()
+
+
+def _email(conn: Connection, user_id: str | None) -> str | None:
+    if user_id is None:
+        return None
+    row = conn.execute(select(tables.users.c.email).where(tables.users.c.id == user_id)).first()
+    return None if row is None else str(row.email)
+
+
+def job_record(conn: Connection, row: Row[Any], *, member: bool, with_result: bool = True) -> dict[str, Any]:
+    """What a reader sees of a job; the requester's email only for members of the project."""
+    record: dict[str, Any] = {
+        "job_id": row.job_id, "project_id": row.project_id, "task_type": row.task_type,
+        "task_name": row.task_name, "status": row.status, "attempts": row.attempts,
+        "requested_by": _email(conn, row.requested_by) if member else None,
+        "requested_at": row.requested_at, "started_at": row.started_at, "finished_at": row.finished_at,
+        "backend_id": row.backend_id if member else None,
+        "progress": json.loads(row.progress) if row.progress else None,
+        "error": json.loads(row.error) if row.error else None,
+        "result_uri": row.result_uri, "cancel_requested": bool(row.cancel_requested), "version": row.version,
+        "has_result": row.status == "finished",
+    }
+    if with_result and row.status == "finished" and row.result is not None:
+        record["result"] = json.loads(row.result)
+    return record
+
+
+def _is_member(conn: Connection, who: Caller, project_id: str) -> bool:
+    if who.user_id is None:
+        return False
+    row = conn.execute(select(tables.members.c.role).where(
+        tables.members.c.project_id == project_id, tables.members.c.user_id == who.user_id)).first()
+    return row is not None
+
+
+# ---------------------------------------------------------------- requests
+
+
+def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes) -> dict[str, Any]:
+    body = _json_body(raw)
+    task_type, task_name, task_input = body.get("task_type"), body.get("task_name"), body.get("task_input")
+    if task_type not in TASK_TYPES:
+        raise InvalidInput(f"task_type must be 'calculation' or 'action', not {str(task_type)[:40]!r}",
+                           field="task_type")
+    check_task_name(str(task_name) if isinstance(task_name, str) else repr(task_name))
+    if not isinstance(task_input, dict):
+        raise InvalidInput("task_input must be a JSON object", field="task_input")
+    assert isinstance(task_name, str)
+    encoded = _canonical(task_input, "task_input", _constants.MAX_TASK_INPUT_BYTES)
+    require_role(conn, who, project_id, "read" if task_type == "calculation" else "write")
+    now = time.time()
+    if task_type == "action":
+        job_id = "a" + secrets.token_hex(20)
+    else:
+        try:
+            job_id = sha1_of_dict({"taskInput": task_input, "taskName": task_name})
+        except KacheryError as e:
+            raise InvalidInput(str(e), field="task_input") from None
+    row = _job_row(conn, project_id, job_id)
+    if row is not None and row.task_type != task_type:
+        raise Conflict(f"job {job_id} of task {task_name!r} is a {row.task_type}, not a {task_type}")
+    if row is None:
+        conn.execute(tables.task_jobs.insert().values(
+            project_id=project_id, job_id=job_id, task_type=task_type, task_name=task_name, task_input=encoded,
+            status="pending", attempts=0, requested_by=who.user_id, requested_at=now, cancel_requested=False,
+            version=1))
+    elif row.status in ("error", "cancelled"):  # a calculation that did not finish runs again
+        conn.execute(update(tables.task_jobs).where(
+            tables.task_jobs.c.project_id == project_id, tables.task_jobs.c.job_id == job_id).values(
+            status="pending", attempts=0, requested_by=who.user_id, requested_at=now, started_at=None,
+            finished_at=None, backend_id=None, lease_expires_at=None, progress=None, result=None, result_uri=None,
+            error=None, cancel_requested=False, version=row.version + 1))
+    row = _job_row(conn, project_id, job_id)
+    assert row is not None
+    if row.status == "pending":
+        hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    return job_record(conn, row, member=_is_member(conn, who, project_id))
+
+
+def _get_job(conn: Connection, who: Caller, project_id: str, job_id: str) -> dict[str, Any]:
+    require_role(conn, who, project_id, "read")
+    row = _job_row(conn, project_id, job_id)
+    if row is None:
+        raise JobNotFound(f"project {project_id!r} has no job {job_id!r}", job_id=job_id)
+    return job_record(conn, row, member=_is_member(conn, who, project_id))
+
+
+def _list_jobs(conn: Connection, who: Caller, project_id: str, limit: int, status: str | None) -> list[dict[str, Any]]:
+    require_role(conn, who, project_id, "read")
+    j = tables.task_jobs
+    q = select(j).where(j.c.project_id == project_id)
+    if status is not None:
+        q = q.where(j.c.status == status)
+    rows = conn.execute(q.order_by(j.c.requested_at.desc()).limit(limit)).all()
+    member = _is_member(conn, who, project_id)
+    return [job_record(conn, r, member=member, with_result=False) for r in rows]
+
+
+def _cancel(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str) -> dict[str, Any]:
+    require_role(conn, who, project_id, "read")
+    row = _job_row(conn, project_id, job_id)
+    if row is None:
+        raise JobNotFound(f"project {project_id!r} has no job {job_id!r}", job_id=job_id)
+    if who.user_id is None or who.user_id != row.requested_by:
+        require_role(conn, who, project_id, "write")  # someone else's job: writers only
+    now = time.time()
+    j = tables.task_jobs
+    where = (j.c.project_id == project_id) & (j.c.job_id == job_id)
+    if row.status == "pending":
+        conn.execute(update(j).where(where).values(status="cancelled", finished_at=now, cancel_requested=True,
+                                                   version=row.version + 1))
+    elif row.status == "started" and not row.cancel_requested:
+        conn.execute(update(j).where(where).values(cancel_requested=True, version=row.version + 1))
+        hub.wakeups.publish(conn, queue_channel(project_id), 0)  # its backend long-polls there
+    hub.wakeups.publish(conn, job_channel(project_id, job_id), row.version + 1)
+    return _get_job(conn, who, project_id, job_id)
+
+
+# ---------------------------------------------------------------- backends
+
+
+def _backend_row(conn: Connection, project_id: str, backend_id: str) -> Row[Any] | None:
+    b = tables.task_backends
+    return conn.execute(select(b).where(b.c.project_id == project_id, b.c.backend_id == backend_id)).first()
+
+
+def _own_backend(conn: Connection, who: Caller, project_id: str, backend_id: str) -> Row[Any]:
+    require_role(conn, who, project_id, "write")
+    row = _backend_row(conn, project_id, backend_id)
+    if row is None:
+        raise BackendNotFound(f"backend {backend_id!r} is not registered in project {project_id!r}; "
+                              "register it first (PUT .../tasks/backends/{backend_id})", backend_id=backend_id)
+    if row.client_id != who.client_id:
+        raise Forbidden(f"backend {backend_id!r} of project {project_id!r} belongs to another client",
+                        backend_id=backend_id)
+    return row
+
+
+class Handler(BaseModel):
+    task_type: TaskType
+    task_name: Line = Field(max_length=200)
+
+
+class RegisterBackend(BaseModel):
+    handlers: list[Handler] = Field(max_length=MAX_HANDLERS)
+    label: Line | None = Field(default=None, max_length=200)
+    num_workers: int = Field(default=1, ge=1, le=100_000)
+
+
+def _register(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str,
+              body: RegisterBackend) -> dict[str, Any]:
+    user_id = who.require_user()
+    require_role(conn, who, project_id, "write")
+    for h in body.handlers:
+        check_task_name(h.task_name)
+    handlers = canonical_json([{"task_type": h.task_type, "task_name": h.task_name} for h in body.handlers])
+    now = time.time()
+    row = _backend_row(conn, project_id, backend_id)
+    b = tables.task_backends
+    if row is None:
+        conn.execute(b.insert().values(project_id=project_id, backend_id=backend_id, user_id=user_id,
+                                       client_id=who.client_id, label=body.label, handlers=handlers,
+                                       num_workers=body.num_workers, started_at=now, last_seen=now))
+    elif row.client_id != who.client_id:
+        raise Forbidden(f"backend {backend_id!r} of project {project_id!r} belongs to another client",
+                        backend_id=backend_id)
+    else:
+        conn.execute(update(b).where(b.c.project_id == project_id, b.c.backend_id == backend_id).values(
+            label=body.label, handlers=handlers, num_workers=body.num_workers, last_seen=now))
+    hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    return {"backend_id": backend_id, "project_id": project_id, "lease_seconds": hub.settings.task_lease_seconds}
+
+
+def _unregister(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str) -> dict[str, Any]:
+    _own_backend(conn, who, project_id, backend_id)
+    j, b = tables.task_jobs, tables.task_backends
+    # Its running jobs go back to the queue (a clean stop did not fail them: no attempt is counted).
+    released = conn.execute(update(j).where(j.c.project_id == project_id, j.c.backend_id == backend_id,
+                                            j.c.status == "started").values(
+        status="pending", backend_id=None, lease_expires_at=None, attempts=j.c.attempts - 1,
+        version=j.c.version + 1)).rowcount
+    conn.execute(b.delete().where(b.c.project_id == project_id, b.c.backend_id == backend_id))
+    if released:
+        hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    return {"released": released}
+
+
+def _list_backends(conn: Connection, who: Caller, hub: HubState, project_id: str) -> list[dict[str, Any]]:
+    require_role(conn, who, project_id, "read")
+    b = tables.task_backends
+    since = time.time() - 2 * hub.settings.task_lease_seconds
+    rows = conn.execute(select(b).where(b.c.project_id == project_id, b.c.last_seen >= since)
+                        .order_by(b.c.started_at)).all()
+    member = _is_member(conn, who, project_id)
+    return [{"backend_id": r.backend_id, "label": r.label, "handlers": json.loads(r.handlers),
+             "num_workers": r.num_workers, "started_at": r.started_at, "last_seen": r.last_seen,
+             "user": _email(conn, r.user_id) if member else None} for r in rows]
+
+
+class Claim(BaseModel):
+    max_jobs: int = Field(default=1, ge=0, le=MAX_CLAIM)
+    wait: float = Field(default=0, ge=0, le=MAX_CLAIM_WAIT)
+    running: list[Line] = Field(default_factory=list, max_length=100_000)
+    progress: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=10_000)
+
+
+def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> list[tuple[str, int]]:
+    """Jobs whose lease lapsed: back to the queue, or an error after MAX_ATTEMPTS; their new versions."""
+    j = tables.task_jobs
+    rows = conn.execute(select(j.c.job_id, j.c.attempts, j.c.version, j.c.task_name, j.c.backend_id).where(
+        j.c.project_id == project_id, j.c.status == "started", j.c.lease_expires_at < now)).all()
+    changed = []
+    for r in rows:
+        where = (j.c.project_id == project_id) & (j.c.job_id == r.job_id) & (j.c.status == "started")
+        if r.attempts >= MAX_ATTEMPTS:
+            error = canonical_json({
+                "type": "BackendLost", "traceback": None,
+                "message": f"task {r.task_name!r} was started {r.attempts} times and each time the backend "
+                           f"running it stopped answering (no lease renewal for {hub.settings.task_lease_seconds:g} s); "
+                           "it is not tried again",
+            })
+            conn.execute(update(j).where(where).values(status="error", error=error, finished_at=now,
+                                                       lease_expires_at=None, version=r.version + 1))
+        else:
+            conn.execute(update(j).where(where).values(status="pending", backend_id=None, lease_expires_at=None,
+                                                       version=r.version + 1))
+        changed.append((r.job_id, r.version + 1))
+    return changed
+
+
+def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str, body: Claim,
+           ) -> tuple[dict[str, Any], list[tuple[str, int]], float | None]:
+    """One claim pass: renew, report progress, lapse, take jobs. Returns the answer, the jobs whose
+    version changed (to wake their followers) and when the next lease lapses."""
+    backend = _own_backend(conn, who, project_id, backend_id)
+    now = time.time()
+    lease = hub.settings.task_lease_seconds
+    j = tables.task_jobs
+    changed: list[tuple[str, int]] = []
+    mine = (j.c.project_id == project_id) & (j.c.backend_id == backend_id) & (j.c.status == "started")
+    if body.running:
+        conn.execute(update(j).where(mine & j.c.job_id.in_(body.running)).values(lease_expires_at=now + lease))
+    for job_id, progress in body.progress.items():
+        encoded = _canonical({"fraction": progress.get("fraction"), "message": progress.get("message")},
+                             "progress", 4096)
+        row = conn.execute(select(j.c.version).where(mine & (j.c.job_id == job_id))).first()
+        if row is not None:
+            conn.execute(update(j).where(mine & (j.c.job_id == job_id)).values(progress=encoded,
+                                                                               version=row.version + 1))
+            changed.append((job_id, row.version + 1))
+    cancel = [r.job_id for r in conn.execute(select(j.c.job_id).where(mine & j.c.cancel_requested))]
+    changed += _lapse(conn, hub, project_id, now)
+    keys = [f"{h['task_type']}:{h['task_name']}" for h in json.loads(backend.handlers)]
+    jobs: list[dict[str, Any]] = []
+    if body.max_jobs and keys:
+        q = (select(j.c.job_id, j.c.task_type, j.c.task_name, j.c.task_input, j.c.attempts, j.c.version)
+             .where(j.c.project_id == project_id, j.c.status == "pending",
+                    (j.c.task_type + ":" + j.c.task_name).in_(keys))
+             .order_by(j.c.requested_at).limit(body.max_jobs).with_for_update(skip_locked=True))
+        for r in conn.execute(q).all():
+            conn.execute(update(j).where((j.c.project_id == project_id) & (j.c.job_id == r.job_id)).values(
+                status="started", backend_id=backend_id, attempts=r.attempts + 1, started_at=now,
+                lease_expires_at=now + lease, progress=None, version=r.version + 1))
+            changed.append((r.job_id, r.version + 1))
+            jobs.append({"job_id": r.job_id, "task_type": r.task_type, "task_name": r.task_name,
+                         "task_input": json.loads(r.task_input), "attempt": r.attempts + 1})
+    b = tables.task_backends
+    conn.execute(update(b).where(b.c.project_id == project_id, b.c.backend_id == backend_id).values(last_seen=now))
+    for job_id, version in changed:
+        hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
+    next_lapse = conn.execute(select(func.min(j.c.lease_expires_at)).where(
+        j.c.project_id == project_id, j.c.status == "started")).scalar()
+    return {"jobs": jobs, "cancel": cancel, "lease_seconds": lease}, changed, next_lapse
+
+
+class Complete(BaseModel):
+    backend_id: Line = Field(max_length=100)
+    status: Literal["finished", "error", "cancelled"]
+    result: Any = None
+    result_uri: Line | None = Field(default=None, max_length=300)
+    error: dict[str, Any] | None = None
+
+
+def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str, raw: bytes) -> int:
+    try:
+        body = Complete.model_validate(_json_body(raw))
+    except ValueError as e:
+        if isinstance(e, HubError):
+            raise
+        raise InvalidInput(f"invalid completion: {str(e)[:300]}") from None
+    _own_backend(conn, who, project_id, _check(BACKEND_ID_RE, body.backend_id, "backend_id"))
+    j = tables.task_jobs
+    row = _job_row(conn, project_id, job_id)
+    if row is None:
+        raise JobNotFound(f"project {project_id!r} has no job {job_id!r}", job_id=job_id)
+    if row.status != "started" or row.backend_id != body.backend_id:
+        raise LeaseLost(f"job {job_id} is no longer held by backend {body.backend_id!r} (it is {row.status}"
+                        f"{', held by another backend' if row.status == 'started' else ''}); its result is not recorded",
+                        job_id=job_id)
+    values: dict[str, Any] = {"status": body.status, "finished_at": time.time(), "lease_expires_at": None,
+                              "version": row.version + 1}
+    if body.status == "finished":
+        if body.result_uri is not None:
+            try:
+                sha1 = parse_sha1_uri(body.result_uri).sha1
+            except KacheryError as e:
+                raise InvalidInput(str(e), field="result_uri") from None
+            held = conn.execute(select(tables.files.c.sha1).where(
+                tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).first()
+            if held is None:
+                raise InvalidInput(f"result_uri {body.result_uri} is not a file of project {project_id!r}; "
+                                   "store the result in the project first", field="result_uri")
+            values["result_uri"] = body.result_uri
+        else:
+            values["result"] = _canonical(body.result, "result", _constants.MAX_TASK_RESULT_INLINE_BYTES)
+    elif body.status == "error":
+        err = body.error or {}
+        trace = err.get("traceback")
+        values["error"] = _canonical({"type": str(err.get("type") or "Exception")[:200],
+                                      "message": str(err.get("message") or "")[:100_000],
+                                      "traceback": None if trace is None else str(trace)[:200_000]},
+                                     "error", 1_000_000)
+    conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id).values(**values))
+    hub.wakeups.publish(conn, job_channel(project_id, job_id), row.version + 1)
+    return int(row.version) + 1
+
+
+# ---------------------------------------------------------------- endpoints
+
+_P = "/api/projects/{project_id}/tasks"
+
+
+@router.post(_P + "/requests", summary="Request a task: a job record (a finished calculation carries its result)")
+async def post_request(project_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    require_json(request)
+    record: dict[str, Any] = await req.run(_request, req.hub, project_id, request._body)
+    req.hub.wakeups.notify(queue_channel(project_id), 0)
+    req.hub.wakeups.notify(job_channel(project_id, record["job_id"]), record["version"])
+    return record
+
+
+@router.get(_P + "/jobs", summary="Recent jobs of a project (results left out)")
+async def get_jobs(project_id: str, limit: int = Query(default=100, ge=1, le=1000),
+                   status: Literal["pending", "started", "finished", "error", "cancelled"] | None = Query(default=None),
+                   req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return {"jobs": await req.run(_list_jobs, project_id, limit, status)}
+
+
+@router.get(_P + "/jobs/{job_id}", summary="A job: status, progress, error, result")
+async def get_job(project_id: str, job_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await req.run(_get_job, project_id, _check(JOB_ID_RE, job_id, "job id"))
+
+
+@router.post(_P + "/jobs/{job_id}/cancel", summary="Cancel a job (its requester, or a writer)")
+async def post_cancel(project_id: str, job_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    record: dict[str, Any] = await req.run(_cancel, req.hub, project_id, _check(JOB_ID_RE, job_id, "job id"))
+    req.hub.wakeups.notify(queue_channel(project_id), 0)
+    req.hub.wakeups.notify(job_channel(project_id, job_id), record["version"])
+    return record
+
+
+@router.get(_P + "/jobs/{job_id}/events", response_class=StreamingResponse,
+            summary="Follow a job (Server-Sent Events): `event: job` with its record at once and at each change",
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def get_job_events(project_id: str, job_id: str, request: Request,
+                         wait: float | None = Query(default=None, gt=0, le=86400),
+                         req: SignedRequest = Depends(signed_request)) -> StreamingResponse:
+    job_id = _check(JOB_ID_RE, job_id, "job id")
+    who = await req.run(_open_job, project_id, job_id)  # refused or unknown: an error answer, not a stream
+    hub = req.hub
+    return event_stream(hub, request, lambda slot: _job_events(hub, who, project_id, job_id, wait, slot))
+
+
+def _open_job(conn: Connection, who: Caller, project_id: str, job_id: str) -> Caller:
+    _get_job(conn, who, project_id, job_id)
+    return who
+
+
+async def _job_events(hub: HubState, who: Caller, project_id: str, job_id: str, wait: float | None,
+                      slot: StreamSlot) -> AsyncIterator[bytes]:
+    keepalive = hub.settings.feed_keepalive_seconds
+    deadline = None if wait is None else time.monotonic() + wait
+
+    def read() -> dict[str, Any] | HubError:
+        try:
+            with hub.db.read() as conn:
+                return _get_job(conn, who, project_id, job_id)
+        except HubError as e:  # access lost
+            return e
+
+    try:
+        with hub.wakeups.subscribe(job_channel(project_id, job_id)) as sub:
+            version = -1
+            # Read again once subscribed: a change between the first read and the subscription is not lost.
+            current: dict[str, Any] | HubError = await run_in_threadpool(read)
+            while True:
+                if isinstance(current, HubError):
+                    yield event("end", json.dumps({"reason": "refused", **current.payload()["error"]}))
+                    return
+                if current["version"] != version:
+                    version = current["version"]
+                    yield event("job", json.dumps(current), version)
+                    if current["status"] in TERMINAL:
+                        return
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    yield event("end", '{"reason":"wait"}')
+                    return
+                if not await sub.wait(keepalive if left is None else min(keepalive, left)):
+                    yield b": keep-alive\n\n"
+                current = await run_in_threadpool(read)
+    finally:
+        slot.release()
+
+
+@router.get(_P + "/backends", summary="Backends seen within two leases, with the handlers they serve")
+async def get_backends(project_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return {"backends": await req.run(_list_backends, req.hub, project_id)}
+
+
+@router.put(_P + "/backends/{backend_id}", summary="Register a backend and its handlers, or update them (needs write)")
+async def put_backend(project_id: str, backend_id: str, body: RegisterBackend,
+                      req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    result: dict[str, Any] = await req.run(_register, req.hub, project_id, _check(BACKEND_ID_RE, backend_id, "backend_id"), body)
+    req.hub.wakeups.notify(queue_channel(project_id), 0)
+    return result
+
+
+@router.delete(_P + "/backends/{backend_id}", summary="A backend stops: its running jobs go back to the queue")
+async def delete_backend(project_id: str, backend_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    result: dict[str, Any] = await req.run(_unregister, req.hub, project_id, _check(BACKEND_ID_RE, backend_id, "backend_id"))
+    req.hub.wakeups.notify(queue_channel(project_id), 0)
+    return result
+
+
+@router.post(_P + "/backends/{backend_id}/claim",
+             summary="Renew the backend's leases, report progress, learn of cancels, and claim pending jobs "
+                     "(long-polls up to `wait` seconds)")
+async def post_claim(project_id: str, backend_id: str, body: Claim,
+                     req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    backend_id = _check(BACKEND_ID_RE, backend_id, "backend_id")
+    hub = req.hub
+    deadline = time.monotonic() + body.wait
+    # The first pass runs in the request's own transaction (its nonce); later passes after a wake-up.
+    with hub.wakeups.subscribe(queue_channel(project_id)) as sub:
+        who, (answer, changed, next_lapse) = await req.run(_first_claim, hub, project_id, backend_id, body)
+        while True:
+            for job_id, version in changed:
+                hub.wakeups.notify(job_channel(project_id, job_id), version)
+            if answer["jobs"] or answer["cancel"]:
+                return answer
+            left = deadline - time.monotonic()
+            if next_lapse is not None:
+                left = min(left, next_lapse - time.time() + 0.05)
+            if left <= 0 and deadline - time.monotonic() <= 0:
+                return answer
+            if left > 0:
+                await sub.wait(left)
+            else:
+                await asyncio.sleep(0)
+            body = body.model_copy(update={"progress": {}})
+            answer, changed, next_lapse = await run_in_threadpool(hub.db.run, _claim, who, hub, project_id,
+                                                                  backend_id, body)
+
+
+def _first_claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str, body: Claim,
+                 ) -> tuple[Caller, tuple[dict[str, Any], list[tuple[str, int]], float | None]]:
+    return who, _claim(conn, who, hub, project_id, backend_id, body)
+
+
+@router.post(_P + "/jobs/{job_id}/complete", summary="A backend reports a job's end: finished (result), error or cancelled")
+async def post_complete(project_id: str, job_id: str, request: Request,
+                        req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    require_json(request)
+    job_id = _check(JOB_ID_RE, job_id, "job id")
+    version = await req.run(_complete, req.hub, project_id, job_id, request._body)
+    req.hub.wakeups.notify(job_channel(project_id, job_id), version)
+    return {"job_id": job_id, "version": version}
