@@ -69,7 +69,8 @@ class HubProcess:
         assert any(f"{self.printed_url}/?token={self.admin_token}" in x for x in lines), lines
         # Keep reading what it prints: a hub that logs a lot would otherwise fill the pipe and stall.
         self.log: collections.deque[str] = collections.deque(lines, maxlen=2000)
-        threading.Thread(target=self._drain, args=(self.proc.stdout, self.log), daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stdout, self.log), daemon=True)
+        self._drainer.start()
         while time.monotonic() < deadline:
             try:
                 if httpx2.get(self.url + "/api/health", timeout=1).status_code == 200:
@@ -95,6 +96,9 @@ class HubProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
             self.proc.wait(timeout=30)
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            drainer.join(10)  # the process ended: it reads to the end of what was printed
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
