@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._feeds import Feed, FeedFollower, FeedMessage, create_feed, list_feeds, load_feed
 from ._fs import get_kachery_cloud_dir
+from ._task_executors import DaskExecutor, TaskFunctionError
 from ._tasks import (
     TaskBackend,
     TaskHandle,
@@ -103,6 +104,7 @@ __all__ = [
     "ByteRangeError",
     "ClockSkewError",
     "ConfigError",
+    "DaskExecutor",
     "Feed",
     "FeedFollower",
     "FeedLimitError",
@@ -132,6 +134,7 @@ __all__ = [
     "TaskBackend",
     "TaskCancelledError",
     "TaskError",
+    "TaskFunctionError",
     "TaskHandle",
     "TaskInputError",
     "TaskTimeoutError",

@@ -256,3 +256,33 @@ def test_who_may_serve_request_and_read(thub: Hub) -> None:
             kc.request_task(task_type="calculation", task_name="double", task_input={"x": 99}, project_id=project)
         with pytest.raises(kc.HubAuthError):
             kc.submit_task(task_type="action", task_name="double", task_input={}, project_id=project)
+
+
+def _module_level_square(x: int) -> int:
+    return x * x
+
+
+def test_a_dask_local_cluster_serves_a_task_and_an_unpicklable_handler_is_refused(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                                  request: pytest.FixtureRequest) -> None:
+    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    gen = make_hub("sqlite", request, tmp_path, monkeypatch)
+    thub = next(gen)
+    try:
+        thub.sign_in("A", "a@example.org")
+        executor = kc.DaskExecutor(n_workers=1)  # a LocalCluster of one worker process
+        try:
+            lock = threading.Lock()
+            with pytest.raises(kc.TaskFunctionError, match="cannot be sent to Dask workers"):
+                kc.TaskBackend(executor=executor).register_task_handler(
+                    task_type="calculation", task_name="locked", task_function=lambda: lock.acquire())
+            with kc.TaskBackend(executor=executor) as backend:
+                backend.register_task_handler(task_type="calculation", task_name="square",
+                                              task_function=_module_level_square)
+                assert kc.request_task(task_type="calculation", task_name="square", task_input={"x": 7}) == 49
+                [job] = kc.list_task_jobs()
+                assert job["status"] == "finished" and job["backend_id"] == backend.backend_id
+        finally:
+            executor.shutdown()
+    finally:
+        gen.close()
