@@ -190,8 +190,10 @@ def _run_handler(function: Callable[..., Any], kwargs: dict[str, Any], ctx: _Job
     except BaseException as e:  # noqa: BLE001 - every failure of a handler is the requester's to see
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
+        # The traceback from the handler's own frame on (this function's frame says nothing to the requester).
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
         return "error", {"type": f"{type(e).__module__}.{type(e).__qualname__}".removeprefix("builtins."),
-                         "message": str(e), "traceback": traceback.format_exc()}
+                         "message": str(e), "traceback": "".join(traceback.format_exception(type(e), e, tb))}
     finally:
         if ctx is not None:
             _local.job = None
@@ -474,12 +476,21 @@ class TaskBackend:
             check(task_function, task_name)
         with self._lock:
             self.handlers[task_name] = _Handler(task_type, task_function, dict(extra_kwargs or {}))
-        self._changed.set()
+        self._announce()
 
     def unregister_task_handler(self, task_name: str) -> None:
         with self._lock:
             self.handlers.pop(task_name, None)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell the hub the handlers now (while serving), so requests for a new one are claimed at once."""
         self._changed.set()
+        if self._threads and not self._stop.is_set():
+            try:
+                self._register()
+            except (HubUnavailableError, HubServerError) as e:  # the claim loop tries again
+                log.warning("task backend %s could not announce its handlers yet: %s", self.backend_id, e)
 
     # lifecycle
     def start(self) -> None:
@@ -517,19 +528,20 @@ class TaskBackend:
         """
         if not self._threads:
             return
-        self._stop.set()
+        self._stop.set()  # claim no more; the claim loop keeps renewing the leases of running jobs
         deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
         while self._running and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._completions.shutdown(wait=True)
-        self._completions = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-task-done")
+            time.sleep(0.02)
         try:
+            # Leaving wakes the claim loop's long-poll (it then ends), and hands unfinished jobs back.
             assert self._client is not None and self.project_id is not None
             self._client.json("DELETE", f"{_tasks_path(self.project_id)}/backends/{self.backend_id}")
         except HubError as e:
             log.warning("task backend %s could not say goodbye to the hub: %s", self.backend_id, e)
+        for t in self._threads:
+            t.join(max(1.0, deadline - time.monotonic()))
+        self._completions.shutdown(wait=True)
+        self._completions = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-task-done")
         if self._own_executor and self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -559,12 +571,12 @@ class TaskBackend:
 
     def _claim_loop(self) -> None:
         delay = 0.1
-        while not self._stop.is_set():
+        while not self._stop.is_set() or self._running:
             try:
-                if self._changed.is_set():
+                if self._changed.is_set() and not self._stop.is_set():
                     self._register()
                 with self._lock:
-                    free = self.num_workers - len(self._running)
+                    free = 0 if self._stop.is_set() else self.num_workers - len(self._running)
                 # Renew leases well before they lapse: the long-poll returns after a third of the lease.
                 answer = self._claim(max(0, free), wait=max(0.5, min(10.0, self.lease_seconds / 3)))
                 delay = 0.1
@@ -574,10 +586,12 @@ class TaskBackend:
                 delay = min(delay * 2, 5.0)
                 continue
             except HubNotFoundError as e:
-                if e.code == "backend_not_found":  # the hub forgot it (a restart on a new database): register again
-                    self._changed.set()
-                    continue
-                raise
+                if e.code != "backend_not_found":
+                    raise
+                if self._stop.is_set():  # it left the hub (stop)
+                    return
+                self._changed.set()  # the hub forgot it (a restart on a new database): register again
+                continue
             for job_id in answer.get("cancel", []):
                 with self._lock:
                     job = self._running.get(job_id)

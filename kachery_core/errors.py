@@ -134,7 +134,8 @@ class HubNotConfiguredError(KacheryError, RuntimeError):
         self.what = what
         super().__init__(
             f"{what} needs a kachery hub, and none is configured: "
-            + (hint or "call kachery_core.init(hub_url=..., token=...) or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN)")
+            + (hint or "call kachery_core.init(hub_url=..., token=...) or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN); "
+                       "to run one, `kachery-hub serve`")
         )
 
 

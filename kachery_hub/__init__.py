@@ -74,6 +74,15 @@ GET,POST        /api/projects/{project_id}/feeds                  feeds of a pro
 GET             /api/feeds/{feed_id}                              project, label, message count, ``can_append``
 GET,POST        /api/feeds/{feed_id}/messages                     a page by number (``start``, ``limit``); append
 GET             /api/feeds/{feed_id}/events                       follow live (Server-Sent Events; ``Last-Event-ID``)
+POST            /api/projects/{project_id}/tasks/requests         request a task: its job (a cached calculation: finished)
+GET             /api/projects/{project_id}/tasks/jobs             recent jobs (``status``, ``limit``)
+GET             /api/projects/{project_id}/tasks/jobs/{job_id}    a job: status, progress, error, result
+GET             /api/projects/{project_id}/tasks/jobs/{job_id}/events  follow a job (Server-Sent Events)
+POST            /api/projects/{project_id}/tasks/jobs/{job_id}/cancel  cancel (its requester, or write)
+POST            /api/projects/{project_id}/tasks/jobs/{job_id}/complete  a backend's result, error or cancel
+GET             /api/projects/{project_id}/tasks/backends         backends online and their handlers
+PUT,DELETE      /api/projects/{project_id}/tasks/backends/{backend_id}  register a backend's handlers; leave
+POST            /api/projects/{project_id}/tasks/backends/{backend_id}/claim  renew leases, take jobs (long-poll)
 ==============  ================================================  ===============================================
 
 Browser pages: ``/`` (``/?token=...`` asks "Sign in to this hub as X?"; the browser is signed in

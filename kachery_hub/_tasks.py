@@ -319,8 +319,7 @@ def _unregister(conn: Connection, who: Caller, hub: HubState, project_id: str, b
         status="pending", backend_id=None, lease_expires_at=None, attempts=j.c.attempts - 1,
         version=j.c.version + 1)).rowcount
     conn.execute(b.delete().where(b.c.project_id == project_id, b.c.backend_id == backend_id))
-    if released:
-        hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    hub.wakeups.publish(conn, queue_channel(project_id), 0)  # other backends: released jobs; its own long-poll: end
     return {"released": released}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FeedViewer", "LoginWidget", "load_ipython_extension"]
+__all__ = ["FeedViewer", "LoginWidget", "TaskPanel", "load_ipython_extension", "stop_serving_tasks", "task_progress"]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -26,4 +26,12 @@ def __getattr__(name: str) -> Any:
         from ._feedviewer import FeedViewer
 
         return FeedViewer
+    if name == "TaskPanel":
+        from ._taskpanel import TaskPanel
+
+        return TaskPanel
+    if name in ("task_progress", "stop_serving_tasks"):
+        from . import _taskmagic
+
+        return getattr(_taskmagic, name)
     raise AttributeError(f"module 'kachery_jupyter' has no attribute {name!r}")

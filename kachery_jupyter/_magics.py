@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 import kachery_core as kc
@@ -212,6 +212,75 @@ class KacheryMagics(Magics):
             raise UsageError('the feed viewer needs anywidget: pip install "kachery-jupyter[jupyter]"') from None
         try:
             return FeedViewer(kc.load_feed(args.feed), start=args.start)
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
+    @magic_arguments()
+    @argument("name", help="the task's name: letters, digits, _ . - (the cell's function, unless --function)")
+    @argument("--type", dest="task_type", choices=("calculation", "action"), default="calculation",
+              help="calculation (cached by input; default) or action (runs every time)")
+    @argument("--function", help="the function the cell defines, when NAME is not a Python name (e.g. mean_rate.2)")
+    @argument("--project", help="the hub project (default: KACHERY_CLOUD_PROJECT or the default project)")
+    @cell_magic
+    def kc_task(self, line: str, cell: str) -> None:
+        """Serve the function the cell defines as a task of the project, from this kernel, in the
+        background (the kernel stays usable). Running the cell again replaces the handler.
+
+            %%kc_task mean_rate
+            def mean_rate(spike_times, duration):
+                return len(spike_times) / duration
+
+            %%kc_task notify --type action
+            def notify(text):
+                print(text)
+
+        Request it from anywhere: ``kc.request_task(task_type="calculation", task_name="mean_rate",
+        task_input={...}, progress=kachery_jupyter.task_progress)``.
+        """
+        from . import _taskmagic
+
+        args = _parse(self.kc_task, line)
+        function_name = args.function or args.name
+        if not function_name.isidentifier():
+            raise UsageError(f"{function_name!r} is not a Python function name: "
+                             f"add --function NAME (the function the cell defines)")
+        try:
+            _taskmagic.check_task_name(args.name)
+            function = _taskmagic.run_cell_for(self.shell, cell, function_name)
+            backend, project, replaced = _taskmagic.kernel_tasks.serve(
+                task_name=args.name, task_function=function, task_type=args.task_type, project_id=args.project)
+        except _taskmagic.CellRaised as e:
+            raise UsageError(f"the cell raised {e}: {args.name} is not served") from None
+        except LookupError:
+            raise UsageError(f"the cell does not define a function {function_name}: "
+                             f"write def {function_name}(...) in it") from None
+        except (kc.KacheryError, ValueError) as e:
+            raise _usage(e) from None
+        what = _taskmagic.describe_handler(args.task_type, args.name, function)
+        print(f"{'replaced: now serving' if replaced else 'serving'} {what} for project {project} "
+              f"from this kernel (backend {backend.backend_id})")
+
+    @magic_arguments()
+    @argument("project", nargs="?", default=None, help="the project (default: KACHERY_CLOUD_PROJECT or the default project)")
+    @argument("--limit", type=int, default=100, help="most recent jobs listed (default 100)")
+    @line_magic
+    def kc_tasks(self, line: str) -> Any:
+        """Show the task panel of a project: handlers online with their backends and last
+        heartbeat, recent jobs with status, duration, requester and errors (click one for its
+        traceback); it updates live.
+
+            %kc_tasks
+            %kc_tasks 5f0c2b7e9a1d --limit 500
+        """
+        args = _parse(self.kc_tasks, line)
+        if args.limit < 1:
+            raise UsageError(f"--limit {args.limit}: list at least 1 job")
+        try:
+            from ._taskpanel import TaskPanel
+        except ImportError:
+            raise UsageError('the task panel needs anywidget: pip install "kachery-jupyter[jupyter]"') from None
+        try:
+            return TaskPanel(args.project, limit=args.limit)
         except kc.KacheryError as e:
             raise _usage(e) from None
 

@@ -266,6 +266,12 @@ def test_a_dask_local_cluster_serves_a_task_and_an_unpicklable_handler_is_refuse
                                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                                   request: pytest.FixtureRequest) -> None:
     pytest.importorskip("distributed", reason="the dask extra is not installed")
+    import sys
+
+    # An in-process IPython shell (other tests of this session) leaves a __main__ without __spec__,
+    # which multiprocessing's spawn of Dask's worker processes reads.
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", getattr(sys.modules["__main__"], "__spec__", None),
+                        raising=False)
     gen = make_hub("sqlite", request, tmp_path, monkeypatch)
     thub = next(gen)
     try:
