@@ -54,6 +54,14 @@ def test_notebook_runs(path: Path, kachery_dir: Path, request: pytest.FixtureReq
         assert "3 scientist@example.org {'epoch': 3, 'loss': 0.25}" in text
         assert "FeedNotFoundError - feed 'f000" in text and "FeedMessageError - Invalid feed message at message['when']" in text
         assert "12 messages; the viewer above" in text
+    if path.name == "tasks.ipynb":
+        assert "serving calculation firing_rate(spike_times, duration) for project" in text
+        assert "first request: {'n': 4, 'rate_hz': 2.0}" in text and "second request: {'n': 4, 'rate_hz': 2.0}" in text
+        assert "cached: {'n': 4, 'rate_hz': 2.0}" in text
+        assert "TaskError: ValueError - unknown unit 'furlong'" in text
+        assert "TaskTimeoutError: task 'nobody_serves_this' (calculation) did not finish within 2 s: no backend took it" in text
+        assert "1 backend online (2 handlers)" in text
+        assert "[('check_units', 'error'), ('firing_rate', 'finished'), ('nobody_serves_this', 'cancelled')]" in text
     if path.name == "sharing.ipynb":
         assert "signed in as scientist@example.org" in text
         assert "the other computer loaded (1000,)" in text
