@@ -327,7 +327,7 @@ def _outcome(handle: TaskHandle, record: dict[str, Any], timeout: float | None) 
 
 
 def submit_task(*, task_type: str, task_name: str, task_input: dict[str, Any], project_id: str | None = None,
-                ) -> TaskHandle:
+                _wait: float = 0) -> TaskHandle:
     """Request a task without waiting: a :class:`TaskHandle` (a cached calculation is finished already)."""
     check_task_type(task_type)
     check_task_name(task_name)
@@ -348,8 +348,12 @@ def submit_task(*, task_type: str, task_name: str, task_input: dict[str, Any], p
                                            "KACHERY_CLOUD_EPHEMERAL)", status=e.status, code="ephemeral_read_only") from None
     body = ('{"task_input":' + encoded + ',"task_name":' + json.dumps(task_name) + ',"task_type":"'
             + task_type + '"}').encode()
-    record = client.json("POST", _tasks_path(pid) + "/requests", content=body,
-                         headers={"content-type": "application/json"})
+    import httpx2
+
+    # `_wait`: the hub answers once the job ended (or after that long): one round trip for a quick task.
+    record = client.json("POST", _tasks_path(pid) + "/requests", content=body, params={"wait": _wait} if _wait else None,
+                         headers={"content-type": "application/json"},
+                         timeout=httpx2.Timeout(connect=10.0, read=_wait + 60.0, write=60.0, pool=30.0))
     return TaskHandle(client, pid, record)
 
 
@@ -363,10 +367,13 @@ def request_task(*, task_type: str, task_name: str, task_input: dict[str, Any], 
     """
     if not isinstance(timeout_sec, (int, float)) or isinstance(timeout_sec, bool) or not timeout_sec > 0:
         raise InvalidArgumentError("timeout_sec", timeout_sec, "expected seconds > 0")
-    handle = submit_task(task_type=task_type, task_name=task_name, task_input=task_input, project_id=project_id)
+    started = time.monotonic()
+    # Without a progress callback the request itself waits (a bounded while) for the job's end.
+    handle = submit_task(task_type=task_type, task_name=task_name, task_input=task_input, project_id=project_id,
+                         _wait=0 if progress is not None else round(min(float(timeout_sec), 30.0), 3))
     if progress is not None:
         progress(handle._record)
-    record = handle.wait(timeout_sec, on_update=progress)
+    record = handle.wait(max(0.0, timeout_sec - (time.monotonic() - started)), on_update=progress)
     if record["status"] == "pending":
         try:
             record = handle._record = handle._client.json("POST", handle._path + "/cancel")

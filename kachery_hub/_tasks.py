@@ -213,7 +213,17 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
     assert row is not None
     if row.status == "pending":
         hub.wakeups.publish(conn, queue_channel(project_id), 0)
-    return job_record(conn, row, member=_is_member(conn, who, project_id))
+    member = _is_member(conn, who, project_id)
+    return {**job_record(conn, row, member=member), "_member": member}
+
+
+def _reread(hub: HubState, project_id: str, job_id: str, member: bool) -> dict[str, Any]:
+    """The job again, for the caller its request was answered to (access was checked then)."""
+    with hub.db.read() as conn:
+        row = _job_row(conn, project_id, job_id)
+        if row is None:
+            raise JobNotFound(f"project {project_id!r} has no job {job_id!r}", job_id=job_id)
+        return job_record(conn, row, member=member)
 
 
 def _get_job(conn: Connection, who: Caller, project_id: str, job_id: str) -> dict[str, Any]:
@@ -468,13 +478,30 @@ def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job
 _P = "/api/projects/{project_id}/tasks"
 
 
-@router.post(_P + "/requests", summary="Request a task: a job record (a finished calculation carries its result)")
-async def post_request(project_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+@router.post(_P + "/requests",
+             summary="Request a task: its job record (a finished calculation carries its result); with `wait`, "
+                     "answered once the job ended or after `wait` seconds")
+async def post_request(project_id: str, request: Request, wait: float = Query(default=0, ge=0, le=MAX_CLAIM_WAIT),
+                       req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     require_json(request)
-    record: dict[str, Any] = await req.run(_request, req.hub, project_id, request._body)
-    req.hub.wakeups.notify(queue_channel(project_id), 0)
-    req.hub.wakeups.notify(job_channel(project_id, record["job_id"]), record["version"])
-    return record
+    hub = req.hub
+    record: dict[str, Any] = await req.run(_request, hub, project_id, request._body)
+    member = record.pop("_member")
+    hub.wakeups.notify(queue_channel(project_id), 0)
+    hub.wakeups.notify(job_channel(project_id, record["job_id"]), record["version"])
+    if not wait or record["status"] in TERMINAL:
+        return record
+    # One round trip for a quick task: wait here for its end (read again once subscribed, so an end
+    # between the request's transaction and the subscription is not missed).
+    deadline = time.monotonic() + wait
+    job_id = record["job_id"]
+    with hub.wakeups.subscribe(job_channel(project_id, job_id)) as sub:
+        while True:
+            record = await run_in_threadpool(_reread, hub, project_id, job_id, member)
+            left = deadline - time.monotonic()
+            if record["status"] in TERMINAL or left <= 0:
+                return record
+            await sub.wait(left)
 
 
 @router.get(_P + "/jobs", summary="Recent jobs of a project (results left out)")
