@@ -40,6 +40,10 @@ class HubState:
     wakeups: WakeUps = field(default=None)  # type: ignore[assignment]  # made from the database URL
     #: feed event streams open, by client address (see _feeds.get_events)
     open_streams: dict[str, int] = field(default_factory=dict)
+    #: tasks (see _tasks): by project, before when no lease can lapse; by (project, backend), when
+    #: its last_seen was last written
+    next_lapse: dict[str, float] = field(default_factory=dict)
+    backend_seen: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.wakeups is None:

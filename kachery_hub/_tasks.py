@@ -29,12 +29,13 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, bindparam, func, select, update
+from sqlalchemy import Connection, Row, bindparam, select, update
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
@@ -146,12 +147,19 @@ def _email(conn: Connection, user_id: str | None) -> str | None:
     return None if row is None else str(row.email)
 
 
-def job_record(conn: Connection, row: Row[Any], *, member: bool, with_result: bool = True) -> dict[str, Any]:
-    """What a reader sees of a job; the requester's email only for members of the project."""
+def job_record(conn: Connection, row: Any, *, member: bool, with_result: bool = True,
+               caller: Caller | None = None) -> dict[str, Any]:
+    """What a reader sees of a job (a row of task_jobs); the requester's email only for members."""
+    if not member:
+        requested_by = None
+    elif caller is not None and caller.user_id is not None and row.requested_by == caller.user_id:
+        requested_by = caller.email  # the caller's own request: no lookup
+    else:
+        requested_by = _email(conn, row.requested_by)
     record: dict[str, Any] = {
         "job_id": row.job_id, "project_id": row.project_id, "task_type": row.task_type,
         "task_name": row.task_name, "status": row.status, "attempts": row.attempts,
-        "requested_by": _email(conn, row.requested_by) if member else None,
+        "requested_by": requested_by,
         "requested_at": row.requested_at, "started_at": row.started_at, "finished_at": row.finished_at,
         "backend_id": row.backend_id if member else None,
         "progress": json.loads(row.progress) if row.progress else None,
@@ -186,7 +194,8 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
         raise InvalidInput("task_input must be a JSON object", field="task_input")
     assert isinstance(task_name, str)
     encoded = _canonical(task_input, "task_input", _constants.MAX_TASK_INPUT_BYTES)
-    require_role(conn, who, project_id, "read" if task_type == "calculation" else "write")
+    project = require_role(conn, who, project_id, "read" if task_type == "calculation" else "write")
+    member = project.caller_role is not None
     now = time.time()
     if task_type == "action":
         job_id = "a" + secrets.token_hex(20)
@@ -195,26 +204,25 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
             job_id = sha1_of_dict({"taskInput": task_input, "taskName": task_name})
         except KacheryError as e:
             raise InvalidInput(str(e), field="task_input") from None
-    row = _job_row(conn, project_id, job_id)
+    row: Any = None if task_type == "action" else _job_row(conn, project_id, job_id)
     if row is not None and row.task_type != task_type:
         raise Conflict(f"job {job_id} of task {task_name!r} is a {row.task_type}, not a {task_type}")
+    fresh = {"status": "pending", "attempts": 0, "requested_by": who.user_id, "requested_at": now,
+             "started_at": None, "finished_at": None, "backend_id": None, "lease_expires_at": None, "progress": None,
+             "result": None, "result_uri": None, "error": None, "cancel_requested": False}
     if row is None:
-        conn.execute(tables.task_jobs.insert().values(
-            project_id=project_id, job_id=job_id, task_type=task_type, task_name=task_name, task_input=encoded,
-            status="pending", attempts=0, requested_by=who.user_id, requested_at=now, cancel_requested=False,
-            version=1))
+        values = {"project_id": project_id, "job_id": job_id, "task_type": task_type, "task_name": task_name,
+                  "task_input": encoded, **fresh, "version": 1}
+        conn.execute(tables.task_jobs.insert().values(**values))
+        row = SimpleNamespace(**values)
     elif row.status in ("error", "cancelled"):  # a calculation that did not finish runs again
-        conn.execute(update(tables.task_jobs).where(
-            tables.task_jobs.c.project_id == project_id, tables.task_jobs.c.job_id == job_id).values(
-            status="pending", attempts=0, requested_by=who.user_id, requested_at=now, started_at=None,
-            finished_at=None, backend_id=None, lease_expires_at=None, progress=None, result=None, result_uri=None,
-            error=None, cancel_requested=False, version=row.version + 1))
-    row = _job_row(conn, project_id, job_id)
-    assert row is not None
+        j = tables.task_jobs
+        conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id).values(
+            **fresh, version=row.version + 1))
+        row = SimpleNamespace(**{**row._asdict(), **fresh, "version": row.version + 1})
     if row.status == "pending":
         hub.wakeups.publish(conn, queue_channel(project_id), 0)
-    member = _is_member(conn, who, project_id)
-    return {**job_record(conn, row, member=member), "_member": member}
+    return {**job_record(conn, row, member=member, caller=who), "_member": member}
 
 
 def _reread(hub: HubState, project_id: str, job_id: str, member: bool) -> dict[str, Any]:
@@ -352,13 +360,19 @@ class Claim(BaseModel):
     progress: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=10_000)
 
 
-def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> list[tuple[str, int]]:
-    """Jobs whose lease lapsed: back to the queue, or an error after MAX_ATTEMPTS; their new versions."""
+def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> tuple[list[tuple[str, int]], float]:
+    """Jobs whose lease lapsed: back to the queue, or an error after MAX_ATTEMPTS; their new versions,
+    and when the next lease of the project can lapse."""
     j = tables.task_jobs
-    rows = conn.execute(select(j.c.job_id, j.c.attempts, j.c.version, j.c.task_name, j.c.backend_id).where(
-        j.c.project_id == project_id, j.c.status == "started", j.c.lease_expires_at < now)).all()
+    rows = conn.execute(select(j.c.job_id, j.c.attempts, j.c.version, j.c.task_name, j.c.lease_expires_at).where(
+        j.c.project_id == project_id, j.c.status == "started")).all()
     changed = []
+    # A lease taken from now on ends at now + lease or later: none lapses before this.
+    next_lapse = now + hub.settings.task_lease_seconds
     for r in rows:
+        if r.lease_expires_at is not None and r.lease_expires_at >= now:
+            next_lapse = min(next_lapse, r.lease_expires_at)
+            continue
         where = (j.c.project_id == project_id) & (j.c.job_id == r.job_id) & (j.c.status == "started")
         if r.attempts >= MAX_ATTEMPTS:
             error = canonical_json({
@@ -373,21 +387,29 @@ def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> list
             conn.execute(update(j).where(where).values(status="pending", backend_id=None, lease_expires_at=None,
                                                        version=r.version + 1))
         changed.append((r.job_id, r.version + 1))
-    return changed
+    return changed, next_lapse
 
 
 def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str, body: Claim,
            ) -> tuple[dict[str, Any], list[tuple[str, int]], float | None]:
     """One claim pass: renew, report progress, lapse, take jobs. Returns the answer, the jobs whose
-    version changed (to wake their followers) and when the next lease lapses."""
+    version changed (to wake their followers) and when the next lease can lapse.
+
+    It runs for every wake-up of every waiting backend, so it skips what it can: the lapse scan
+    until a lease can have lapsed (a bound kept per process), and the backend's last_seen until a
+    quarter lease passed.
+    """
     backend = _own_backend(conn, who, project_id, backend_id)
     now = time.time()
     lease = hub.settings.task_lease_seconds
     j = tables.task_jobs
     changed: list[tuple[str, int]] = []
     mine = (j.c.project_id == project_id) & (j.c.backend_id == backend_id) & (j.c.status == "started")
+    cancel: list[str] = []
     if body.running:
-        conn.execute(update(j).where(mine & j.c.job_id.in_(body.running)).values(lease_expires_at=now + lease))
+        held = mine & j.c.job_id.in_(body.running)
+        conn.execute(update(j).where(held).values(lease_expires_at=now + lease))
+        cancel = [r.job_id for r in conn.execute(select(j.c.job_id).where(held & j.c.cancel_requested))]
     for job_id, progress in body.progress.items():
         encoded = _canonical({"fraction": progress.get("fraction"), "message": progress.get("message")},
                              "progress", 4096)
@@ -396,8 +418,11 @@ def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backen
             conn.execute(update(j).where(mine & (j.c.job_id == job_id)).values(progress=encoded,
                                                                                version=row.version + 1))
             changed.append((job_id, row.version + 1))
-    cancel = [r.job_id for r in conn.execute(select(j.c.job_id).where(mine & j.c.cancel_requested))]
-    changed += _lapse(conn, hub, project_id, now)
+    next_lapse = hub.next_lapse.get(project_id, 0.0)
+    if now >= next_lapse:
+        lapsed, next_lapse = _lapse(conn, hub, project_id, now)
+        changed += lapsed
+        hub.next_lapse[project_id] = next_lapse
     keys = [f"{h['task_type']}:{h['task_name']}" for h in json.loads(backend.handlers)]
     jobs: list[dict[str, Any]] = []
     if body.max_jobs and keys:
@@ -405,19 +430,21 @@ def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backen
              .where(j.c.project_id == project_id, j.c.status == "pending",
                     (j.c.task_type + ":" + j.c.task_name).in_(keys))
              .order_by(j.c.requested_at).limit(body.max_jobs).with_for_update(skip_locked=True))
-        for r in conn.execute(q).all():
-            conn.execute(update(j).where((j.c.project_id == project_id) & (j.c.job_id == r.job_id)).values(
-                status="started", backend_id=backend_id, attempts=r.attempts + 1, started_at=now,
-                lease_expires_at=now + lease, progress=None, version=r.version + 1))
+        rows = conn.execute(q).all()
+        if rows:
+            conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id.in_([r.job_id for r in rows])).values(
+                status="started", backend_id=backend_id, attempts=j.c.attempts + 1, started_at=now,
+                lease_expires_at=now + lease, progress=None, version=j.c.version + 1))
+        for r in rows:
             changed.append((r.job_id, r.version + 1))
             jobs.append({"job_id": r.job_id, "task_type": r.task_type, "task_name": r.task_name,
                          "task_input": json.loads(r.task_input), "attempt": r.attempts + 1})
-    b = tables.task_backends
-    conn.execute(update(b).where(b.c.project_id == project_id, b.c.backend_id == backend_id).values(last_seen=now))
+    if now - hub.backend_seen.get((project_id, backend_id), 0.0) > lease / 4:
+        b = tables.task_backends
+        conn.execute(update(b).where(b.c.project_id == project_id, b.c.backend_id == backend_id).values(last_seen=now))
+        hub.backend_seen[(project_id, backend_id)] = now
     for job_id, version in changed:
         hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
-    next_lapse = conn.execute(select(func.min(j.c.lease_expires_at)).where(
-        j.c.project_id == project_id, j.c.status == "started")).scalar()
     return {"jobs": jobs, "cancel": cancel, "lease_seconds": lease}, changed, next_lapse
 
 
