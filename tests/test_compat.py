@@ -250,3 +250,24 @@ def test_the_readme_and_classifiers_say_the_same_lowest_python() -> None:
     versions = sorted(int(c.rsplit(".", 1)[1]) for c in project.get("classifiers", [])
                       if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c))
     assert versions and versions[0] == minor, versions
+
+
+# A calculation's job id is kachery-cloud's sha1_of_dict of {"taskInput", "taskName"}: nested inputs
+# with integral floats, written as kachery-cloud 0.4.10 writes them.
+_TASK_INPUTS = [
+    ("mean_rate.1", "{'spike_times': [0.1, 2.0, 3.5], 'duration': 10.0, 'opts': {'bins': 4.0, 'norm': True}}"),
+    ("spikes", "{'unit_ids': [1, 2.0, 3], 'window': {'start': -0.0, 'end': 1e20}, 'label': 'é'}"),
+    ("empty", "{}"),
+]
+
+
+def test_a_calculations_job_id_is_kachery_cloud_0_4_10s_sha1_of_dict(tmp_path: Path) -> None:
+    import math
+
+    import numpy as np
+
+    exprs = [f"{{'taskInput': {inp}, 'taskName': {name!r}}}" for name, inp in _TASK_INPUTS]
+    theirs = _kachery_cloud(exprs, tmp_path)
+    for (name, inp), expr in zip(_TASK_INPUTS, exprs):
+        job_id = kc.task_job_id(name, eval(inp, {"math": math, "np": np}))
+        assert job_id == theirs[expr] != "refused", (name, inp)
