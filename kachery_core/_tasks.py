@@ -439,8 +439,9 @@ class TaskBackend:
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise InvalidArgumentError("num_workers", num_workers, "expected an int >= 1")
         if backend_id is not None and (not isinstance(backend_id, str) or not 1 <= len(backend_id) <= 100
-                                       or not set(backend_id) <= _NAME_CHARS):
-            raise InvalidArgumentError("backend_id", backend_id, "expected 1 to 100 letters, digits, '_', '.' or '-'")
+                                       or not set(backend_id) <= _NAME_CHARS or backend_id in (".", "..")):
+            raise InvalidArgumentError("backend_id", backend_id,
+                                       "expected 1 to 100 letters, digits, '_', '.' or '-' (not '.' or '..')")
         self._project_arg = project_id
         self.project_id: str | None = None
         self.backend_id = backend_id or "b" + secrets.token_hex(8)
@@ -451,6 +452,7 @@ class TaskBackend:
         self.handlers: dict[str, _Handler] = {}
         self._running: dict[str, _Running] = {}
         self._progress: dict[str, dict[str, Any]] = {}
+        self._known_cancels: set[str] = set()  # cancels already heard of (not to be reported again)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._changed = threading.Event()  # handlers changed: register again
@@ -571,9 +573,12 @@ class TaskBackend:
         with self._lock:
             running = list(self._running)
             progress, self._progress = self._progress, {}
+            self._known_cancels &= set(running)
+            known = list(self._known_cancels)
         return dict(self._client.json(
             "POST", f"{_tasks_path(self.project_id)}/backends/{self.backend_id}/claim",
-            json={"max_jobs": max_jobs, "wait": wait, "running": running, "progress": progress},
+            json={"max_jobs": max_jobs, "wait": wait, "running": running, "progress": progress,
+                  "known_cancels": known},
             timeout=httpx2.Timeout(connect=10.0, read=wait + 30.0, write=30.0, pool=30.0)))
 
     def _claim_loop(self) -> None:
@@ -602,6 +607,7 @@ class TaskBackend:
             for job_id in answer.get("cancel", []):
                 with self._lock:
                     job = self._running.get(job_id)
+                    self._known_cancels.add(job_id)
                 if job is not None:
                     job.ctx.cancel.set()
             for job in answer.get("jobs", []):
@@ -639,19 +645,26 @@ class TaskBackend:
             self._running[job_id] = running
         kwargs = {**job["task_input"], **handler.extra_kwargs}
         assert self._executor is not None
+        remote = getattr(self._executor, "remote", False)
         try:
-            future = self._executor.submit(_run_handler, handler.function, kwargs,
-                                           None if getattr(self._executor, "remote", False) else ctx)
+            if remote:
+                future = self._executor.submit(_run_handler, handler.function, kwargs, None)
+            else:  # in this process: the worker thread reports the result itself (no hand-over to another thread)
+                future = self._executor.submit(self._run_here, job_id, handler.function, kwargs, ctx)
         except Exception as e:  # the executor refused it (e.g. a function Dask cannot send)
             self._finish(job_id, "error", {"type": type(e).__qualname__, "message": str(e),
                                            "traceback": traceback.format_exc()})
             return
         running.future = future
-        future.add_done_callback(lambda f: self._completions.submit(self._done, job_id, f))
+        if remote:
+            future.add_done_callback(lambda f: self._completions.submit(self._done, job_id, f))
 
-    def _done(self, job_id: str, future: Any) -> None:
+    def _run_here(self, job_id: str, function: Callable[..., Any], kwargs: dict[str, Any], ctx: _JobContext) -> None:
+        self._done(job_id, None, _run_handler(function, kwargs, ctx))
+
+    def _done(self, job_id: str, future: Any, outcome: tuple[str, Any] | None = None) -> None:
         try:
-            status, payload = future.result()
+            status, payload = outcome if outcome is not None else future.result()
         except BaseException as e:  # noqa: BLE001 - a worker lost (Dask), the pool shut down...
             status, payload = "error", {"type": type(e).__qualname__, "message": str(e),
                                         "traceback": traceback.format_exc()}

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy import Connection, Row, bindparam, select, text, update
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
@@ -56,7 +56,8 @@ from .errors import Conflict, Forbidden, HubError, InvalidInput, NotFound, Paylo
 router = APIRouter(tags=["tasks"])
 
 TASK_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-BACKEND_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+# Not only dots: "." and ".." are path segments that clients and proxies rewrite.
+BACKEND_ID_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,100}")
 JOB_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 TASK_TYPES = ("calculation", "action")
 TERMINAL = ("finished", "error", "cancelled")
@@ -165,6 +166,7 @@ def job_record(conn: Connection, row: Any, *, member: bool, with_result: bool = 
         "progress": json.loads(row.progress) if row.progress else None,
         "error": json.loads(row.error) if row.error else None,
         "result_uri": row.result_uri, "cancel_requested": bool(row.cancel_requested), "version": row.version,
+        "lease_expires_at": row.lease_expires_at,
         "has_result": row.status == "finished",
     }
     if with_result and row.status == "finished" and row.result is not None:
@@ -189,10 +191,11 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
     if task_type not in TASK_TYPES:
         raise InvalidInput(f"task_type must be 'calculation' or 'action', not {str(task_type)[:40]!r}",
                            field="task_type")
-    check_task_name(str(task_name) if isinstance(task_name, str) else repr(task_name))
+    if not isinstance(task_name, str):
+        raise InvalidInput(f"task_name must be a string, not {json.dumps(task_name)[:40]}", field="task_name")
+    check_task_name(task_name)
     if not isinstance(task_input, dict):
         raise InvalidInput("task_input must be a JSON object", field="task_input")
-    assert isinstance(task_name, str)
     encoded = _canonical(task_input, "task_input", _constants.MAX_TASK_INPUT_BYTES)
     project = require_role(conn, who, project_id, "read" if task_type == "calculation" else "write")
     member = project.caller_role is not None
@@ -213,16 +216,29 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
     if row is None:
         values = {"project_id": project_id, "job_id": job_id, "task_type": task_type, "task_name": task_name,
                   "task_input": encoded, **fresh, "version": 1}
-        conn.execute(tables.task_jobs.insert().values(**values))
-        row = SimpleNamespace(**values)
+        # Requests of one new calculation may race (PostgreSQL runs them at once): one inserts, the others join.
+        inserted = conn.execute(_INSERT_JOB, values).rowcount
+        row = SimpleNamespace(**values) if inserted else _job_row(conn, project_id, job_id)
     elif row.status in ("error", "cancelled"):  # a calculation that did not finish runs again
         j = tables.task_jobs
-        conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id).values(
-            **fresh, version=row.version + 1))
-        row = SimpleNamespace(**{**row._asdict(), **fresh, "version": row.version + 1})
+        reset = conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id,
+                                             j.c.version == row.version).values(**fresh, version=row.version + 1))
+        if reset.rowcount:
+            row = SimpleNamespace(**{**row._asdict(), **fresh, "version": row.version + 1})
+        else:  # another request reset it first (PostgreSQL): join that one
+            row = _job_row(conn, project_id, job_id)
     if row.status == "pending":
         hub.wakeups.publish(conn, queue_channel(project_id), 0)
     return {**job_record(conn, row, member=member, caller=who), "_member": member}
+
+
+_INSERT_JOB = text(
+    "INSERT INTO task_jobs (project_id, job_id, task_type, task_name, task_input, status, attempts, requested_by, "
+    "requested_at, started_at, finished_at, backend_id, lease_expires_at, progress, result, result_uri, error, "
+    "cancel_requested, version) VALUES (:project_id, :job_id, :task_type, :task_name, :task_input, :status, "
+    ":attempts, :requested_by, :requested_at, :started_at, :finished_at, :backend_id, :lease_expires_at, :progress, "
+    ":result, :result_uri, :error, :cancel_requested, :version) ON CONFLICT (project_id, job_id) DO NOTHING"
+)
 
 
 def _reread(hub: HubState, project_id: str, job_id: str, member: bool) -> dict[str, Any]:
@@ -232,6 +248,39 @@ def _reread(hub: HubState, project_id: str, job_id: str, member: bool) -> dict[s
         if row is None:
             raise JobNotFound(f"project {project_id!r} has no job {job_id!r}", job_id=job_id)
         return job_record(conn, row, member=member)
+
+
+def _lapse_now(conn: Connection, hub: HubState, project_id: str) -> list[tuple[str, int]]:
+    changed, next_lapse = _lapse(conn, hub, project_id, time.time())
+    hub.next_lapse[project_id] = next_lapse
+    for job_id, version in changed:
+        hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
+    if changed:
+        hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    return changed
+
+
+def _lapsed(record: dict[str, Any]) -> bool:
+    expires = record.get("lease_expires_at")
+    return record.get("status") == "started" and expires is not None and expires < time.time()
+
+
+async def settle(hub: HubState, project_id: str) -> None:
+    """Hand back (or end) the project's jobs whose lease lapsed, now: a reader must not wait on a
+    backend that is gone until another backend of the project happens to claim."""
+    changed = await run_in_threadpool(hub.db.run, _lapse_now, hub, project_id)
+    for job_id, version in changed:
+        hub.wakeups.notify(job_channel(project_id, job_id), version)
+    if changed:
+        hub.wakeups.notify(queue_channel(project_id), 0)
+
+
+def _until_lapse(record: dict[str, Any], limit: float) -> float:
+    """How long a reader of ``record`` may wait: ``limit``, or less when its lease lapses sooner."""
+    expires = record.get("lease_expires_at")
+    if record.get("status") == "started" and expires is not None:
+        return max(0.0, min(limit, float(expires) - time.time() + 0.05))
+    return limit
 
 
 def _get_job(conn: Connection, who: Caller, project_id: str, job_id: str) -> dict[str, Any]:
@@ -262,12 +311,15 @@ def _cancel(conn: Connection, who: Caller, hub: HubState, project_id: str, job_i
         require_role(conn, who, project_id, "write")  # someone else's job: writers only
     now = time.time()
     j = tables.task_jobs
-    where = (j.c.project_id == project_id) & (j.c.job_id == job_id)
+    # Conditioned on the version read: if the job changed meanwhile (a backend claimed it), cancel what it is now.
+    where = (j.c.project_id == project_id) & (j.c.job_id == job_id) & (j.c.version == row.version)
     if row.status == "pending":
-        conn.execute(update(j).where(where).values(status="cancelled", finished_at=now, cancel_requested=True,
-                                                   version=row.version + 1))
+        if not conn.execute(update(j).where(where).values(status="cancelled", finished_at=now, cancel_requested=True,
+                                                          version=row.version + 1)).rowcount:
+            return _cancel(conn, who, hub, project_id, job_id)
     elif row.status == "started" and not row.cancel_requested:
-        conn.execute(update(j).where(where).values(cancel_requested=True, version=row.version + 1))
+        if not conn.execute(update(j).where(where).values(cancel_requested=True, version=row.version + 1)).rowcount:
+            return _cancel(conn, who, hub, project_id, job_id)
         hub.wakeups.publish(conn, queue_channel(project_id), 0)  # its backend long-polls there
     hub.wakeups.publish(conn, job_channel(project_id, job_id), row.version + 1)
     return _get_job(conn, who, project_id, job_id)
@@ -357,6 +409,8 @@ class Claim(BaseModel):
     max_jobs: int = Field(default=1, ge=0, le=MAX_CLAIM)
     wait: float = Field(default=0, ge=0, le=MAX_CLAIM_WAIT)
     running: list[Line] = Field(default_factory=list, max_length=100_000)
+    #: cancels the backend already heard of: not reported again (a claim with a new one returns at once)
+    known_cancels: list[Line] = Field(default_factory=list, max_length=100_000)
     progress: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=10_000)
 
 
@@ -373,7 +427,10 @@ def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> tupl
         if r.lease_expires_at is not None and r.lease_expires_at >= now:
             next_lapse = min(next_lapse, r.lease_expires_at)
             continue
-        where = (j.c.project_id == project_id) & (j.c.job_id == r.job_id) & (j.c.status == "started")
+        # The lease in the condition too: on PostgreSQL a concurrent pass may have seen this row before
+        # another backend claimed it again, and an UPDATE re-checks its condition on the newest row.
+        where = ((j.c.project_id == project_id) & (j.c.job_id == r.job_id) & (j.c.status == "started")
+                 & (j.c.lease_expires_at < now) & (j.c.version == r.version))
         if r.attempts >= MAX_ATTEMPTS:
             error = canonical_json({
                 "type": "BackendLost", "traceback": None,
@@ -381,12 +438,13 @@ def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> tupl
                            f"running it stopped answering (no lease renewal for {hub.settings.task_lease_seconds:g} s); "
                            "it is not tried again",
             })
-            conn.execute(update(j).where(where).values(status="error", error=error, finished_at=now,
-                                                       lease_expires_at=None, version=r.version + 1))
+            done = conn.execute(update(j).where(where).values(status="error", error=error, finished_at=now,
+                                                              lease_expires_at=None, version=r.version + 1)).rowcount
         else:
-            conn.execute(update(j).where(where).values(status="pending", backend_id=None, lease_expires_at=None,
-                                                       version=r.version + 1))
-        changed.append((r.job_id, r.version + 1))
+            done = conn.execute(update(j).where(where).values(status="pending", backend_id=None,
+                                                              lease_expires_at=None, version=r.version + 1)).rowcount
+        if done:
+            changed.append((r.job_id, r.version + 1))
     return changed, next_lapse
 
 
@@ -409,15 +467,15 @@ def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backen
     if body.running:
         held = mine & j.c.job_id.in_(body.running)
         conn.execute(update(j).where(held).values(lease_expires_at=now + lease))
-        cancel = [r.job_id for r in conn.execute(select(j.c.job_id).where(held & j.c.cancel_requested))]
+        known = set(body.known_cancels)
+        cancel = [r.job_id for r in conn.execute(select(j.c.job_id).where(held & j.c.cancel_requested))
+                  if r.job_id not in known]
     for job_id, progress in body.progress.items():
         encoded = _canonical({"fraction": progress.get("fraction"), "message": progress.get("message")},
                              "progress", 4096)
-        row = conn.execute(select(j.c.version).where(mine & (j.c.job_id == job_id))).first()
-        if row is not None:
-            conn.execute(update(j).where(mine & (j.c.job_id == job_id)).values(progress=encoded,
-                                                                               version=row.version + 1))
-            changed.append((job_id, row.version + 1))
+        if conn.execute(update(j).where(mine & (j.c.job_id == job_id)).values(
+                progress=encoded, version=j.c.version + 1)).rowcount:
+            changed.append((job_id, 0))  # (followers re-read the job: the number is only a wake-up)
     next_lapse = hub.next_lapse.get(project_id, 0.0)
     if now >= next_lapse:
         lapsed, next_lapse = _lapse(conn, hub, project_id, now)
@@ -472,17 +530,16 @@ def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job
         raise LeaseLost(f"job {job_id} is no longer held by backend {body.backend_id!r} (it is {row.status}"
                         f"{', held by another backend' if row.status == 'started' else ''}); its result is not recorded",
                         job_id=job_id)
-    values: dict[str, Any] = {"status": body.status, "finished_at": time.time(), "lease_expires_at": None,
-                              "version": row.version + 1}
+    values: dict[str, Any] = {"status": body.status, "finished_at": time.time(), "lease_expires_at": None}
     if body.status == "finished":
         if body.result_uri is not None:
             try:
                 sha1 = parse_sha1_uri(body.result_uri).sha1
             except KacheryError as e:
                 raise InvalidInput(str(e), field="result_uri") from None
-            held = conn.execute(select(tables.files.c.sha1).where(
+            in_project = conn.execute(select(tables.files.c.sha1).where(
                 tables.files.c.project_id == project_id, tables.files.c.sha1 == sha1)).first()
-            if held is None:
+            if in_project is None:
                 raise InvalidInput(f"result_uri {body.result_uri} is not a file of project {project_id!r}; "
                                    "store the result in the project first", field="result_uri")
             values["result_uri"] = body.result_uri
@@ -495,9 +552,15 @@ def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job
                                       "message": str(err.get("message") or "")[:100_000],
                                       "traceback": None if trace is None else str(trace)[:200_000]},
                                      "error", 1_000_000)
-    conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id).values(**values))
-    hub.wakeups.publish(conn, job_channel(project_id, job_id), row.version + 1)
-    return int(row.version) + 1
+    values["version"] = j.c.version + 1
+    held = conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id, j.c.status == "started",
+                                        j.c.backend_id == body.backend_id).values(**values)).rowcount
+    if not held:  # lapsed and handed on between the read and this write (PostgreSQL)
+        raise LeaseLost(f"job {job_id} is no longer held by backend {body.backend_id!r}; its result is not recorded",
+                        job_id=job_id)
+    version = int(conn.execute(select(j.c.version).where(j.c.project_id == project_id, j.c.job_id == job_id)).scalar_one())
+    hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
+    return version
 
 
 # ---------------------------------------------------------------- endpoints
@@ -525,22 +588,39 @@ async def post_request(project_id: str, request: Request, wait: float = Query(de
     with hub.wakeups.subscribe(job_channel(project_id, job_id)) as sub:
         while True:
             record = await run_in_threadpool(_reread, hub, project_id, job_id, member)
+            if _lapsed(record):
+                await settle(hub, project_id)
+                continue
             left = deadline - time.monotonic()
             if record["status"] in TERMINAL or left <= 0:
                 return record
-            await sub.wait(left)
+            await sub.wait(_until_lapse(record, left))
 
 
 @router.get(_P + "/jobs", summary="Recent jobs of a project (results left out)")
 async def get_jobs(project_id: str, limit: int = Query(default=100, ge=1, le=1000),
                    status: Literal["pending", "started", "finished", "error", "cancelled"] | None = Query(default=None),
                    req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    return {"jobs": await req.run(_list_jobs, project_id, limit, status)}
+    who, jobs = await req.run(_who_and, _list_jobs, project_id, limit, status)
+    if any(_lapsed(job) for job in jobs):
+        await settle(req.hub, project_id)
+        jobs = await run_in_threadpool(req.hub.db.run, _list_jobs, who, project_id, limit, status)
+    return {"jobs": jobs}
 
 
 @router.get(_P + "/jobs/{job_id}", summary="A job: status, progress, error, result")
 async def get_job(project_id: str, job_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    return await req.run(_get_job, project_id, _check(JOB_ID_RE, job_id, "job id"))
+    job_id = _check(JOB_ID_RE, job_id, "job id")
+    who, record = await req.run(_who_and, _get_job, project_id, job_id)
+    record = dict(record)
+    if _lapsed(record):
+        await settle(req.hub, project_id)
+        record = dict(await run_in_threadpool(req.hub.db.run, _get_job, who, project_id, job_id))
+    return record
+
+
+def _who_and(conn: Connection, who: Caller, work: Any, *args: Any) -> tuple[Caller, Any]:
+    return who, work(conn, who, *args)
 
 
 @router.post(_P + "/jobs/{job_id}/cancel", summary="Cancel a job (its requester, or a writer)")
@@ -598,9 +678,12 @@ async def _job_events(hub: HubState, who: Caller, project_id: str, job_id: str, 
                 if left is not None and left <= 0:
                     yield event("end", '{"reason":"wait"}')
                     return
-                if not await sub.wait(keepalive if left is None else min(keepalive, left)):
+                if not await sub.wait(_until_lapse(current, keepalive if left is None else min(keepalive, left))):
                     yield b": keep-alive\n\n"
                 current = await run_in_threadpool(read)
+                if not isinstance(current, HubError) and _lapsed(current):
+                    await settle(hub, project_id)
+                    current = await run_in_threadpool(read)
     finally:
         slot.release()
 
