@@ -33,17 +33,13 @@ Run: ``.venv/bin/python bench/bench_feeds.py [--quick] [--skip-postgres] [--prof
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -51,14 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from _report import fmt, format_table, load_line, save_results
-from bench_hub_common import (HERE, HUB_CLI, MIB, Hub, _printed_token, client_env, free_port, percentile, sign_in,
-                              stop, wait_http)
+from bench_hub_common import (HERE, HUB_CLI, PY_SPY, Hub, Runner, _printed_token, free_port, hotspots,
+                              latency_summary, percentile, sampled, signed_in_env, stop, wait_http)
 
-EMAIL = "bench@example.org"
 CHILD = str(HERE / "_feed_child.py")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-CHILD_TIMEOUT_S = 900.0
 
 SSE = "bare SSE push (uvicorn, asyncio queue)"
 REDIS_LAT = "Redis XADD -> XREAD BLOCK"
@@ -206,136 +199,7 @@ def postgres_server(work: Path) -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- children
-
-
-@dataclass
-class Runner:
-    """Starts :mod:`_feed_child` processes; with ``profile``, under py-spy, collecting its samples."""
-
-    work: Path
-    profile: bool = False
-    profiles: dict[str, Path] = field(default_factory=dict)
-    _count: int = 0
-
-    def _cmd(self, role: str, args: dict[str, Any], result: Path, label: str | None) -> list[str]:
-        cmd = [sys.executable, CHILD, role, json.dumps(args), str(result)]
-        if self.profile and label:
-            out = self.work / f"profile-{len(self.profiles)}.txt"
-            self.profiles[label] = out
-            return [PY_SPY, "record", "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(out), "--", *cmd]
-        return cmd
-
-    def _result_path(self) -> Path:
-        self._count += 1
-        return self.work / f"result-{self._count}.json"
-
-    def run(self, role: str, args: dict[str, Any], env: dict[str, str] | None = None,
-            profile_label: str | None = None) -> dict[str, Any]:
-        result = self._result_path()
-        subprocess.run(self._cmd(role, args, result, profile_label), env=env, check=True,
-                       stdout=subprocess.DEVNULL, timeout=CHILD_TIMEOUT_S)
-        out: dict[str, Any] = json.loads(result.read_text())
-        return out
-
-    def pair(self, follow: tuple[str, dict[str, Any], dict[str, str] | None],
-             send: tuple[str, dict[str, Any], dict[str, str] | None], profile_label: str | None = None) -> dict[str, Any]:
-        """Start the follower, wait for its ``ready``, run the sender, return the follower's result."""
-        result = self._result_path()
-        role, args, env = follow
-        proc = subprocess.Popen(self._cmd(role, args, result, profile_label), env=env,
-                                stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout is not None
-            deadline = time.monotonic() + 60
-            while True:  # py-spy, when it runs the child, may print first
-                ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-                line = proc.stdout.readline() if ready else ""
-                if line.strip() == "ready":
-                    break
-                if not line:
-                    raise RuntimeError(f"{role} did not get ready")
-            self.run(*send)
-            if proc.wait(timeout=CHILD_TIMEOUT_S) != 0:
-                raise RuntimeError(f"{role} exited with {proc.returncode}")
-        finally:
-            stop(proc)
-        out: dict[str, Any] = json.loads(result.read_text())
-        return out
-
-
-@contextmanager
-def sampled(runner: Runner, label: str, pid: int) -> Iterator[None]:
-    """py-spy sampling ``pid`` (a hub) for the block, when profiling."""
-    if not runner.profile:
-        yield
-        return
-    out = runner.work / f"profile-{len(runner.profiles)}.txt"
-    runner.profiles[label] = out
-    proc = subprocess.Popen([PY_SPY, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--pid", str(pid),
-                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)  # py-spy attaches
-        yield
-    finally:
-        os.kill(proc.pid, signal.SIGINT)  # py-spy writes its file on SIGINT
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            stop(proc)
-
-
-# Leaf frames py-spy samples while a thread waits: a parked worker thread, the event loop in epoll.
-IDLE = ("Condition.wait (threading.py)", "Runner.run (runners.py)")
-_FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
-
-
-def hotspots(path: Path, top: int = 12) -> list[str]:
-    """The functions with the most samples of their own, and the most samples under them, from py-spy's raw output."""
-    if not path.exists():
-        return [f"(no samples in {path.name})"]
-    own: Counter[str] = Counter()
-    under: Counter[str] = Counter()
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = []
-        for frame in stack.split(";"):
-            m = _FRAME.match(frame)
-            frames.append(f"{m.group(1)} ({Path(m.group(2)).name})" if m else frame)
-        own[frames[-1]] += n
-        for f in set(frames):
-            under[f] += n
-    if not total:
-        return ["(no samples)"]
-    idle = sum(own.pop(f, 0) for f in IDLE)
-    lines = [f"{total} samples, {100 * idle / total:.0f}% of them idle (parked worker threads, event loop in epoll); "
-             "own time:"]
-    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
-    lines.append("  time under (inclusive):")
-    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in under.most_common(top + 8)]
-    return lines
-
-
 # ---------------------------------------------------------------- measurements
-
-
-def signed_in_env(work: Path, name: str, hub: Hub) -> dict[str, str]:
-    """A fresh client directory signed in to ``hub`` as :data:`EMAIL`; its environment."""
-    folder = work / "clients" / name
-    folder.mkdir(parents=True)
-    sign_in(folder, hub.url, hub.token(EMAIL))
-    return client_env(folder, hub.url)
-
-
-def latency_summary(latencies_s: list[float]) -> dict[str, float]:
-    ms = [x * 1e3 for x in latencies_s]
-    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "mean_ms": sum(ms) / len(ms),
-            "max_ms": max(ms), "n": len(ms)}
 
 
 def measure_latency(runner: Runner, args: argparse.Namespace, hub: Hub, sse: SseAnchor, redis_port: int,
@@ -466,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--profile needs py-spy (pip install py-spy)")
     print(f"before: {load_line()}")
     work = Path(tempfile.mkdtemp(prefix="kachery-bench-feeds-", dir=os.environ.get("BENCH_TMP")))
-    runner = Runner(work, profile=args.profile)
+    runner = Runner(work, CHILD, profile=args.profile)
     try:
         with ExitStack() as stack:
             hub = Hub(work / "hub")

@@ -1,4 +1,4 @@
-"""Shared by the ``bench_hub_*`` benchmarks: a real hub process, a bare uvicorn anchor, percentiles.
+"""Shared by the hub benchmarks: a real hub process, a bare uvicorn anchor, percentiles, child processes, py-spy.
 
 Not a benchmark itself. Every server listens on a free 127.0.0.1 port, is started
 here as a child process and is stopped by its PID (:func:`stop`).
@@ -9,15 +9,20 @@ with uvicorn's defaults, as ``kachery-hub serve`` does.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -27,6 +32,9 @@ KIB = 2**10
 MIB = 2**20
 HUB_CLI = str(Path(sys.executable).parent / "kachery-hub")
 START_TIMEOUT_S = 30.0
+CHILD_TIMEOUT_S = 900.0
+EMAIL = "bench@example.org"
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
 
 
 def free_port() -> int:
@@ -69,12 +77,16 @@ def stop(proc: subprocess.Popen[Any] | None) -> None:
 
 @dataclass
 class Hub:
-    """A ``kachery-hub serve`` process (embedded default: SQLite + folder under ``data``)."""
+    """A ``kachery-hub serve`` process (embedded default: SQLite + folder under ``data``).
+
+    ``env``: variables added to its environment (e.g. a shorter task lease).
+    """
 
     data: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[str] | None = None
     admin_token: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -89,7 +101,8 @@ class Hub:
         cmd = [HUB_CLI, "serve", "--data", str(self.data), "--port", str(self.port)]
         # Its output goes to a file: an unread pipe would block a chatty server.
         with open(self.data.parent / f"{self.data.name}.log", "w+") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                         env={**os.environ, **self.env})
             self.admin_token = _printed_token(log)
         if not self.admin_token:
             stop(self.proc)
@@ -129,6 +142,20 @@ def sign_in(client_dir: Path, hub_url: str, token: str) -> None:
     code = "import sys, kachery_core as kc; kc.init(hub_url=sys.argv[1], token=sys.argv[2])"
     subprocess.run([sys.executable, "-c", code, hub_url, token], env=client_env(client_dir, hub_url),
                    check=True, capture_output=True, timeout=60)
+
+
+def signed_in_env(work: Path, name: str, hub: Hub, email: str = EMAIL) -> dict[str, str]:
+    """A fresh client directory signed in to ``hub`` as ``email``; its environment."""
+    folder = work / "clients" / name
+    folder.mkdir(parents=True)
+    sign_in(folder, hub.url, hub.token(email))
+    return client_env(folder, hub.url)
+
+
+def latency_summary(latencies_s: list[float]) -> dict[str, float]:
+    ms = [x * 1e3 for x in latencies_s]
+    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "mean_ms": sum(ms) / len(ms),
+            "max_ms": max(ms), "n": len(ms)}
 
 
 # ---------------------------------------------------------------- the anchor
@@ -184,3 +211,135 @@ def reset_peak_kib(pid: int | str) -> int | None:
     except OSError:
         return None
     return proc_status_kib(pid, "VmRSS")
+
+
+# ---------------------------------------------------------------- child processes, py-spy
+
+
+@dataclass
+class Runner:
+    """Starts child processes (``python CHILD ROLE ARGS_JSON RESULT_JSON``, as :mod:`_feed_child`
+    and :mod:`_task_child` take them); with ``profile``, under py-spy, collecting their samples."""
+
+    work: Path
+    child: str
+    profile: bool = False
+    profiles: dict[str, Path] = field(default_factory=dict)
+    _count: int = 0
+
+    def _cmd(self, role: str, args: dict[str, Any], result: Path, label: str | None) -> list[str]:
+        cmd = [sys.executable, self.child, role, json.dumps(args), str(result)]
+        if self.profile and label:
+            out = self.work / f"profile-{len(self.profiles)}.txt"
+            self.profiles[label] = out
+            return [PY_SPY, "record", "--format", "raw", "--rate", "250", "--nonblocking", "-o", str(out), "--", *cmd]
+        return cmd
+
+    def _result_path(self) -> Path:
+        self._count += 1
+        return self.work / f"result-{self._count}.json"
+
+    def run(self, role: str, args: dict[str, Any], env: dict[str, str] | None = None,
+            profile_label: str | None = None) -> dict[str, Any]:
+        result = self._result_path()
+        subprocess.run(self._cmd(role, args, result, profile_label), env=env, check=True,
+                       stdout=subprocess.DEVNULL, timeout=CHILD_TIMEOUT_S)
+        out: dict[str, Any] = json.loads(result.read_text())
+        return out
+
+    def spawn(self, role: str, args: dict[str, Any], env: dict[str, str] | None = None,
+              profile_label: str | None = None) -> tuple[subprocess.Popen[str], Path]:
+        """Start a child that prints ``ready`` once set up; return it (stdout still open) and its result path."""
+        result = self._result_path()
+        proc = subprocess.Popen(self._cmd(role, args, result, profile_label), env=env,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            wait_line(proc, "ready", 60, role)
+        except BaseException:
+            stop(proc)
+            raise
+        return proc, result
+
+    def pair(self, follow: tuple[str, dict[str, Any], dict[str, str] | None],
+             send: tuple[str, dict[str, Any], dict[str, str] | None], profile_label: str | None = None) -> dict[str, Any]:
+        """Start the follower, wait for its ``ready``, run the sender, return the follower's result."""
+        role, args, env = follow
+        proc, result = self.spawn(role, args, env, profile_label)
+        try:
+            self.run(*send)
+            if proc.wait(timeout=CHILD_TIMEOUT_S) != 0:
+                raise RuntimeError(f"{role} exited with {proc.returncode}")
+        finally:
+            stop(proc)
+        out: dict[str, Any] = json.loads(result.read_text())
+        return out
+
+
+def wait_line(proc: subprocess.Popen[str], word: str, timeout: float, what: str) -> str:
+    """Read ``proc``'s stdout until a line starting with ``word``; return the rest of that line."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while True:  # py-spy, when it runs the child, may print first
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = proc.stdout.readline() if ready else ""
+        if line.split(" ", 1)[0].strip() == word:
+            return line[len(word):].strip()
+        if not line:
+            raise RuntimeError(f"{what} did not print {word!r} within {timeout:g} s")
+
+
+@contextmanager
+def sampled(runner: Runner, label: str, pid: int) -> Iterator[None]:
+    """py-spy sampling ``pid`` (a hub) for the block, when profiling."""
+    if not runner.profile:
+        yield
+        return
+    out = runner.work / f"profile-{len(runner.profiles)}.txt"
+    runner.profiles[label] = out
+    proc = subprocess.Popen([PY_SPY, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--pid", str(pid),
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # py-spy attaches
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+
+
+# Leaf frames py-spy samples while a thread waits: a parked worker thread, the event loop in epoll.
+IDLE = ("Condition.wait (threading.py)", "Runner.run (runners.py)")
+_FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
+
+
+def hotspots(path: Path, top: int = 12) -> list[str]:
+    """The functions with the most samples of their own, and the most samples under them, from py-spy's raw output."""
+    if not path.exists():
+        return [f"(no samples in {path.name})"]
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for frame in stack.split(";"):
+            m = _FRAME.match(frame)
+            frames.append(f"{m.group(1)} ({Path(m.group(2)).name})" if m else frame)
+        own[frames[-1]] += n
+        for f in set(frames):
+            under[f] += n
+    if not total:
+        return ["(no samples)"]
+    idle = sum(own.pop(f, 0) for f in IDLE)
+    lines = [f"{total} samples, {100 * idle / total:.0f}% of them idle (parked worker threads, event loop in epoll); "
+             "own time:"]
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(top)]
+    lines.append("  time under (inclusive):")
+    lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in under.most_common(top + 8)]
+    return lines

@@ -589,8 +589,11 @@ class TaskBackend:
                     self._register()
                 with self._lock:
                     free = 0 if self._stop.is_set() else self.num_workers - len(self._running)
-                # Renew leases well before they lapse: the long-poll returns after a third of the lease.
-                answer = self._claim(max(0, free), wait=max(0.5, min(10.0, self.lease_seconds / 3)))
+                # Renew leases well before they lapse: the long-poll returns after a third of the lease. With
+                # every worker busy, a worker that finishes takes its next job itself (with its result), and this
+                # loop asks every half second: renewals, cancels, and a slot a finished worker left unused.
+                renew = max(0.5, min(10.0, self.lease_seconds / 3))
+                answer = self._claim(max(0, free), wait=renew if free > 0 else min(0.5, renew))
                 delay = 0.1
             except (HubUnavailableError, HubServerError) as e:
                 log.warning("task backend %s cannot reach the hub (%s); retrying", self.backend_id, e)
@@ -678,13 +681,26 @@ class TaskBackend:
         try:
             self._complete(job_id, status, payload)
         finally:
-            with self._lock:
-                self._running.pop(job_id, None)
-                self._progress.pop(job_id, None)
+            self._release(job_id)
+
+    def _release(self, job_id: str) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+            self._progress.pop(job_id, None)
+
+    def _after_complete(self, job_id: str, jobs: list[dict[str, Any]]) -> None:
+        """The slot of ``job_id`` is free; start the jobs claimed with its completion."""
+        self._release(job_id)
+        for job in jobs:
+            self._start_job(job)
 
     def _complete(self, job_id: str, status: str, payload: Any) -> None:
         assert self._client is not None and self.project_id is not None
-        body: dict[str, Any] = {"backend_id": self.backend_id, "status": status}
+        with self._lock:  # this job's slot is free: take the next job with the same request
+            running = [j for j in self._running if j != job_id]
+            claim_next = 0 if self._stop.is_set() else max(0, min(1, self.num_workers - len(running)))
+        body: dict[str, Any] = {"backend_id": self.backend_id, "status": status, "claim_next": claim_next,
+                                "running": running}
         if status == "finished":
             try:
                 encoded = canonical_json(payload)
@@ -703,7 +719,8 @@ class TaskBackend:
             body["error"] = payload
         for attempt in range(5):
             try:
-                self._client.json("POST", f"{_tasks_path(self.project_id)}/jobs/{job_id}/complete", json=body)
+                answer = self._client.json("POST", f"{_tasks_path(self.project_id)}/jobs/{job_id}/complete", json=body)
+                self._after_complete(job_id, answer.get("jobs", []))
                 return
             except (HubUnavailableError, HubServerError) as e:
                 log.warning("could not report job %s (%s); retrying", job_id, e)

@@ -512,9 +512,13 @@ class Complete(BaseModel):
     result: Any = None
     result_uri: Line | None = Field(default=None, max_length=300)
     error: dict[str, Any] | None = None
+    #: claim this many more jobs in the same transaction (a worker that just finished takes the next)
+    claim_next: int = Field(default=0, ge=0, le=MAX_CLAIM)
+    running: list[Line] = Field(default_factory=list, max_length=100_000)
 
 
-def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str, raw: bytes) -> int:
+def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str, raw: bytes,
+              ) -> tuple[int, dict[str, Any] | None, list[tuple[str, int]]]:
     try:
         body = Complete.model_validate(_json_body(raw))
     except ValueError as e:
@@ -560,7 +564,11 @@ def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job
                         job_id=job_id)
     version = int(conn.execute(select(j.c.version).where(j.c.project_id == project_id, j.c.job_id == job_id)).scalar_one())
     hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
-    return version
+    if not body.claim_next:
+        return version, None, []
+    answer, changed, _ = _claim(conn, who, hub, project_id, body.backend_id,
+                                Claim(max_jobs=body.claim_next, wait=0, running=body.running))
+    return version, answer, changed
 
 
 # ---------------------------------------------------------------- endpoints
@@ -748,6 +756,8 @@ async def post_complete(project_id: str, job_id: str, request: Request,
                         req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     require_json(request)
     job_id = _check(JOB_ID_RE, job_id, "job id")
-    version = await req.run(_complete, req.hub, project_id, job_id, request._body)
+    version, claimed, changed = await req.run(_complete, req.hub, project_id, job_id, request._body)
     req.hub.wakeups.notify(job_channel(project_id, job_id), version)
-    return {"job_id": job_id, "version": version}
+    for other, other_version in changed:
+        req.hub.wakeups.notify(job_channel(project_id, other), other_version)
+    return {"job_id": job_id, "version": version, **(claimed or {})}
