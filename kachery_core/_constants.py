@@ -19,6 +19,8 @@ ENV_EPHEMERAL = "KACHERY_CLOUD_EPHEMERAL"
 ENV_HUB_URL = "KACHERY_HUB_URL"
 #: A sign-in token for headless machines.
 ENV_HUB_TOKEN = "KACHERY_HUB_TOKEN"
+#: Progress bars: ``0`` never, ``1`` always, unset when someone watches (a kernel or a terminal).
+ENV_PROGRESS = "KACHERY_PROGRESS"
 
 #: Largest value a mutable may hold, in UTF-8 bytes.
 MAX_MUTABLE_VALUE_BYTES = 1024 * 1024
@@ -32,8 +34,8 @@ MAX_FEED_BATCH_BYTES = 4 * 1024 * 1024
 MAX_TASK_INPUT_BYTES = 1024 * 1024
 #: A task result of at most this many bytes of JSON is kept in the job; a larger one is stored as a file.
 MAX_TASK_RESULT_INLINE_BYTES = 1024 * 1024
-#: Files at least this big print progress while being hashed or copied.
-PROGRESS_THRESHOLD_BYTES = 256 * 1024 * 1024
+#: Content at least this big shows a progress bar while it is hashed, stored, uploaded or downloaded.
+PROGRESS_THRESHOLD_BYTES = 64 * 1024 * 1024
 
 
 def kachery_cloud_dir() -> Path:
@@ -57,3 +59,13 @@ def hub_url() -> str | None:
 
 def hub_token() -> str | None:
     return os.environ.get(ENV_HUB_TOKEN) or None
+
+
+def progress_setting() -> bool | None:
+    """``KACHERY_PROGRESS``: False to never draw bars, True to always, None (unset, ``auto``) to decide."""
+    value = os.environ.get(ENV_PROGRESS, "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return None

@@ -12,20 +12,27 @@ import hashlib
 import json
 import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _constants, _fs, _serializers
+from . import _fs, _progress, _serializers
 from .errors import SerializationError
 
 CHUNK_SIZE = 4 * 1024 * 1024
 _CACHE_MIN_SIZE = 1_000_000  # hashing less than this is faster than reading a cache entry
 
 
-def sha1_of_bytes(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
+def sha1_of_bytes(data: bytes, label: str | None = None) -> str:
+    """sha1 of ``data``; big content named by a ``label`` shows a progress bar while it is hashed."""
+    if label is None or not _progress.shows(len(data)):
+        return hashlib.sha1(data).hexdigest()
+    h = hashlib.sha1()
+    view = memoryview(data)
+    with _progress.Progress(f"hashing {label}", len(data)) as progress:
+        for start in range(0, len(view), CHUNK_SIZE):
+            h.update(view[start:start + CHUNK_SIZE])  # hashlib releases the GIL for large buffers
+            progress(min(start + CHUNK_SIZE, len(view)))
+    return h.hexdigest()
 
 
 def sha1_of_string(text: str) -> str:
@@ -124,30 +131,6 @@ def record_sha1(path: str, st: os.stat_result, sha1: str) -> None:
     _fs.write_file_atomic(_cache_path(path), json.dumps(entry).encode())
 
 
-class Progress:
-    """Prints ``label: N/M MiB (x%)`` on stderr, at most twice a second, for big files."""
-
-    def __init__(self, label: str, total: int) -> None:
-        self.label = label
-        self.total = total
-        self.enabled = total >= _constants.PROGRESS_THRESHOLD_BYTES
-        self._last = 0.0
-
-    def __call__(self, done: int) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.5 and done < self.total:
-            return
-        self._last = now
-        pct = 100.0 * done / self.total if self.total else 100.0
-        end = "\n" if done >= self.total else "\r"
-        print(
-            f"{self.label}: {done / 2**20:,.0f}/{self.total / 2**20:,.0f} MiB ({pct:.0f}%)",
-            end=end, file=sys.stderr, flush=True,
-        )
-
-
 def hash_open_file(fd: int, size: int, on_progress: Callable[[int], None] | None = None) -> str:
     """sha1 of an open file read from its start, in constant memory."""
     h = hashlib.sha1()
@@ -177,7 +160,8 @@ def sha1_of_open_file(fd: int, path: str, *, use_cache: bool = True) -> str:
         cached = cached_sha1(path, st)
         if cached is not None:
             return cached
-    sha1 = hash_open_file(fd, st.st_size, Progress(f"sha1 {os.path.basename(path)}", st.st_size))
+    with _progress.Progress(f"hashing {os.path.basename(path)}", st.st_size) as progress:
+        sha1 = hash_open_file(fd, st.st_size, progress)
     if use_cache and same_identity(st, os.fstat(fd)):
         record_sha1(path, st, sha1)
     return sha1

@@ -4,8 +4,8 @@ Storing uploads the bytes to the current project (:func:`get_project_id`)
 unless that project already holds them; the hub verifies the sha1 before the
 file becomes visible. Loading a URI that is not in the local store downloads
 it from any project this client may read, verifies its hash while streaming,
-and keeps it in the local store, so the next load is local. Long transfers
-print progress.
+and keeps it in the local store, so the next load is local. Transfers of big
+content show a progress bar (:mod:`._progress`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from . import _fs, _hashing, _hub, _mutables, _serializers, _store
+from . import _fs, _hashing, _hub, _mutables, _progress, _serializers, _store
 from ._projects import get_project_id
 from ._uris import Sha1URI, format_sha1_uri, parse_sha1_uri
 from .errors import (
@@ -47,17 +47,28 @@ def hub_configured() -> bool:
 
 
 def _read_chunks(path: Path, size: int, label: str) -> Iterator[bytes]:
-    progress = _hashing.Progress(label, size)
     done = 0
-    with open(path, "rb") as f:
+    with _progress.Progress(label, size) as progress, open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
+            yield chunk
             done += len(chunk)
             progress(done)
-            yield chunk
 
 
-def _body(content: bytes | Path, size: int) -> bytes | Iterator[bytes]:
-    return content if isinstance(content, bytes) else _read_chunks(content, size, f"uploading {content.name}")
+def _slices(data: bytes, label: str) -> Iterator[bytes]:
+    view = memoryview(data)
+    with _progress.Progress(label, len(data)) as progress:
+        for start in range(0, len(view), _CHUNK):
+            yield bytes(view[start:start + _CHUNK])
+            progress(min(start + _CHUNK, len(view)))
+
+
+def _body(content: bytes | Path, size: int, label: str | None) -> bytes | Iterator[bytes]:
+    """The request body; shown with a progress bar (named by the label), it goes in chunks."""
+    name = f"uploading {label or (content.name if isinstance(content, Path) else 'content')}"
+    if isinstance(content, Path):
+        return _read_chunks(content, size, name)
+    return _slices(content, name) if _progress.shows(size) else content
 
 
 def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, content: bytes | Path,
@@ -67,7 +78,7 @@ def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, conte
 
     try:
         response = _hub.plain_client().request(
-            target["method"], target["url"], content=_body(content, size),
+            target["method"], target["url"], content=_body(content, size, label),
             headers={**target["headers"], "Content-Length": str(size)},
         )
     except httpx2.TransportError as e:
@@ -97,7 +108,7 @@ def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, proj
     def put() -> None:
         client.send(
             "PUT", f"/api/projects/{pid}/files/{sha1}", params={"label": label} if label is not None else None,
-            content=_body(content, size), body_sha1=sha1, headers={"Content-Length": str(size)},
+            content=_body(content, size, label), body_sha1=sha1, headers={"Content-Length": str(size)},
         ).close()
 
     try:
@@ -147,7 +158,9 @@ def _store_bytes(data: bytes, label: str | None, cache_locally: bool, local: boo
         uri = _store.store_bytes_local(data, label=label)
         if local:
             return uri
-    sha1 = _hashing.sha1_of_bytes(data)
+        sha1 = parse_sha1_uri(uri).sha1  # hashed once: big content takes a while
+    else:
+        sha1 = _hashing.sha1_of_bytes(data, label or "content")
     _upload(sha1, len(data), data, label, project_id)
     return format_sha1_uri(sha1, label=label)
 
@@ -189,7 +202,6 @@ def _receive(response: Any, tmp: Path, label: str) -> str:
     and writing run in a second thread while this one reads the socket (both release the GIL),
     in constant memory."""
     total = int(response.headers.get("content-length", "0") or 0)
-    progress = _hashing.Progress(label, total)
     batches: queue.Queue[bytes | None] = queue.Queue(maxsize=2)
     h = hashlib.sha1()
     failure: list[BaseException] = []
@@ -207,24 +219,25 @@ def _receive(response: Any, tmp: Path, label: str) -> str:
 
     writer = threading.Thread(target=sink, daemon=True)
     writer.start()
-    done = 0
-    pending: list[bytes] = []
-    pending_bytes = 0
-    try:
-        for chunk in response.iter_raw():
-            pending.append(chunk)
-            pending_bytes += len(chunk)
-            if pending_bytes >= _HANDOVER_BYTES:
+    with _progress.Progress(label, total) as progress:
+        done = 0
+        pending: list[bytes] = []
+        pending_bytes = 0
+        try:
+            for chunk in response.iter_raw():
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= _HANDOVER_BYTES:
+                    batches.put(b"".join(pending))
+                    done += pending_bytes
+                    pending, pending_bytes = [], 0
+                    progress(done)
+            if pending:
                 batches.put(b"".join(pending))
-                done += pending_bytes
-                pending, pending_bytes = [], 0
-                progress(done)
-        if pending:
-            batches.put(b"".join(pending))
-            progress(done + pending_bytes)
-    finally:
-        batches.put(None)
-        writer.join()
+                progress(done + pending_bytes)
+        finally:
+            batches.put(None)
+            writer.join()
     if failure:
         raise failure[0]
     return h.hexdigest()

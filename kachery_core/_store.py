@@ -50,7 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
-from . import _fs, _hashing, _serializers
+from . import _fs, _hashing, _progress, _serializers
 from ._uris import Sha1URI, format_sha1_uri, is_sha1, parse_sha1_uri
 from .errors import ByteRangeError, FileChangedError, HashMismatchError, KacheryFileNotFoundError
 
@@ -140,16 +140,17 @@ def _store_copy(path: str) -> str:
     src_fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(src_fd)
-        progress = _hashing.Progress(f"storing {os.path.basename(path)}", st.st_size)
         key = _head_key(src_fd, st.st_size) if st.st_size >= _HEAD_MIN_SIZE else None
         sha1: str | None = None
         held = _held_with_head(key, st.st_size) if key is not None else None
         if held is not None:
-            sha1 = _hashing.hash_open_file(src_fd, st.st_size, progress)
+            with _progress.Progress(f"hashing {os.path.basename(path)}", st.st_size) as progress:
+                sha1 = _hashing.hash_open_file(src_fd, st.st_size, progress)
             if not _hashing.same_identity(st, os.fstat(src_fd)):
                 raise FileChangedError(path)
         if sha1 is None or sha1 != held or not store_path(sha1).exists():
-            sha1 = _copy_in(path, src_fd, st, sha1, progress)
+            with _progress.Progress(f"storing {os.path.basename(path)}", st.st_size) as progress:
+                sha1 = _copy_in(path, src_fd, st, sha1, progress)
             if key is not None and held != sha1:
                 _fs.write_file_atomic(_head_path(key), sha1.encode("ascii"))
         _hashing.record_sha1(path, st, sha1)
@@ -158,7 +159,7 @@ def _store_copy(path: str) -> str:
         os.close(src_fd)
 
 
-def _copy_in(path: str, src_fd: int, st: os.stat_result, sha1: str | None, progress: _hashing.Progress) -> str:
+def _copy_in(path: str, src_fd: int, st: os.stat_result, sha1: str | None, progress: _progress.Progress) -> str:
     """Copy the file open as ``src_fd`` into the store, hashing it meanwhile unless its ``sha1`` is known."""
     copy_src_fd = os.open(path, os.O_RDONLY)  # its own file offset, for a copy without copy_file_range
     try:
@@ -178,6 +179,8 @@ def _copy_in(path: str, src_fd: int, st: os.stat_result, sha1: str | None, progr
             copier.join()
         else:
             _copy_range(copy_src_fd, dst_fd, st.st_size, errors)
+            if not errors:
+                progress(st.st_size)
         if errors:
             raise errors[0]
         if not _hashing.same_identity(st, os.fstat(src_fd)) or os.fstat(dst_fd).st_size != st.st_size:
@@ -226,7 +229,7 @@ def store_file_local(
 
 
 def store_bytes_local(data: bytes, *, label: str | None = None) -> str:
-    sha1 = _hashing.sha1_of_bytes(data)
+    sha1 = _hashing.sha1_of_bytes(data, label or "content")  # big content shows a bar
     final = store_path(sha1)
     if not final.exists():
         _fs.write_file_atomic(final, data)

@@ -85,12 +85,17 @@ PUT,DELETE      /api/projects/{project_id}/tasks/backends/{backend_id}  register
 POST            /api/projects/{project_id}/tasks/backends/{backend_id}/claim  renew leases, take jobs (long-poll)
 ==============  ================================================  ===============================================
 
-Browser pages: ``/`` (``/?token=...`` asks "Sign in to this hub as X?"; the browser is signed in
-only when that form is posted), ``/sign-in/{rid}`` (confirm a notebook's sign-in; "Not X?" signs
+Browser pages: ``/`` (signed in: the user's projects, signed-in computers and how to connect a
+notebook; signed out: a sign-in token field; ``/?token=...`` asks "Sign in to this hub as X?"; the
+browser is signed in only when that form is posted), ``/projects/{project_id}`` (members and a page
+of files, read-only), ``POST /computers/sign-out`` (sign out one of the user's computers),
+``/sign-in/{rid}`` (confirm a notebook's sign-in; "Not X?" signs
 the browser out to choose another token or account), ``POST /sign-out``, ``/auth/login`` and
 ``/auth/callback`` (OpenID Connect authorization code with PKCE; state, nonce and the id_token
 checked). Forms are CSRF-protected and same-origin (the origin the hub was reached at, or one of
-its public URLs); pages send their origin only as Referer.
+its public URLs); pages send their origin only as Referer. Every page uses one stylesheet served by
+the hub (``/static/hub.css``, light or dark as the system prefers); ``/docs`` is Swagger UI served
+from the ``fastapi-offline`` package's files (``/static/docs/...``), so it works offline.
 
 Limits (``Settings`` fields; see :mod:`kachery_hub._settings`): a request body is
 counted as it arrives and refused with 413 ``payload_too_large`` past 4 MiB on

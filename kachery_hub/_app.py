@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 
 from kachery_core import _signing
 
-from . import _accounts, _feeds, _files, _mutables, _projects, _signin, _tasks, _text
+from . import _accounts, _feeds, _files, _mutables, _pages, _projects, _signin, _tasks, _text
 from ._auth import parse_decimal
 from ._ratelimit import RateLimiter, RateLimitSignIns, client_key
 from ._settings import Settings
@@ -279,6 +279,8 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
         version="1",
         description="Share content-addressed files and mutables between computers, by project.",
         lifespan=lifespan,
+        docs_url=None,  # served by _pages from a package's files: no CDN
+        redoc_url=None,
     )
     app.state.hub = hub
     app.add_exception_handler(HubError, _on_hub_error)
@@ -290,7 +292,7 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.body_limits = dict(api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes,
                            inflight_limit=settings.max_inflight_body_bytes, read_timeout=settings.body_read_timeout_seconds)
     app.add_middleware(_text.CheckUrlText)  # strict UTF-8, no control characters in path and query
-    for module in (_mutables, _files, _feeds, _tasks, _projects, _accounts, _signin):
+    for module in (_mutables, _files, _feeds, _tasks, _projects, _accounts, _signin, _pages):
         app.include_router(module.router, responses=_ERROR_RESPONSES)
     if settings.rate_limit_per_minute > 0:  # next: a refused sign-in costs nothing else
         app.add_middleware(RateLimitSignIns, limiter=RateLimiter(settings.rate_limit_per_minute,

@@ -55,6 +55,8 @@ from ._accounts import TokenUse, bind_client, check_token, ensure_user, use_toke
 from ._auth import Caller, caller, read_body
 from ._database import Database
 from ._state import HubState, hub_state, state_of
+from ._pages import (connect_notebook, error_page, home_sections, page, project_page, sign_out_computer,
+                     user_computers, user_projects)
 from ._text import Line
 from ._oidc import LOGIN_SECONDS, LoginAttempt, OidcProvider, VerifiedIdentity
 from ._settings import GOOGLE_ISSUER
@@ -76,15 +78,7 @@ def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    doc = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"></head>
-<body style="font-family: sans-serif; max-width: 46em; margin: 2em auto; padding: 0 1em">
-<h1>{html.escape(title)}</h1>{body}</body></html>"""
-    return HTMLResponse(doc, status_code=status,
-                        headers={"Cache-Control": "no-store", "Referrer-Policy": "strict-origin",
-                                 "X-Frame-Options": "DENY", "Content-Security-Policy": "default-src 'self'; "
-                                 "style-src 'unsafe-inline'; frame-ancestors 'none'"})
+_page = page  # every page has the hub's layout and stylesheet (see ._pages)
 
 
 @dataclass(frozen=True)
@@ -177,7 +171,7 @@ async def _read_form(request: Request) -> dict[str, list[str]]:
     """A posted form of this hub's pages, its CSRF value and origin checked; bytes counted as they arrive."""
     origin = request.headers.get("origin")
     if origin is not None and _origin(origin) not in _own_origins(request):
-        raise Forbidden("sign-in forms are accepted from this hub's own pages only")
+        raise Forbidden("this hub's forms are accepted from its own pages only")
     body = await read_body(request, MAX_FORM_BYTES, "a sign-in form")
     try:
         form = parse_qs(body.decode("ascii"), max_num_fields=20, errors="strict")
@@ -192,7 +186,7 @@ def _field(form: dict[str, list[str]], name: str) -> str:
 
 
 def _form_error(title: str, e: HubError) -> HTMLResponse:
-    return _page(title, f"<p>{html.escape(e.message)}</p>", e.status)
+    return error_page(title, e.message, e.status)
 
 
 # ---------------------------------------------------------------- sign-in requests
@@ -268,11 +262,25 @@ async def get_sign_in_request(rid: str, who: Caller = Depends(caller), hub: HubS
 
 def _instructions(base: str, token: str) -> str:
     b, t = html.escape(base), html.escape(token or "<token>")
-    return f"""<p>To sign in a computer, run this in Python or a notebook on it:</p>
+    return f"""<h2>Sign in a script or a terminal</h2>
+<p>With a sign-in token, run this in Python on the computer:</p>
 <pre>import kachery_core as kc
 kc.init(hub_url="{b}", token="{t}")</pre>
 <p>or set <code>KACHERY_HUB_URL={b}</code> and <code>KACHERY_HUB_TOKEN={t}</code>.
 The API is described at <a href="{b}/docs">{b}/docs</a>.</p>"""
+
+
+def _token_form(csrf_field: str, hub: HubState) -> str:
+    """The signed-out home's way in: a token typed here (posted to "/", like a confirmed link), or the provider."""
+    other = ""
+    if hub.oidc is not None:
+        other = f'<p>Or <a href="/auth/login?next=/">sign in with {html.escape(_provider_name(hub.oidc))}</a>.</p>'
+    return f"""<p>This browser is not signed in.</p>
+<form method="post" action="/">{csrf_field}<label for="token">Sign-in token</label>
+<input id="token" name="token" type="password" size="50" autocomplete="off">
+<p class="muted">From <code>kachery-hub token create</code>, whoever runs this hub, or the link
+<code>kachery-hub serve</code> printed.</p>
+<button class="primary" name="action" value="confirm">Sign in</button></form>{other}"""
 
 
 @router.get("/", include_in_schema=False)
@@ -282,16 +290,20 @@ async def home(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResp
     session = await run_in_threadpool(_session_user, hub.db, request)
     csrf, csrf_field = _csrf_field(request)
     if not token:
-        body = _instructions(base, "")
-        if session is not None:
+        if session is None:
+            body = _token_form(csrf_field, hub) + connect_notebook(base) + _instructions(base, "")
+        else:
+            projects = await run_in_threadpool(user_projects, hub.db, session.user_id)
+            computers = await run_in_threadpool(user_computers, hub.db, session.user_id)
             body = (f"<p>This browser is signed in as <b>{html.escape(session.email)}</b>.</p>"
-                    + _sign_out_form(csrf_field, "/", "Sign out") + body)
+                    + _sign_out_form(csrf_field, "/", "Sign out")
+                    + home_sections(projects, computers, csrf_field) + connect_notebook(base) + _instructions(base, ""))
         response = _page("kachery hub", body)
     else:
         try:
             _, email = await run_in_threadpool(_token_user, hub.db, token)
         except InvalidToken as e:
-            return _page("kachery hub", f"<p>{html.escape(e.message)}</p>" + _instructions(base, ""), e.status)
+            return _page("kachery hub", f'<p class="error">{html.escape(e.message)}</p>' + _instructions(base, ""), e.status)
         # Opening a link must not sign a browser in: someone else's link would make this browser
         # act as them (login CSRF). The person confirms with a same-origin form; the token goes in
         # its body, to "/", so that it is not written into one more URL.
@@ -301,7 +313,7 @@ async def home(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResp
 <p>Only continue if you opened this link yourself, from the hub's own output or from someone you trust:
 a link from anyone else would make this browser act as them.</p>
 <form method="post" action="/">{csrf_field}<input type="hidden" name="token" value="{html.escape(token)}">
-<button name="action" value="confirm">Sign in</button> <a href="/">Cancel</a></form>"""
+<button class="primary" name="action" value="confirm">Sign in</button> <a href="/">Cancel</a></form>"""
         response = _page("kachery hub", confirm + _instructions(base, token))
     _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
     return response
@@ -338,6 +350,35 @@ async def sign_out(request: Request, hub: HubState = Depends(hub_state)) -> HTML
     response = RedirectResponse(target, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
+
+
+@router.get("/projects/{project_id}", include_in_schema=False)
+async def project(project_id: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
+    """A project's members and a page of its files, read-only, for this browser's user."""
+    session = await run_in_threadpool(_session_user, hub.db, request)
+    if session is None:
+        return error_page("Project", "Sign this browser in first (on the hub's home page) to see projects.", 401)
+    who = Caller(user_id=session.user_id, email=session.email)
+    after = request.query_params.get("after")
+    try:
+        title, body = await run_in_threadpool(project_page, hub.db, who, project_id, after)
+    except HubError as e:
+        return error_page("Project", e.message, e.status)
+    return _page(title, body)
+
+
+@router.post("/computers/sign-out", include_in_schema=False, response_model=None)
+async def computer_sign_out(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
+    """Sign out one of this browser's user's computers (from the home page's list)."""
+    try:
+        form = await _read_form(request)
+        session = await run_in_threadpool(_session_user, hub.db, request)
+        if session is None:
+            return error_page("Sign out a computer", "This browser is not signed in; sign in first.", 401)
+        await run_in_threadpool(sign_out_computer, hub.db, session.user_id, _field(form, "client_id"))
+    except HubError as e:
+        return _form_error("Sign out a computer", e)
+    return RedirectResponse("/", status_code=303)
 
 
 _STATUS_TEXT = {
@@ -381,7 +422,7 @@ async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_s
     try:
         row = await run_in_threadpool(_load_request, hub.db, rid)
     except NotFound:
-        return _page("Sign in", "<p>This sign-in link is not valid.</p>", 404)
+        return _page("Sign in", '<p class="error">This sign-in link is not valid.</p>', 404)
     status = _status(row)
     if status != "pending":
         return _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>", 200 if status == "confirmed" else 410)
@@ -402,14 +443,15 @@ async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_s
     else:
         ask = (f"<p>{who[0].upper() + who[1:]} asks to sign in. "
                "Enter a sign-in token (from <code>kachery-hub token create</code> or whoever runs this hub):</p>")
-        fields = '<p><input name="token" type="password" size="50" autocomplete="off" autofocus></p>'
+        fields = ('<label for="token">Sign-in token</label>'
+                  '<input id="token" name="token" type="password" size="50" autocomplete="off" autofocus>')
         if hub.oidc is not None:
             # account=choose: the provider asks which account, rather than reusing the one it knows.
             other = (f'<p>Or <a href="/auth/login?next={html.escape(here)}&amp;account=choose">sign in with '
                      f"{html.escape(_provider_name(hub.oidc))}</a>.</p>")
     form = f"""<form method="post" action="{html.escape(here)}">{csrf_field}{fields}
 <p>Only confirm if you started this sign-in yourself.</p>
-<button name="action" value="confirm">Confirm</button> <button name="action" value="refuse">Refuse</button></form>"""
+<button class="primary" name="action" value="confirm">Confirm</button> <button name="action" value="refuse">Refuse</button></form>"""
     response = _page("Sign in", ask + form + other)
     _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
     return response
@@ -423,7 +465,7 @@ async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(h
         action = _field(form, "action")
         token = _field(form, "token").strip()
         if action not in ("confirm", "refuse"):
-            return _page("Sign in", "<p>Choose Confirm or Refuse.</p>", 400)
+            return _page("Sign in", '<p class="error">Choose Confirm or Refuse.</p>', 400)
         token_id: str | None
         if token:
             found, _ = await run_in_threadpool(lambda: _token_user(hub.db, token, use=True))
@@ -433,7 +475,7 @@ async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(h
         else:
             session = await run_in_threadpool(_session_user, hub.db, request)
             if session is None:
-                return _page("Sign in", "<p>Enter a sign-in token first.</p>", 401)
+                return _page("Sign in", '<p class="error">Enter a sign-in token first.</p>', 401)
             user_id, token_id = session.user_id, session.token_id
         status = await run_in_threadpool(_decide, hub.db, rid, user_id, action == "confirm", token_id)
     except HubError as e:
@@ -529,20 +571,20 @@ async def oidc_callback(request: Request, hub: HubState = Depends(hub_state)) ->
     params = request.query_params
     login = await run_in_threadpool(_take_login, hub.db, params.get("state", ""))
     if login is None:
-        return _page("Sign-in failed", "<p>This sign-in attempt is unknown, was already used, or has expired "
+        return _page("Sign-in failed", "<p class=\"error\">This sign-in attempt is unknown, was already used, or has expired "
                      "(its <code>state</code> does not match). Start again from your notebook.</p>", 400)
     if not secrets.compare_digest(login.browser_hash, _hash(request.cookies.get(LOGIN_COOKIE, ""))):
-        return _page("Sign-in failed", "<p>This sign-in was started in another browser.</p>", 400)
+        return _page("Sign-in failed", '<p class="error">This sign-in was started in another browser.</p>', 400)
     if "error" in params:
         await run_in_threadpool(_refuse_sign_in_request, hub.db, login.next_path)
         reason = params.get("error_description") or params["error"]
-        return _page("Sign-in refused", f"<p>The identity provider did not sign you in: {html.escape(reason)}.</p>", 403)
+        return _page("Sign-in refused", f"<p class=\"error\">The identity provider did not sign you in: {html.escape(reason)}.</p>", 403)
     attempt = LoginAttempt(state=params["state"], nonce=login.nonce, code_verifier=login.code_verifier)
     try:
         identity = await run_in_threadpool(provider.finish, params.get("code", ""), attempt, _callback_url(request))
         user_id = await run_in_threadpool(_user_of_identity, hub.db, identity, hub.settings.admin_emails)
     except HubError as e:
-        return _page("Sign-in failed", f"<p>{html.escape(e.message)}</p>", e.status)
+        return error_page("Sign-in failed", e.message, e.status)
     response = RedirectResponse(login.next_path, status_code=303)
     _set_session(response, request, await run_in_threadpool(
         _new_session, hub.db, user_id, None, request.cookies.get(SESSION_COOKIE)))

@@ -2,13 +2,16 @@
 
 A magic line is split as a POSIX shell splits it: quotes group words and are
 not kept (``--label "my meta.json"``), a backslash escapes the next character,
-and options may come anywhere on the line. Mistakes (unknown variable, bad URI,
-bad key) become a one-line ``UsageError``, never a traceback.
+and options may come anywhere on the line. Mistakes (unknown option, missing
+argument, unknown variable, bad URI, bad key, no hub, a refusal) become a
+one-line ``UsageError``, never a traceback. ``%kc_store?`` (any magic, then ``?``)
+shows its help with an example.
 """
 
 from __future__ import annotations
 
 import argparse
+import keyword
 import os
 import shlex
 import sys
@@ -20,20 +23,34 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 import kachery_core as kc
 
-from . import _objects
+from . import _display, _objects
 
 _LOCAL_HINT = "add --local to store it on this computer only"
 
 
 def _parse(magic: Any, line: str) -> argparse.Namespace:
     """``line`` split as a shell splits it, then parsed by the magic's arguments (options anywhere)."""
+    name = ("%%" if magic.__name__ in _CELL_MAGICS else "%") + magic.__name__
     try:
         argv = shlex.split(line)
     except ValueError as e:  # "No closing quotation", "No escaped character"
         raise UsageError(f"{str(e)[:1].lower()}{str(e)[1:]} in: {line}") from None
+    if any(word in ("-h", "--help") for word in argv[: argv.index("--") if "--" in argv else len(argv)]):
+        raise UsageError(f"for help and an example, run {name}?")
     # IPython's own parse_argstring splits with shlex's posix=False, which keeps the quotes.
-    args: argparse.Namespace = magic.parser.parse_intermixed_args(argv)
+    try:
+        args: argparse.Namespace = magic.parser.parse_intermixed_args(argv)
+    except UsageError as e:  # argparse's words ("unrecognized arguments: --x"): say which magic
+        raise UsageError(f"{name}: {str(e).strip().splitlines()[0]} (see {name}?)") from None
     return args
+
+
+_CELL_MAGICS = frozenset({"kc_task"})
+
+
+def _needs_hub(option: str) -> UsageError:
+    return UsageError(f"{option} names a hub project, but no hub is configured: sign in with %kc_login "
+                      f"(or leave out {option} to use this computer's store)")
 
 
 def _usage(e: Exception, *, local_hint: bool = False) -> UsageError:
@@ -61,38 +78,49 @@ class KacheryMagics(Magics):
     @argument("--local", action="store_true", help="only the local store, even when a hub is configured")
     @argument("--project", help="the hub project (default: KACHERY_CLOUD_PROJECT or the default project)")
     @line_magic
-    def kc_store(self, line: str) -> str:
+    def kc_store(self, line: str) -> _display.StoredURI:
         """Store a variable (or a file) and return its sha1:// URI.
 
         Arrays are stored as npy, strings as text, JSON-able values as JSON and
         anything else as a restricted pickle. With a hub configured the content
-        goes to the current project (and stays in the local cache too)::
+        goes to the current project (or --project) and stays in the local store
+        too; --local keeps it on this computer only. The URI is a str, shown
+        with its label, size, project and a copy button::
 
-            %kc_store arr
-            uri = %kc_store --file "results/table 2.csv"
+            uri = %kc_store arr
+            %kc_store meta --label "session 12.json" --project 5f0c2b7e9a1d
+            %kc_store --file "results/table 2.csv"
         """
         args = _parse(self.kc_store, line)
-        local = args.local or kc.get_hub_url() is None
+        hub = kc.get_hub_url()
+        if args.project is not None and args.local:
+            raise UsageError("--project and --local disagree: --local stores on this computer only, outside any project")
+        if args.project is not None and hub is None:
+            raise _needs_hub("--project")
+        local = args.local or hub is None
+        kind = "file"
         try:
             if args.file:
                 label = args.label or os.path.basename(args.name)
                 if local:
-                    return kc.store_file_local(args.name, label=label)
-                uri: str = kc.store_file(args.name, label=label, cache_locally=True, project_id=args.project)
-                return uri
-            user_ns = self._user_ns()
-            if args.name not in user_ns:
-                raise UsageError(f"no variable named {args.name!r} in this notebook")
-            obj = user_ns[args.name]
-            kind = _objects.kind_of(obj)
-            label = args.label or _objects.default_label(args.name, obj, kind)
-            uri = _objects.store_object(obj, label=label, local=local, project_id=args.project, kind=kind)
+                    uri = kc.store_file_local(args.name, label=label)
+                else:
+                    uri = kc.store_file(args.name, label=label, cache_locally=True, project_id=args.project)
+            else:
+                user_ns = self._user_ns()
+                if args.name not in user_ns:
+                    raise UsageError(f"no variable named {args.name!r} in this notebook")
+                obj = user_ns[args.name]
+                kind = _objects.kind_of(obj)
+                label = args.label or _objects.default_label(args.name, obj, kind)
+                uri = _objects.store_object(obj, label=label, local=local, project_id=args.project, kind=kind)
+            stored = _objects.describe_stored(uri, hub_url=None if local else hub, project_id=args.project)
         except kc.KacheryError as e:
             raise _usage(e, local_hint=not local) from None
         if kind == "pkl" and _objects.json_but_for_nan(obj):
             print(f"{args.name} holds NaN or Infinity, which JSON cannot hold: stored as a pickle ({label}); "
                   "replace them with None to store it as JSON", file=sys.stderr)
-        return uri
+        return stored
 
     @magic_arguments()
     @argument("uri", help="a sha1:// URI")
@@ -100,19 +128,21 @@ class KacheryMagics(Magics):
     @argument("--as", dest="kind", choices=_objects.LOAD_KINDS, help="how to read it (default: from the label)")
     @line_magic
     def kc_load(self, line: str) -> Any:
-        """Load a URI: arrays, JSON, text and pickles by their label's extension, else the local path.
+        """Load a URI: arrays, JSON, text and pickles by their label's extension, else the
+        local path of the file (downloaded from the hub when it is not here yet).
+        --as reads it as file, text, json, npy or pkl; -o NAME also assigns it to NAME::
 
             arr = %kc_load sha1://…?label=arr.npy
             %kc_load sha1://… --as json -o meta
         """
         args = _parse(self.kc_load, line)
+        if args.output is not None and (not args.output.isidentifier() or keyword.iskeyword(args.output)):
+            raise UsageError(f"-o {args.output!r}: not a valid variable name")  # said before any download
         try:
             value = _objects.load_object(args.uri, args.kind)
         except kc.KacheryError as e:
             raise _usage(e) from None
         if args.output:
-            if not args.output.isidentifier():
-                raise UsageError(f"{args.output!r} is not a valid variable name")
             self._user_ns()[args.output] = value
         return value
 
@@ -124,14 +154,20 @@ class KacheryMagics(Magics):
     @argument("--project", help="the hub project (default: KACHERY_CLOUD_PROJECT or the default project)")
     @line_magic
     def kc_mutable(self, line: str) -> Any:
-        """Get, set, delete or list mutables (key → text), on the hub when one is configured.
+        """Get, set, delete or list mutables (key → text): the hub project's when a hub is
+        configured, else (or with --local) this computer's. set takes the rest of the line::
 
             %kc_mutable set experiments/M12/latest sha1://…
             %kc_mutable set experiments/M12/note first session, left probe
             %kc_mutable get experiments/M12/latest
             %kc_mutable list experiments/
+            %kc_mutable delete experiments/M12/note --project 5f0c2b7e9a1d
         """
         args = _parse(self.kc_mutable, line)
+        if args.project is not None and args.local:
+            raise UsageError("--project and --local disagree: --local uses this computer's mutables, outside any project")
+        if args.project is not None and kc.get_hub_url() is None:
+            raise _needs_hub("--project")
         local = args.local or kc.get_hub_url() is None
         if args.action != "list" and not args.key:
             raise UsageError(f"%kc_mutable {args.action} needs a key")
@@ -158,6 +194,23 @@ class KacheryMagics(Magics):
             if not (kc.delete_mutable_local if local else kc.delete_mutable)(args.key, **project):
                 raise UsageError(f"mutable {args.key!r} is not set")
             return None
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
+    @magic_arguments()
+    @line_magic
+    def kc_status(self, line: str) -> _display.Status:
+        """Where this kernel stands: the hub (and whether it answers), the signed-in user,
+        the project, this computer's client ID, the local store (path, files, size) and the
+        versions of kachery-jupyter, anywidget, tqdm, IPython and Python::
+
+            %kc_status
+            status = %kc_status
+            status["user"]
+        """
+        _parse(self.kc_status, line)
+        try:
+            return _display.kernel_status()
         except kc.KacheryError as e:
             raise _usage(e) from None
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +209,173 @@ def test_store_with_the_hub_down_suggests_local(ip: InteractiveShell, monkeypatc
     assert "cannot reach the hub" in str(info.value) and "--local" in str(info.value)
     assert "\n" not in str(info.value)
     assert ip.run_line_magic("kc_store", "t --local").startswith("sha1://")
+
+
+# -- what %kc_store returns: a str with a rich display -----------------------------------------
+
+
+def shown(ip: InteractiveShell, obj: Any) -> dict[str, Any]:
+    """What a notebook is sent to display ``obj``: its MIME bundle."""
+    assert ip.display_formatter is not None
+    data: dict[str, Any] = ip.display_formatter.format(obj)[0]
+    return data
+
+
+
+
+def test_kc_store_returns_a_str_shown_with_label_size_and_copy_button(ip: InteractiveShell) -> None:
+    ip.user_ns["arr"] = np.arange(5.0)
+    uri = ip.run_line_magic("kc_store", "arr")
+    assert isinstance(uri, str) and uri == kc.store_npy_local(np.arange(5.0), label="arr.npy")
+    assert kc.load_npy(uri + "") .tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]  # str operations give plain strings
+    data = shown(ip, uri)
+    assert data["text/plain"] == str(uri)  # the bare URI, no quotes: what a terminal and a saved notebook show
+    html = data["text/html"]
+    size = Path(kc.load_file(uri)).stat().st_size
+    assert ">arr.npy</b>" in html and f"{size} B" in html and "this computer only" in html
+    assert f'data-uri="{uri}"' in html and ">Copy</button>" in html and "<script" not in html
+    # inside a list it is a string like any other
+    assert shown(ip, [uri])["text/plain"] == repr([str(uri)])
+
+
+def test_uri_equals_kc_store_in_a_cell(ip: InteractiveShell) -> None:
+    ip.user_ns["note"] = "text"
+    ip.run_cell("uri = %kc_store note")
+    assert isinstance(ip.user_ns["uri"], str) and ip.user_ns["uri"].endswith("?label=note.txt")
+    assert kc.load_text(ip.user_ns["uri"]) == "text"
+
+
+def _html_elements(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    from html.parser import HTMLParser
+
+    found: list[tuple[str, dict[str, str | None]]] = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.append((tag, dict(attrs)))
+
+    Collect().feed(html)
+    return found
+
+
+HOSTILE = '<img src=x onerror="alert(1)">\'"&<script>alert(2)</script>.json'
+
+
+def test_the_rich_display_escapes_a_hostile_label(ip: InteractiveShell) -> None:
+    from kachery_jupyter._display import StoredURI
+
+    ip.user_ns["meta"] = {"a": 1}
+    uri = ip.run_line_magic("kc_store", f"meta --label '{HOSTILE.replace(chr(39), chr(39) + chr(92) + chr(39) + chr(39))}'")
+    assert isinstance(uri, StoredURI) and uri.label == HOSTILE
+    html = shown(ip, uri)["text/html"]
+    elements = _html_elements(html)
+    assert {tag for tag, _ in elements} == {"div", "b", "span", "code", "button"}
+    assert all(set(attrs) <= {"class", "style", "type", "title", "data-uri", "onclick"} for _, attrs in elements)
+    assert [attrs["data-uri"] for tag, attrs in elements if tag == "button"] == [str(uri)]
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&#x27;&quot;&amp;&lt;script&gt;" in html
+    hub_uri = StoredURI(str(uri), size=10, project_id="p1", project_name=HOSTILE, hub_url="http://hub")
+    hub_html = hub_uri._repr_html_()
+    assert "<img" not in hub_html and "<script" not in hub_html and "&lt;img" in hub_html
+
+
+def test_a_stored_uri_is_stored_as_the_plain_string_it_is(ip: InteractiveShell) -> None:
+    import pickle
+
+    ip.user_ns["arr"] = np.arange(3)
+    uri = ip.run_line_magic("kc_store", "arr")
+    assert type(pickle.loads(pickle.dumps(uri))) is str
+    ip.user_ns["d"] = {"raw": uri, "x": np.arange(2)}  # not JSON: a pickle
+    stored = ip.run_line_magic("kc_store", "d")
+    assert stored == kc.store_pkl_local({"raw": str(uri), "x": np.arange(2)}, label="d.pkl")
+    ip.user_ns["j"] = {"raw": uri}
+    assert ip.run_line_magic("kc_store", "j") == kc.store_json_local({"raw": str(uri)}, label="j.json")
+
+
+# -- %kc_status ----------------------------------------------------------------------------
+
+
+def test_kc_status_without_a_hub(ip: InteractiveShell, kachery_dir: Path) -> None:
+    import platform
+
+    import kachery_jupyter
+
+    kc.store_text_local("x" * 2000)
+    status = ip.run_line_magic("kc_status", "")
+    assert "none" in status["hub"] and "%kc_login" in status["hub"]
+    assert status["local store"] == f"{kachery_dir} (1 file, 2.0 KiB)"
+    assert status["client"] == kc.get_client_id()
+    assert f"kachery-jupyter {kc.__version__}" in status["versions"]
+    assert f"Python {platform.python_version()}" in status["versions"] and "anywidget" in status["versions"]
+    text = shown(ip, status)["text/plain"]
+    assert text.splitlines()[0].startswith("hub:") and "local store:" in text
+    assert "<th" in shown(ip, status)["text/html"]
+    assert kachery_jupyter is not None
+
+
+# -- help and mistakes ------------------------------------------------------------------------
+
+
+def test_every_magic_has_help_with_an_example(ip: InteractiveShell) -> None:
+    magics = ip.magics_manager.magics
+    names = {("line", n) for n in magics["line"] if n.startswith("kc_")} | \
+            {("cell", n) for n in magics["cell"] if n.startswith("kc_")}
+    assert {("line", n) for n in ("kc_store", "kc_load", "kc_mutable", "kc_status", "kc_login", "kc_feed",
+                                   "kc_tasks")} | {("cell", "kc_task")} <= names
+    for kind, name in sorted(names):
+        doc = magics[kind][name].__doc__ or ""
+        prefix = "%%" if kind == "cell" else "%"
+        # an example line (indented), beside the usage line IPython writes at the top
+        assert re.search(rf"^\s{{4,}}(\w+ = )?{re.escape(prefix + name)}\b", doc, re.M), f"{prefix}{name}? has no example"
+        info = ip.object_inspect(prefix + name)
+        assert info["found"] and (prefix + name) in (info["docstring"] or "")
+
+
+@pytest.mark.parametrize(
+    ("magic", "line", "message"),
+    [
+        ("kc_store", "x --frob", "%kc_store: unrecognized arguments: --frob"),
+        ("kc_store", "x -h", "run %kc_store?"),
+        ("kc_store", "x --project p1", "no hub is configured"),
+        ("kc_store", "x --project p1 --local", "--project and --local disagree"),
+        ("kc_store", "x --label", "%kc_store: argument --label: expected one argument"),
+        ("kc_load", "", "%kc_load: the following arguments are required: uri"),
+        ("kc_load", "sha1://" + "0" * 40 + " -o class", "-o 'class': not a valid variable name"),
+        ("kc_load", "sha1://" + "0" * 40 + " -o 2x", "-o '2x': not a valid variable name"),
+        ("kc_load", "not-a-uri", "not-a-uri"),
+        ("kc_mutable", "", "the following arguments are required: action"),
+        ("kc_mutable", "list exp/", "needs a hub"),
+        ("kc_mutable", "get k --project p1", "no hub is configured"),
+        ("kc_mutable", "get k --nope", "%kc_mutable: unrecognized arguments: --nope"),
+        ("kc_status", "now", "%kc_status: unrecognized arguments: now"),
+        ("kc_login", "--hub ftp://x", "must start with http://"),
+        ("kc_feed", "", "%kc_feed: the following arguments are required: feed"),
+        ("kc_feed", "abc --start -1", "a message number is 0 or more"),
+        ("kc_tasks", "--limit 0", "list at least 1 job"),
+    ],
+)
+def test_each_mistake_is_one_line(ip: InteractiveShell, magic: str, line: str, message: str) -> None:
+    ip.user_ns["x"] = [1, 2]
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic(magic, line)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value).strip()
+
+
+@pytest.mark.parametrize("cell", ["%kc_store x --frob", "%kc_status now", "%kc_mutable list", "%kc_load sha1://x -o 1"])
+def test_a_mistake_in_a_cell_shows_one_line_and_no_traceback(ip: InteractiveShell, capsys: pytest.CaptureFixture[str],
+                                                            cell: str) -> None:
+    capsys.readouterr()
+    ip.run_cell(cell)
+    out = capsys.readouterr()
+    text = (out.out + out.err).strip()
+    assert text.startswith("UsageError: ") and "\n" not in text and "Traceback" not in text, text
+
+
+def test_a_wrong_output_name_is_said_before_any_download(ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kachery_jupyter import _objects
+
+    loads: list[str] = []
+    monkeypatch.setattr(_objects, "load_object", lambda uri, kind=None: loads.append(uri))
+    with pytest.raises(UsageError, match="not a valid variable name"):
+        ip.run_line_magic("kc_load", "sha1://" + "1" * 40 + " -o for")
+    assert loads == []

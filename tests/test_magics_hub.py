@@ -13,6 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import kachery_core as kc
 from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
+from test_magics import shown
 
 
 @pytest.fixture
@@ -95,3 +96,55 @@ def test_kc_login_refuses_a_server_that_is_not_a_hub(real_hub: HubProcess, ip: I
     assert kc.get_hub_url() is None
     widget = ip.run_line_magic("kc_login", f"--hub {real_hub.url}")
     assert widget.state == "signed_out" and kc.get_hub_url() == real_hub.url
+
+
+def test_kc_store_shows_the_project_it_went_to(hub: Hub, ip: InteractiveShell) -> None:
+    project = hub.sign_in("alice", "alice@example.org")
+    kc.rename_project(project, '<b onmouseover="alert(1)">lab</b>')
+    ip.user_ns["arr"] = np.arange(10)
+    uri = ip.run_line_magic("kc_store", "arr")
+    assert uri.project_id == project and uri.hub_url == hub.url
+    html = shown(ip, uri)["text/html"]
+    assert f"project &lt;b onmouseover=&quot;alert(1)&quot;&gt;lab&lt;/b&gt; ({project}) on {hub.url}" in html
+    assert "<b onmouseover" not in html
+    assert shown(ip, uri)["text/plain"] == str(uri)
+    local = ip.run_line_magic("kc_store", "arr --local")
+    assert local == uri and local.hub_url is None and "this computer only" in local._repr_html_()
+
+
+def test_kc_status_with_a_hub(hub: Hub, ip: InteractiveShell) -> None:
+    project = hub.sign_in("alice", "alice@example.org")
+    kc.rename_project(project, "alice's lab")
+    status = ip.run_line_magic("kc_status", "")
+    assert status["hub"] == f"{hub.url} (API 1)"
+    assert status["user"] == "alice@example.org"
+    assert status["project"] == f"{project} (alice's lab)"
+    hub.use("newcomer")
+    kc.use_hub(hub.url, http_client=hub.http)
+    status = ip.run_line_magic("kc_status", "")
+    assert status["user"] == "not signed in: run %kc_login"
+
+
+def test_a_refusal_is_one_line(hub: Hub, ip: InteractiveShell) -> None:
+    alices = hub.sign_in("alice", "alice@example.org")
+    hub.sign_in("bob", "bob@example.org")
+    ip.user_ns["t"] = "bob's text"
+    for magic, line in (("kc_store", f"t --project {alices}"), ("kc_mutable", f"set k v --project {alices}"),
+                        ("kc_mutable", f"list --project {alices}")):
+        with pytest.raises(UsageError) as info:
+            ip.run_line_magic(magic, line)
+        assert alices in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_storing_a_big_array_shows_bars_named_by_its_label(
+        hub: Hub, ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from kachery_core import _constants
+
+    hub.sign_in("alice", "alice@example.org")
+    monkeypatch.setattr(_constants, "PROGRESS_THRESHOLD_BYTES", 1024 * 1024)  # 3 MiB stands for 600 MB
+    monkeypatch.setenv("KACHERY_PROGRESS", "1")
+    ip.user_ns["spikes"] = np.zeros(3 * 1024 * 1024 // 8)
+    capsys.readouterr()
+    ip.run_line_magic("kc_store", "spikes")
+    err = capsys.readouterr().err
+    assert "hashing spikes.npy: 100%|" in err and "uploading spikes.npy: 100%|" in err
