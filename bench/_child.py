@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -58,7 +58,7 @@ def prepare(op: str) -> Operation:
     raise SystemExit(f"unknown operation {op!r}")
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -76,15 +76,24 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def run_role(roles: dict[str, Callable[[dict[str, Any]], dict[str, Any]]], argv: list[str]) -> None:
+    """``argv`` = [program, ROLE, ARGS_JSON, RESULT_JSON]: ``roles[ROLE](ARGS)`` written to RESULT_JSON
+    (the child processes of the hub benchmarks)."""
+    role, args, result_path = argv[1], json.loads(argv[2]), argv[3]
+    result = roles[role](args)
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
 def main(argv: list[str]) -> None:
     op, arg, result_path = argv[1:4]
     operation = prepare(op)
     peak_was_reset = reset_peak_rss()
-    rss_after_imports = _status_kib("VmRSS")
+    rss_after_imports = status_kib("VmRSS")
     start = time.perf_counter()
     value = operation(arg)
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     result = {
         "op": op,
         "seconds": seconds,

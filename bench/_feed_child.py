@@ -22,29 +22,11 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from _child import reset_peak_rss, run_role, status_kib
+
 READY = "ready"
 FOLLOW_TIMEOUT_S = 300.0
 FIELD = b"m"  # its one field: the message's JSON
-
-
-# ---------------------------------------------------------------- memory
-
-
-def _status_kib(name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{name} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------- messages
@@ -242,8 +224,8 @@ def redis_append(a: dict[str, Any]) -> dict[str, Any]:
 def _read(total: int, setup: Callable[[], Iterator[dict[str, Any]]]) -> dict[str, Any]:
     """Time reading ``total`` messages (checking their order) and the peak RSS growth meanwhile."""
     messages = setup()
-    reset = _reset_peak()
-    rss = _status_kib("VmRSS")
+    reset = reset_peak_rss()
+    rss = status_kib("VmRSS")
     start = time.perf_counter()
     count = 0
     for m in messages:
@@ -255,7 +237,7 @@ def _read(total: int, setup: Callable[[], Iterator[dict[str, Any]]]) -> dict[str
     seconds = time.perf_counter() - start
     if count != total:
         raise RuntimeError(f"read {count} of {total} messages")
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"seconds": seconds, "count": count, "rss_before_kib": rss, "peak_rss_kib": peak,
             "peak_rss_growth_kib": max(0, peak - rss), "peak_was_reset": reset}
 
@@ -341,10 +323,7 @@ ROLES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def main(argv: list[str]) -> None:
-    role, args, result_path = argv[1], json.loads(argv[2]), argv[3]
-    result = ROLES[role](args)
-    with open(result_path, "w") as f:
-        json.dump(result, f)
+    run_role(ROLES, argv)
 
 
 if __name__ == "__main__":

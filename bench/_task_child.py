@@ -21,7 +21,6 @@ results go to RESULT_JSON, not stdout. A child the parent must wait for prints
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -29,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from _child import run_role
 
 READY = "ready"
 SQUARE = "bench.square"
@@ -195,10 +196,7 @@ ROLES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def main(argv: list[str]) -> None:
-    role, args, result_path = argv[1], json.loads(argv[2]), argv[3]
-    result = ROLES[role](args)
-    with open(result_path, "w") as f:
-        json.dump(result, f)
+    run_role(ROLES, argv)
 
 
 if __name__ == "__main__":

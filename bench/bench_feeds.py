@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,11 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from _report import fmt, format_table, load_line, save_results
-from bench_hub_common import (HERE, HUB_CLI, PY_SPY, Hub, Runner, _printed_token, free_port, hotspots,
-                              latency_summary, percentile, sampled, signed_in_env, stop, wait_http)
+from bench_hub_common import (HERE, HUB_CLI, PY_SPY, BareApp, Hub, Runner, _printed_token, free_port, hotspots,
+                              latency_summary, percentile, postgres_server, sampled, signed_in_env, stop, wait_http)
 
 CHILD = str(HERE / "_feed_child.py")
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 SSE = "bare SSE push (uvicorn, asyncio queue)"
 REDIS_LAT = "Redis XADD -> XREAD BLOCK"
@@ -120,24 +117,6 @@ class DbHub(Hub):
         return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
-@dataclass
-class SseAnchor:
-    """The bare FastAPI app of :mod:`bench_feeds_anchor` on uvicorn."""
-
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(HERE), "bench_feeds_anchor:feed_anchor_app",
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_http(self.url + "/health", self.proc)
-
-
 @contextmanager
 def redis_server(work: Path) -> Iterator[int]:
     """A ``redis-server`` without persistence on a free loopback port; yields the port."""
@@ -168,41 +147,10 @@ def redis_server(work: Path) -> Iterator[int]:
         stop(proc)
 
 
-@contextmanager
-def postgres_server(work: Path) -> Iterator[str]:
-    """A throwaway PostgreSQL cluster (as tests/hub_fixtures.py makes one); yields its database URL."""
-    if not (PG_BIN / "initdb").exists():
-        raise SystemExit(f"PostgreSQL binaries not found in {PG_BIN}; use --skip-postgres")
-    root = Path(tempfile.mkdtemp(prefix="kachery-bench-pg-", dir=work.parent))
-    data = root / "data"
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-                    "--no-sync", "--locale=C", "-E", "UTF8"], check=True, capture_output=True, timeout=120)
-    port = free_port()
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-                    f"-p {port} -c listen_addresses=127.0.0.1 -k {data} -F", "start"],
-                   check=True, capture_output=True, timeout=120)
-    pid = int((data / "postmaster.pid").read_text().split()[0])
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        os.kill(pid, signal.SIGQUIT)  # immediate shutdown of the postmaster started here
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- measurements
 
 
-def measure_latency(runner: Runner, args: argparse.Namespace, hub: Hub, sse: SseAnchor, redis_port: int,
+def measure_latency(runner: Runner, args: argparse.Namespace, hub: Hub, sse: BareApp, redis_port: int,
                     pg: tuple[Hub, Hub] | None, envs: dict[str, dict[str, str]]) -> dict[str, dict[str, float]]:
     common = {"n": args.messages, "warmup": args.warmup, "interval_s": args.interval_ms / 1e3}
     out: dict[str, dict[str, float]] = {}
@@ -237,7 +185,7 @@ def throughput(r: dict[str, Any]) -> dict[str, float]:
             "message_bytes": r["message_bytes"]}
 
 
-def measure_append(runner: Runner, args: argparse.Namespace, hub: Hub, sse: SseAnchor, redis_port: int,
+def measure_append(runner: Runner, args: argparse.Namespace, hub: Hub, sse: BareApp, redis_port: int,
                    envs: dict[str, dict[str, str]]) -> tuple[dict[str, dict[str, float]], str]:
     common = {"total": args.total, "batch": args.batch, "size": args.size}
     out: dict[str, dict[str, float]] = {}
@@ -260,7 +208,7 @@ def read_summary(r: dict[str, Any]) -> dict[str, float]:
             "rss_growth_mib": r["peak_rss_growth_kib"] / 1024, "peak_was_reset": r["peak_was_reset"]}
 
 
-def measure_read(runner: Runner, args: argparse.Namespace, hub: Hub, sse: SseAnchor, redis_port: int,
+def measure_read(runner: Runner, args: argparse.Namespace, hub: Hub, sse: BareApp, redis_port: int,
                  envs: dict[str, dict[str, str]], uri: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
 
@@ -334,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with ExitStack() as stack:
             hub = Hub(work / "hub")
-            sse = SseAnchor()
+            sse = BareApp("bench_feeds_anchor:feed_anchor_app")
             stack.callback(lambda: stop(sse.proc))
             stack.callback(hub.stop)
             hub.start()
@@ -343,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             envs = {"writer": signed_in_env(work, "writer", hub), "reader": signed_in_env(work, "reader", hub)}
             pg: tuple[Hub, Hub] | None = None
             if not args.skip_postgres:
-                database = stack.enter_context(postgres_server(work))
+                database = stack.enter_context(postgres_server())
                 pg = (DbHub(work / "pg-hub-a", database=database), DbHub(work / "pg-hub-b", database=database))
                 for h in pg:
                     stack.callback(h.stop)

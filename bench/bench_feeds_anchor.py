@@ -1,7 +1,7 @@
 """The anchor of ``bench_feeds.py``: a bare FastAPI app on uvicorn doing a feed's jobs in memory.
 
 No database, signatures, projects or numbering rules; one process, one feed.
-Started by :class:`bench_feeds.SseAnchor` as ``python -m uvicorn --factory
+Started by ``bench_feeds.py`` (:class:`bench_hub_common.BareApp`) as ``python -m uvicorn --factory
 bench_feeds_anchor:feed_anchor_app`` with uvicorn's defaults, as ``kachery-hub
 serve`` runs.
 

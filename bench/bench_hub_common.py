@@ -161,11 +161,21 @@ def latency_summary(latencies_s: list[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- the anchor
 
 
-@dataclass
-class Anchor:
-    """The bare uvicorn server of :func:`anchor_app`, serving files from ``root``."""
+def start_uvicorn(app: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``app`` (``module:factory`` of a module here) on uvicorn with its defaults, answering ``/health``."""
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(HERE), app,
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    return proc
 
-    root: Path
+
+@dataclass
+class BareApp:
+    """A bare FastAPI app (``module:factory`` of a module here) on uvicorn: the anchor of a benchmark."""
+
+    app: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -174,16 +184,39 @@ class Anchor:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(HERE), "bench_hub_anchor:anchor_app",
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        env = {**os.environ, "BENCH_ANCHOR_ROOT": str(self.root)}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_http(self.url + "/health", self.proc)
+        self.proc = start_uvicorn(self.app, self.port)
 
     def stop(self) -> None:
         stop(self.proc)
         self.proc = None
+
+
+class Anchor(BareApp):
+    """The bare uvicorn server of :func:`anchor_app`, serving files from ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("bench_hub_anchor:anchor_app")
+        self.root = root
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc = start_uvicorn(self.app, self.port, {"BENCH_ANCHOR_ROOT": str(self.root)})
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster, started as the tests start one (tests/hub_fixtures.py); yields the
+    URL of its ``postgres`` database."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from hub_fixtures import PG_BIN, _run_postgres
+
+    if not (PG_BIN / "initdb").exists():
+        raise SystemExit(f"PostgreSQL binaries not found in {PG_BIN}; use --skip-postgres")
+    with _run_postgres() as server:
+        yield f"{server}/postgres"
 
 
 # ---------------------------------------------------------------- figures

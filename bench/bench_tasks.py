@@ -42,19 +42,17 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from _report import format_table, load_line, save_results
-from bench_hub_common import (CHILD_TIMEOUT_S, HERE, PY_SPY, Hub, Runner, free_port, hotspots, latency_summary,
-                              sampled, signed_in_env, stop, wait_http, wait_line)
+from bench_hub_common import (CHILD_TIMEOUT_S, HERE, PY_SPY, BareApp, Hub, Runner, hotspots, latency_summary, sampled,
+                              signed_in_env, stop, wait_line)
 
 CHILD = str(HERE / "_task_child.py")
 
@@ -95,25 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---------------------------------------------------------------- servers and backends
 
 
-@dataclass
-class BareAnchor:
-    """The bare FastAPI app of :mod:`bench_tasks_anchor` on uvicorn."""
-
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "--app-dir", str(HERE),
-               "bench_tasks_anchor:task_anchor_app", "--host", "127.0.0.1", "--port", str(self.port),
-               "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_http(self.url + "/health", self.proc)
-
-
 @contextmanager
 def backend(runner: Runner, env: dict[str, str], mode: str, workers: int) -> Iterator[subprocess.Popen[str]]:
     """A ``_task_child backend`` process, listed by the hub before this yields; SIGTERMed after."""
@@ -134,7 +113,7 @@ def epoch(value: Any) -> float:
 # ---------------------------------------------------------------- measurements
 
 
-def measure_requests(runner: Runner, args: argparse.Namespace, anchor: BareAnchor, hub: Hub,
+def measure_requests(runner: Runner, args: argparse.Namespace, anchor: BareApp, hub: Hub,
                      envs: dict[str, dict[str, str]], run: str) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Parts 1-3; Dask's rows come from one child (one LocalCluster) for both of its parts."""
     lat: dict[str, dict[str, float]] = {}
@@ -274,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         with ExitStack() as stack:
             hub = Hub(work / "hub")
             short = Hub(work / "hub-short-lease", env={"KACHERY_HUB_TASK_LEASE": f"{args.lease:g}"})
-            anchor = BareAnchor()
+            anchor = BareApp("bench_tasks_anchor:task_anchor_app")
             stack.callback(lambda: stop(anchor.proc))
             stack.callback(hub.stop)
             stack.callback(short.stop)

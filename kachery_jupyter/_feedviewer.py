@@ -125,6 +125,14 @@ class FeedViewer(anywidget.AnyWidget):
     #: most rows in one batch
     batch_size = traitlets.Int(2000)
 
+    def __repr__(self) -> str:
+        # What a display shows as text where the widget cannot render (a saved notebook, VS Code, a terminal).
+        feed = getattr(self, "feed", None)
+        if feed is None:
+            return "kachery feed viewer (no feed)"
+        info = feed._info if isinstance(getattr(feed, "_info", None), dict) else {"message_count": 0}
+        return describe(feed, info) + " (live viewer)"
+
     def __init__(self, feed: kc.Feed | str, start: int = 0, **kwargs: Any) -> None:
         self._lock = threading.Lock()
         self._following: _Following | None = None

@@ -110,6 +110,13 @@ class LoginWidget(anywidget.AnyWidget):
     #: seconds between two questions to the hub while waiting for confirmation
     poll_interval = traitlets.Float(1.0)
 
+    def __repr__(self) -> str:
+        # The text a display falls back to where the panel cannot render (a saved notebook, VS Code).
+        hub = self.hub_url or "no hub configured"
+        if self.state == "signed_in" and self.email:
+            return f"kachery sign-in: signed in to {hub} as {self.email}"
+        return f"kachery sign-in: {hub}, {self.state.replace('_', ' ')}" + (f": {self.message}" if self.message else "")
+
     def __init__(self, hub_url: str | None = None, label: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.client_label = label if label is not None else computer_label()

@@ -3,8 +3,8 @@
 Run as ``python task_worker.py COMMAND --hub URL [--token T] --project P ...``: the
 process uses its own ``KACHERY_CLOUD_DIR`` (set by whoever starts it), signs in
 with the token (or acts anonymously when ``KACHERY_CLOUD_EPHEMERAL`` is set) and
-prints one JSON object a line, each with an ``event`` key. :class:`Worker` starts
-one and collects those lines as they come.
+prints one JSON object a line, each with an ``event`` key (:mod:`child_process`).
+:class:`Worker` starts one and collects those lines as they come.
 
 Commands:
   backend  serves the handlers below with ``TaskBackend.run()`` (Ctrl-C stops it); prints ``ready``
@@ -27,29 +27,22 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import child_process
+from child_process import emit, error_fields, run_command, sign_in
 
 #: How long a handler waits for a file (a gate the test opens) before it gives up.
 GATE_SECONDS = 300.0
 
 
-def _emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
 def _error(e: BaseException) -> dict[str, Any]:
-    return {"type": type(e).__name__, "bases": [c.__name__ for c in type(e).__mro__],
-            "status": getattr(e, "status", None), "code": getattr(e, "code", None), "message": str(e),
-            "remote_type": getattr(e, "remote_type", None), "remote_message": getattr(e, "remote_message", None),
-            "remote_traceback": getattr(e, "remote_traceback", None), "job_id": getattr(e, "job_id", None),
-            "where": traceback.format_exception(e)[-4:]}
+    return error_fields(e, "remote_type", "remote_message", "remote_traceback", "job_id")
 
 
 def plain(value: Any) -> Any:
@@ -196,12 +189,7 @@ HANDLERS: dict[str, tuple[str, Callable[..., Any]]] = {
 
 
 def _connect(args: argparse.Namespace) -> None:
-    import kachery_core as kc
-
-    if os.environ.get("KACHERY_CLOUD_EPHEMERAL"):
-        os.environ["KACHERY_HUB_URL"] = args.hub
-    else:
-        kc.init(hub_url=args.hub, token=args.token)
+    sign_in(args.hub, args.token)
 
 
 def cmd_backend(args: argparse.Namespace) -> None:
@@ -234,22 +222,22 @@ def cmd_backend(args: argparse.Namespace) -> None:
             try:
                 listed = kc.list_task_backends(project_id=args.project)
             except Exception as e:  # the backend's own failure is reported by run()
-                _emit("list_failed", error=_error(e))
+                emit("list_failed", error=_error(e))
                 return
             for b in listed:
                 if b.get("backend_id") == backend_id and len(b.get("handlers") or []) == len(HANDLERS):
-                    _emit("ready", backend_id=backend_id, pid=os.getpid(), listed=b)
+                    emit("ready", backend_id=backend_id, pid=os.getpid(), listed=b)
                     return
             time.sleep(0.05)
 
     threading.Thread(target=announce, daemon=True).start()
     backend.run()
-    _emit("stopped", backend_id=backend_id)
+    emit("stopped", backend_id=backend_id)
 
 
 def _progress_callback() -> Callable[..., None]:
     def on_progress(*args: Any, **kwargs: Any) -> None:
-        _emit("progress", args=plain(list(args)), kwargs=plain(kwargs))
+        emit("progress", args=plain(list(args)), kwargs=plain(kwargs))
     return on_progress
 
 
@@ -257,7 +245,7 @@ def cmd_request(args: argparse.Namespace) -> None:
     import kachery_core as kc
 
     _connect(args)
-    _emit("requesting")
+    emit("requesting")
     t0 = time.monotonic()
     kwargs: dict[str, Any] = {}
     if args.progress:
@@ -266,9 +254,9 @@ def cmd_request(args: argparse.Namespace) -> None:
         result = kc.request_task(task_type=args.type, task_name=args.name, task_input=json.loads(args.input),
                                  timeout_sec=args.timeout, project_id=args.project, **kwargs)
     except Exception as e:
-        _emit("failed", error=_error(e), elapsed=time.monotonic() - t0)
+        emit("failed", error=_error(e), elapsed=time.monotonic() - t0)
         return
-    _emit("result", value=plain(result), type=type(result).__name__, elapsed=time.monotonic() - t0)
+    emit("result", value=plain(result), type=type(result).__name__, elapsed=time.monotonic() - t0)
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -277,19 +265,19 @@ def cmd_submit(args: argparse.Namespace) -> None:
     _connect(args)
     handle = kc.submit_task(task_type=args.type, task_name=args.name, task_input=json.loads(args.input),
                             project_id=args.project)
-    _emit("submitted", job_id=handle.job_id, status=handle.status)
+    emit("submitted", job_id=handle.job_id, status=handle.status)
     if args.cancel_when:
         deadline = time.monotonic() + GATE_SECONDS
         while not os.path.exists(args.cancel_when) and time.monotonic() < deadline:
             time.sleep(0.02)
         handle.cancel()
-        _emit("cancel_called", status=handle.status)
+        emit("cancel_called", status=handle.status)
     try:
         result = handle.result(timeout=args.timeout)
     except Exception as e:
-        _emit("failed", error=_error(e), status=handle.status)
+        emit("failed", error=_error(e), status=handle.status)
         return
-    _emit("result", value=plain(result), status=handle.status)
+    emit("result", value=plain(result), status=handle.status)
 
 
 def cmd_probe(args: argparse.Namespace) -> None:
@@ -314,10 +302,10 @@ def cmd_probe(args: argparse.Namespace) -> None:
     for step in args.steps:
         name, _, arg = step.partition("=")
         try:
-            _emit("step", name=step, ok=True, value=steps[name](arg))
+            emit("step", name=step, ok=True, value=steps[name](arg))
         except Exception as e:  # the point: report it, go on
-            _emit("step", name=step, ok=False, error=_error(e))
-    _emit("done")
+            emit("step", name=step, ok=False, error=_error(e))
+    emit("done")
 
 
 def _register_only(project: str) -> str:
@@ -340,12 +328,7 @@ def _register_only(project: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="task_worker")
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--hub", required=True)
-    common.add_argument("--token")
-    common.add_argument("--project", required=True)
+    parser, sub, common = child_process.parser("task_worker", "--project")
     p = sub.add_parser("backend", parents=[common])
     p.add_argument("--runs", required=True)
     p.add_argument("--name", required=True)
@@ -367,79 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     command = {"backend": cmd_backend, "request": cmd_request, "submit": cmd_submit, "probe": cmd_probe}[args.command]
-    try:
-        command(args)
-    except Exception as e:
-        _emit("error", error=_error(e))
-        return 3
-    return 0
+    return run_command(command, args, _error)
 
 
-# ---- the side that starts workers (imported by the tests) ----
-
-KACHERY_ENV = ("KACHERY_CLOUD_DIR", "KACHERY_CLOUD_PROJECT", "KACHERY_CLOUD_EPHEMERAL", "KACHERY_HUB_URL",
-               "KACHERY_HUB_TOKEN")
+# ---- the side that starts workers (imported by the tests)
 
 
-class Worker:
+class Worker(child_process.Worker):
     """One ``task_worker.py`` process with its own kachery directory; its JSON lines in ``events``."""
 
-    def __init__(self, root: Path, name: str, command: str, *args: str, ephemeral: bool = False) -> None:
-        self.name = name
-        home = root / "computers" / name
-        home.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k not in KACHERY_ENV}
-        env.update(KACHERY_CLOUD_DIR=str(home / "kachery-cloud"), HOME=str(home), PYTHONUNBUFFERED="1")
-        if ephemeral:
-            env["KACHERY_CLOUD_EPHEMERAL"] = "1"
-        self.stderr_path = home / f"{command}-{time.monotonic_ns()}.stderr"
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), command, *args], env=env,
-                                     stdout=subprocess.PIPE, stderr=self._stderr, text=True)
-        self.events: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "noise", "line": line}
-            with self._changed:
-                self.events.append(event)
-                self._changed.notify_all()
-        with self._changed:
-            self.events.append({"event": "exit"})
-            self._changed.notify_all()
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        with self._changed:
-            return [e for e in self.events if e["event"] == kind]
-
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 120.0,
-                 what: str = "") -> None:
-        """Until ``predicate(events)`` holds; fails, naming ``what`` and the worker's output, after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not predicate(self.events):
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.events and self.events[-1]["event"] == "exit"):
-                    break
-                self._changed.wait(min(left, 1.0))
-            if predicate(self.events):
-                return
-        raise AssertionError(f"worker {self.name}: {what or 'condition'} not reached; "
-                             f"last events {self.events[-5:]}; stderr {self.stderr()[-3000:]!r}")
-
-    def wait_event(self, kind: str, timeout: float = 120.0) -> dict[str, Any]:
-        """The first ``kind`` event; fails if the worker failed (an ``error`` event) first."""
-        self.wait_for(lambda events: any(e["event"] in (kind, "error") for e in events), timeout, kind)
-        errors = self.of("error")
-        assert not errors or kind == "error", f"worker {self.name} failed: {errors[0]}; stderr {self.stderr()[-3000:]!r}"
-        return self.of(kind)[0]
+    SCRIPT = Path(__file__).resolve()
 
     def outcome(self, timeout: float = 180.0) -> dict[str, Any]:
         """The ``result`` or ``failed`` event of a requester."""
@@ -455,43 +375,6 @@ class Worker:
         e = self.outcome(timeout)
         assert e["event"] == "result", f"worker {self.name}: {e}; stderr {self.stderr()[-3000:]!r}"
         return e["value"]
-
-    def finish(self, timeout: float = 120.0) -> list[dict[str, Any]]:
-        """Its events once it exited on its own (killed, and failing, after ``timeout``)."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"worker {self.name} did not finish; last events {self.events[-5:]}; "
-                                 f"stderr {self.stderr()[-3000:]!r}") from None
-        self._close()
-        return list(self.events)
-
-    def interrupt(self, timeout: float = 120.0) -> list[dict[str, Any]]:
-        """Ctrl-C (SIGINT), then its events once it exited."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGINT)
-        return self.finish(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL (a machine that died), waited for."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-        self._close()
-
-    def _close(self) -> None:
-        self._reader.join(timeout=30)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        if not self._stderr.closed:
-            self._stderr.close()
-
-    def stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
 
 def runs(path: Path) -> list[dict[str, Any]]:

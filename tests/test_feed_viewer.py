@@ -135,6 +135,8 @@ def test_a_front_end_asks_again_from_where_it_stands(feed: kc.Feed) -> None:
 
 def test_closing_stops_the_follower_while_it_waits(feed: kc.Feed) -> None:
     viewer = FeedViewer(feed)
+    text = viewer._repr_mimebundle_()[0]["text/plain"]  # what VS Code or a saved notebook shows
+    assert text.startswith(f"kachery feed {feed.uri}") and text.endswith("(live viewer)"), text
     front = FrontEnd(viewer)
     front.send(type="ready", **{"from": 0})
     assert viewer.following

@@ -12,7 +12,6 @@ import http.client
 import json
 import os
 import secrets
-import select
 import socket
 import time
 from collections.abc import Iterator
@@ -25,10 +24,9 @@ import pytest
 pytest.importorskip("fastapi")
 
 import kachery_core as kc  # noqa: E402
-from hub_fixtures import _fresh_postgres_database, new_keys, postgres_server, signed_headers  # noqa: E402,F401
-from hub_process import HubProcess, free_port, running  # noqa: E402
+from hub_fixtures import new_keys, postgres_server, signed_headers  # noqa: E402,F401
 from kachery_core._constants import MAX_FEED_BATCH_MESSAGES, MAX_FEED_MESSAGE_BYTES  # noqa: E402
-from kachery_core._identity import ClientKeys  # noqa: E402
+from raw_http import Answer, RawHub, running_hub  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -37,62 +35,8 @@ KEEPALIVE = 2.0  # the hub's feed keep-alive (and access re-check) period here
 
 
 @dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def code(self) -> str:
-        """The error code of the hub's JSON error body (asserting it is one)."""
-        assert self.headers.get("content-type", "").startswith("application/json"), (self.status, self.headers, self.body[:300])
-        error = self.json()["error"]
-        assert set(error) >= {"code", "message"} and error["message"], error
-        return str(error["code"])
-
-
-@dataclass
-class FeedHub:
-    proc: HubProcess
-    keys: dict[str, ClientKeys]
+class FeedHub(RawHub):
     projects: dict[str, str]  # each user's default project
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.proc.port}"
-
-    def call(self, method: str, path: str, body: bytes = b"", *, who: str | None = "alice",
-             headers: dict[str, str] | None = None, content_type: str | None = "application/json",
-             timeout: float = 60) -> Answer:
-        """``method path`` sent as is (no normalization), signed by ``who`` (None: unsigned).
-
-        The body goes in pieces, and stops as soon as the hub answers (it may refuse early and close).
-        """
-        h = {"Host": self.host}
-        if who is not None:
-            h.update(signed_headers(self.keys[who], method, path, body, host=self.host))
-        if (body or method in ("POST", "PUT")) and content_type is not None:
-            h["Content-Type"] = content_type
-        h.update(headers or {})
-        h["Content-Length"] = str(len(body))
-        head = f"{method} {path} HTTP/1.1\r\n".encode() + b"".join(
-            f"{k}: {v}\r\n".encode() for k, v in h.items()) + b"Connection: close\r\n\r\n"
-        sock = socket.create_connection(("127.0.0.1", self.proc.port), timeout=timeout)
-        with sock:
-            try:
-                sock.sendall(head)
-                for i in range(0, len(body), 64 * 1024):
-                    if select.select([sock], [], [], 0)[0]:
-                        break  # answered before the whole body was sent
-                    sock.sendall(body[i:i + 64 * 1024])
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # it answered and closed; the answer is still to be read
-            r = http.client.HTTPResponse(sock)
-            r.begin()
-            return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
 
     def create_feed(self, who: str = "alice", project: str | None = None) -> str:
         project = project or self.projects[who]
@@ -129,32 +73,10 @@ def _numbered(page: dict[str, Any]) -> list[tuple[int, Any]]:
     return [(m["number"], m["message"]) for m in items]
 
 
-def _register(hub: HubProcess, keys: ClientKeys, email: str) -> str:
-    token = hub.token(email)
-    body = json.dumps({"token": token, "label": "hostile tests"}).encode()
-    host = f"127.0.0.1:{hub.port}"
-    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=60)
-    try:
-        conn.request("POST", "/api/clients", body=body, headers={
-            "Host": host, "Content-Type": "application/json",
-            **signed_headers(keys, "POST", "/api/clients", body, host=host)})
-        r = conn.getresponse()
-        info = json.loads(r.read())
-        assert r.status == 200, info
-    finally:
-        conn.close()
-    return str(info["default_project_id"])
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def feed_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeedHub]:
-    args = []
-    if request.param == "postgresql":
-        args = ["--database", _fresh_postgres_database(request.getfixturevalue("postgres_server"))]
-    proc = HubProcess(tmp_path_factory.mktemp("feeds-hostile") / "hub-data", free_port(), *args)
-    with running(proc, env={"KACHERY_HUB_FEED_KEEPALIVE": str(KEEPALIVE)}):
-        keys = {who: new_keys() for who in ("alice", "carol")}
-        projects = {who: _register(proc, k, f"{who}@example.org") for who, k in keys.items()}
+    with running_hub(request, tmp_path_factory, "feeds-hostile", {"KACHERY_HUB_FEED_KEEPALIVE": str(KEEPALIVE)},
+                     ("alice", "carol")) as (proc, keys, projects):
         yield FeedHub(proc, keys, projects)
 
 

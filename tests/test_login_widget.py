@@ -57,6 +57,8 @@ def fast(widget: LoginWidget) -> LoginWidget:
 def test_no_hub_asks_for_one() -> None:
     w = LoginWidget()
     assert (w.state, w.hub_url) == ("no_hub", "")
+    # Where the panel cannot render (VS Code, a saved notebook), its text says the same.
+    assert w._repr_mimebundle_()[0]["text/plain"].startswith("kachery sign-in: no hub configured, no hub")
 
 
 def test_unreachable_hub_says_so() -> None:

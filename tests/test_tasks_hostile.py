@@ -9,14 +9,9 @@ on PostgreSQL, one per module and database; each test works in projects of its o
 
 from __future__ import annotations
 
-import http.client
-import json
 import secrets
-import select
-import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,9 +19,8 @@ import pytest
 pytest.importorskip("fastapi")
 
 import kachery_core as kc  # noqa: E402
-from hub_fixtures import _fresh_postgres_database, new_keys, postgres_server, signed_headers  # noqa: E402,F401
-from hub_process import HubProcess, free_port, running  # noqa: E402
-from kachery_core._identity import ClientKeys  # noqa: E402
+from hub_fixtures import postgres_server  # noqa: E402,F401  (a fixture)
+from raw_http import Answer, RawHub, running_hub  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,64 +29,7 @@ LEASE = 2.0  # the hub's task lease here (seconds)
 USERS = ("alice", "dave", "bob", "carol")  # alice owns; dave may write, bob may read; carol is an outsider
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    @property
-    def code(self) -> str:
-        """The error code of the hub's JSON error body (asserting it is one, with a message)."""
-        assert self.headers.get("content-type", "").startswith("application/json"), (self.status, self.headers, self.body[:300])
-        error = self.json()["error"]
-        assert set(error) >= {"code", "message"} and error["message"], error
-        return str(error["code"])
-
-    @property
-    def message(self) -> str:
-        return str(self.json()["error"]["message"])
-
-
-@dataclass
-class TaskHub:
-    proc: HubProcess
-    keys: dict[str, ClientKeys]
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.proc.port}"
-
-    def call(self, method: str, path: str, body: bytes | Any = b"", *, who: str | None = "alice",
-             content_type: str | None = "application/json", timeout: float = 60) -> Answer:
-        """``method path`` sent as is, signed by ``who`` (None: unsigned); a body that is not bytes is sent as JSON."""
-        if not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-        h = {"Host": self.host}
-        if who is not None:
-            h.update(signed_headers(self.keys[who], method, path, body, host=self.host))
-        if (body or method in ("POST", "PUT")) and content_type is not None:
-            h["Content-Type"] = content_type
-        h["Content-Length"] = str(len(body))
-        head = f"{method} {path} HTTP/1.1\r\n".encode() + b"".join(
-            f"{k}: {v}\r\n".encode() for k, v in h.items()) + b"Connection: close\r\n\r\n"
-        sock = socket.create_connection(("127.0.0.1", self.proc.port), timeout=timeout)
-        with sock:
-            try:
-                sock.sendall(head)
-                for i in range(0, len(body), 64 * 1024):
-                    if select.select([sock], [], [], 0)[0]:
-                        break  # answered before the whole body was sent
-                    sock.sendall(body[i:i + 64 * 1024])
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            r = http.client.HTTPResponse(sock)
-            r.begin()
-            return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
-
+class TaskHub(RawHub):
     def ok(self, method: str, path: str, body: bytes | Any = b"", *, who: str = "alice", timeout: float = 60) -> Any:
         a = self.call(method, path, body, who=who, timeout=timeout)
         assert a.status == 200, (method, path, a.status, a.body[:500])
@@ -137,33 +74,10 @@ class TaskHub:
         return list(jobs)
 
 
-def _register_client(hub: HubProcess, keys: ClientKeys, email: str) -> str:
-    token = hub.token(email)
-    body = json.dumps({"token": token, "label": "hostile tests"}).encode()
-    host = f"127.0.0.1:{hub.port}"
-    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=60)
-    try:
-        conn.request("POST", "/api/clients", body=body, headers={
-            "Host": host, "Content-Type": "application/json",
-            **signed_headers(keys, "POST", "/api/clients", body, host=host)})
-        r = conn.getresponse()
-        info = json.loads(r.read())
-        assert r.status == 200, info
-    finally:
-        conn.close()
-    return str(info["default_project_id"])
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def task_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskHub]:
-    args = []
-    if request.param == "postgresql":
-        args = ["--database", _fresh_postgres_database(request.getfixturevalue("postgres_server"))]
-    proc = HubProcess(tmp_path_factory.mktemp("tasks-hostile") / "hub-data", free_port(), *args)
-    with running(proc, env={"KACHERY_HUB_TASK_LEASE": str(LEASE)}):
-        keys = {who: new_keys() for who in USERS}
-        for who, k in keys.items():
-            _register_client(proc, k, f"{who}@example.org")
+    with running_hub(request, tmp_path_factory, "tasks-hostile", {"KACHERY_HUB_TASK_LEASE": str(LEASE)},
+                     USERS) as (proc, keys, _):
         yield TaskHub(proc, keys)
 
 

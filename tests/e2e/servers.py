@@ -277,6 +277,21 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterLab]
         yield lab
 
 
+#: The themes a widget is checked in, by the names JupyterLab's settings know them by.
+THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+
+
+@pytest.fixture
+def themed_lab(jupyterlab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[JupyterLab]:
+    """The session's JupyterLab, pages opening in the theme of THEMES that the test's
+    ``@pytest.mark.parametrize("themed_lab", list(THEMES), indirect=True)`` names."""
+    jupyterlab.set_theme(THEMES[request.param])
+    try:
+        yield jupyterlab
+    finally:
+        jupyterlab.set_theme(None)  # the next test's pages open in the default theme
+
+
 # ---------------------------------------------------------------- Chromium
 
 

@@ -7,7 +7,6 @@ viewer can tell); nothing is run in the notebook meanwhile.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from playwright.sync_api import expect
 import kachery_core as kc
 from e2e.contrast import AA, too_low
 from e2e.notebook import open_notebook, run_cell
-from e2e.servers import JupyterLab, screenshot
+from e2e.servers import THEMES, JupyterLab, screenshot
 from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
@@ -166,18 +165,6 @@ def test_100000_messages_keep_the_dom_small(jupyterlab: JupyterLab, page: Page, 
 
 
 # ---------------------------------------------------------------- themes
-
-THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
-
-
-@pytest.fixture
-def themed_lab(jupyterlab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[JupyterLab]:
-    jupyterlab.set_theme(THEMES[request.param])
-    try:
-        yield jupyterlab
-    finally:
-        jupyterlab.set_theme(None)  # the next test's pages open in the default theme
-
 
 @pytest.mark.parametrize("themed_lab", list(THEMES), indirect=True)
 def test_the_viewer_is_readable_in_jupyterlab_s_light_and_dark_themes(

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from e2e.contrast import AA, contrasts, too_low
 from e2e.notebook import open_notebook, run_cell
-from e2e.servers import JupyterLab, OidcProvider, screenshot
+from e2e.servers import THEMES, JupyterLab, OidcProvider, screenshot
 from e2e.signin import login_in_browser
 from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
 
@@ -166,24 +166,12 @@ def test_sign_in_refused_at_the_provider(
 
 # ---------------------------------------------------------------- themes
 
-THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
-
-
 def _readable(panel: Locator, what: str) -> None:
     """Every button, field, link and line of the panel at WCAG AA against what it is drawn on."""
     items = contrasts(panel)
     assert any(i["what"].startswith("button") for i in items), items
     low = too_low(panel)
     assert not low, f"{what}: text below {AA}:1 against its background: {low}"
-
-
-@pytest.fixture
-def themed_lab(jupyterlab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[JupyterLab]:
-    jupyterlab.set_theme(THEMES[request.param])
-    try:
-        yield jupyterlab
-    finally:
-        jupyterlab.set_theme(None)  # the next test's pages open in the default theme
 
 
 @pytest.mark.parametrize("themed_lab", list(THEMES), indirect=True)

@@ -8,7 +8,6 @@ them. Nothing is run in the notebook meanwhile: the panel updates by itself.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +18,7 @@ from playwright.sync_api import expect
 import kachery_core as kc
 from e2e.contrast import AA, too_low
 from e2e.notebook import open_notebook, run_cell
-from e2e.servers import JupyterLab, screenshot
+from e2e.servers import THEMES, JupyterLab, screenshot
 from hub_process import HubProcess, free_port, real_hub  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
@@ -116,18 +115,6 @@ def test_requests_from_another_process_appear_live(jupyterlab: JupyterLab, page:
 
 
 # ---------------------------------------------------------------- themes
-
-THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
-
-
-@pytest.fixture
-def themed_lab(jupyterlab: JupyterLab, request: pytest.FixtureRequest) -> Iterator[JupyterLab]:
-    jupyterlab.set_theme(THEMES[request.param])
-    try:
-        yield jupyterlab
-    finally:
-        jupyterlab.set_theme(None)
-
 
 @pytest.mark.parametrize("themed_lab", list(THEMES), indirect=True)
 def test_the_panel_is_readable_in_jupyterlab_s_light_and_dark_themes(
