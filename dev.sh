@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Set up and run kachery-jupyter on a fresh machine.
 #   bash dev.sh start       set up .venv, start a hub on the embedded default (SQLite + a folder,
-#                           data in .kachery-hub/) and JupyterLab signed in to it as the hub's
-#                           admin, on copies of notebooks/ in .kachery-work/notebooks (git-ignored;
-#                           a copy is refreshed when its original is newer); the hub stops with it
-#   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless, printing it
+#                           data and serve.log in .kachery-hub/, port $KACHERY_HUB_PORT or 8555) and
+#                           JupyterLab signed in to it as the hub's admin, opening quickstart.ipynb,
+#                           on copies of notebooks/ in .kachery-work/notebooks (git-ignored; a copy
+#                           is refreshed when its original is newer); extra args go to JupyterLab
+#                           (e.g. --port 8900 --no-browser); the hub stops with it
+#   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless against a
+#                           throwaway hub (and kachery directory), printing it
 #   bash dev.sh test        set up .venv, then run the whole test suite (extra args go to pytest)
 #   bash dev.sh setup       only set up (also PostgreSQL and redis-server, for the benchmarks in bench/)
 set -euo pipefail
@@ -125,11 +128,14 @@ setup_kachery_cloud() {
     fi
 }
 
-start() {
-    local data="${KACHERY_HUB_DATA:-$ROOT/.kachery-hub}" port="${KACHERY_HUB_PORT:-8555}"
-    local work="$ROOT/.kachery-work/notebooks"
+# Starts the hub on the embedded default with its data in $1 on port $2, stopped when this script
+# exits; sets HUB_URL and HUB_TOKEN (its admin's sign-in token) from what it prints.
+HUB_URL=""
+HUB_TOKEN=""
+start_hub() {
+    local data=$1 port=$2
     mkdir -p "$data"
-    echo "==> starting the hub (embedded default: SQLite and a folder in $data)"
+    echo "==> starting the hub (embedded default: SQLite and a folder in $data; log in $data/serve.log)"
     "$VENV/bin/kachery-hub" serve --data "$data" --port "$port" >"$data/serve.log" 2>&1 &
     HUB_PID=$!
     trap stop_hub EXIT
@@ -145,14 +151,36 @@ start() {
     [ -n "$url" ] || { echo "the hub did not start; see $data/serve.log" >&2; exit 1; }
     token=$(sed -n 's/.*KACHERY_HUB_TOKEN=\([^ ]*\).*/\1/p' "$data/serve.log" | head -n 1)
     cat "$data/serve.log"
+    HUB_URL=$url
+    HUB_TOKEN=$token
+}
+
+start() {
+    local data="${KACHERY_HUB_DATA:-$ROOT/.kachery-hub}" port="${KACHERY_HUB_PORT:-8555}"
+    local work="$ROOT/.kachery-work/notebooks"
+    start_hub "$data" "$port"
+    local url=$HUB_URL token=$HUB_TOKEN
     copy_notebooks "$work"
-    echo "==> JupyterLab on $work (copies of notebooks/); its kernels are signed in to $url as the hub's admin"
+    echo "==> hub: $url (data: $data, log: $data/serve.log)"
+    echo "==> JupyterLab on $work (copies of notebooks/), opening quickstart.ipynb; its kernels are signed in to $url as the hub's admin"
     echo "==> to let someone else in, give them a sign-in token made with:"
     echo "    $VENV/bin/kachery-hub token create --data $data --user EMAIL"
     local as_root=()
     [ "$(id -u)" = 0 ] && as_root=(--allow-root)
     KACHERY_HUB_URL="$url" KACHERY_HUB_TOKEN="$token" \
-        "$VENV/bin/jupyter" lab --notebook-dir="$work" "${as_root[@]}" "$@"
+        "$VENV/bin/jupyter" lab --notebook-dir="$work" --LabApp.default_url=/lab/tree/quickstart.ipynb \
+        "${as_root[@]}" "$@"
+}
+
+# The quickstart needs a hub: a throwaway one, with a throwaway kachery directory, so that the
+# user's own ~/.kachery-cloud is not signed in to a hub that is gone afterwards.
+quickstart() {
+    local scratch port
+    scratch=$(mktemp -d)
+    port=${KACHERY_HUB_PORT:-$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+    start_hub "$scratch/hub" "$port"
+    KACHERY_HUB_URL="$HUB_URL" KACHERY_HUB_TOKEN="$HUB_TOKEN" KACHERY_CLOUD_DIR="$scratch/kachery-cloud" \
+        "$VENV/bin/python" notebooks/run.py "$@"
 }
 
 cmd=${1:-start}
@@ -169,7 +197,7 @@ start)
     ;;
 quickstart)
     setup
-    exec "$VENV/bin/python" notebooks/run.py "$@"
+    quickstart "$@"
     ;;
 test)
     setup

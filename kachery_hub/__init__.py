@@ -62,7 +62,7 @@ GET,POST        /api/projects                                     your projects;
 GET,PATCH       /api/projects/{project_id}                        one project; rename, public-read
 GET             /api/projects/{project_id}/members                members and roles
 PUT,DELETE      /api/projects/{project_id}/members/{email}        add, change (read/write/admin), remove
-GET             /api/projects/{project_id}/files                  files of a project (paged)
+GET             /api/projects/{project_id}/files                  files of a project (paged; ?q= label search)
 GET,PUT,DELETE  /api/projects/{project_id}/files/{sha1}           record; upload through the hub; remove
 POST            /api/projects/{project_id}/files/{sha1}/upload    where to upload (S3: presigned, an upload id)
 POST            /api/projects/{project_id}/files/{sha1}/complete  record a direct upload the store verified

@@ -27,7 +27,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from pydantic import BaseModel, Field
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable as _Unsatisfiable
-from sqlalchemy import Connection, bindparam, delete, or_, select, text
+from sqlalchemy import Connection, bindparam, delete, func, or_, select, text
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
@@ -119,13 +119,21 @@ def _project_file(conn: Connection, who: Caller, project_id: str, sha1: str) -> 
     return _file_json(row)
 
 
-def _list_files(conn: Connection, who: Caller, project_id: str, limit: int, after: str | None) -> list[dict[str, Any]]:
-    require_role(conn, who, project_id, "read")
-    q = select(tables.files).where(tables.files.c.project_id == project_id)
+def _list_files(conn: Connection, who: Caller, project_id: str, limit: int, after: str | None,
+                search: str | None = None) -> list[dict[str, Any]]:
+    project = require_role(conn, who, project_id, "read")
+    files, users = tables.files, tables.users
+    q = (select(files, users.c.email.label("created_by_email"))
+         .outerjoin(users, users.c.id == files.c.created_by).where(files.c.project_id == project_id))
     if after:
-        q = q.where(tables.files.c.sha1 > after)
-    rows = conn.execute(q.order_by(tables.files.c.sha1).limit(limit)).all()
-    return [_file_json(r) for r in rows]
+        q = q.where(files.c.sha1 > after)
+    if search:
+        # Any case on both engines (PostgreSQL's LIKE minds case, SQLite's does not); % and _ taken literally.
+        q = q.where(func.lower(files.c.label).contains(search.lower(), autoescape=True))
+    rows = conn.execute(q.order_by(files.c.sha1).limit(limit)).all()
+    if project.caller_role is None:  # public-read shares the data, not who stored it
+        return [_file_json(r) for r in rows]
+    return [{**_file_json(r), "created_by": r.created_by_email or ""} for r in rows]
 
 
 def _record(conn: Connection, who: Caller, project_id: str, sha1: str, size: int, label: str | None,
@@ -177,11 +185,13 @@ def _unrecord(conn: Connection, who: Caller, project_id: str, sha1: str) -> tupl
     return bool(deleted), key
 
 
-@router.get("/api/projects/{project_id}/files", summary="Files of a project, by sha1 (paged with `after`)")
+@router.get("/api/projects/{project_id}/files",
+            summary="Files of a project, by sha1 (paged with `after`; `q`: those whose label holds it, any case)")
 async def get_files(project_id: str, limit: int = Query(default=1000, ge=1, le=10000),
                     after: Line | None = Query(default=None, max_length=40),
+                    q: Line | None = Query(default=None, max_length=1000),
                     req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    return {"files": await req.run(_list_files, project_id, limit, after)}
+    return {"files": await req.run(_list_files, project_id, limit, after, q)}
 
 
 @router.get("/api/projects/{project_id}/files/{sha1}", summary="A file's record in one project")

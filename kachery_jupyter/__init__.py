@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FeedViewer", "LoginWidget", "TaskPanel", "load_ipython_extension", "stop_serving_tasks", "task_progress"]
+__all__ = [
+    "FeedViewer", "LoginWidget", "ProjectBrowser", "TaskPanel", "browse", "load_ipython_extension", "stop_serving_tasks",
+    "task_progress",
+]
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -26,6 +29,10 @@ def __getattr__(name: str) -> Any:
         from ._feedviewer import FeedViewer
 
         return FeedViewer
+    if name in ("ProjectBrowser", "browse"):
+        from . import _browser
+
+        return getattr(_browser, name)
     if name == "TaskPanel":
         from ._taskpanel import TaskPanel
 

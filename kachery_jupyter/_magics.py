@@ -246,6 +246,26 @@ class KacheryMagics(Magics):
             raise _usage(e) from None
 
     @magic_arguments()
+    @argument("project", nargs="?", default=None, help="a project id or name (default: the default project)")
+    @line_magic
+    def kc_browse(self, line: str) -> Any:
+        """Browse the hub: your projects; a project's files (search by label, preview, copy the
+        URI, load into a variable), mutables, feeds, tasks and, for admins, members.
+
+            %kc_browse
+            %kc_browse my-lab
+        """
+        args = _parse(self.kc_browse, line)
+        try:
+            from ._browser import ProjectBrowser
+        except ImportError:
+            raise UsageError('the project browser needs anywidget: pip install "kachery-jupyter[jupyter]"') from None
+        try:
+            return ProjectBrowser(args.project, user_ns=self._user_ns())
+        except kc.KacheryError as e:
+            raise _usage(e) from None
+
+    @magic_arguments()
     @argument("feed", help="a kachery-feed:// URI or a feed ID")
     @argument("--start", type=int, default=0, help="the number of the first message to show (default 0)")
     @line_magic

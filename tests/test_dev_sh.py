@@ -45,11 +45,12 @@ class Sandbox:
     def data(self) -> Path:
         return self.root / ".kachery-hub"
 
-    def start(self) -> subprocess.CompletedProcess[str]:
+    def start(self, *args: str, command: str = "start", timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KACHERY_", "JUPYTER"))}
         env["KACHERY_HUB_PORT"] = str(self.port)
-        return subprocess.run(["bash", "dev.sh", "start"], cwd=self.root, env=env, capture_output=True,
-                               text=True, timeout=120)
+        env["HOME"] = str(self.root / "home")  # a new user's: no ~/.kachery-cloud yet
+        return subprocess.run(["bash", "dev.sh", command, *args], cwd=self.root, env=env, capture_output=True,
+                               text=True, timeout=timeout)
 
     def jupyter_run(self) -> dict[str, object]:
         run: dict[str, object] = json.loads((self.root / "jupyter-run.json").read_text())
@@ -171,3 +172,23 @@ def test_notebooks_in_the_repository_hold_no_outputs(notebook: str) -> None:
     for i, cell in enumerate(nb["cells"]):
         if cell["cell_type"] == "code":
             assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"cell {i} of {notebook} was run"
+
+
+def test_jupyterlab_opens_the_quickstart_and_gets_the_extra_arguments(sandbox: Sandbox) -> None:
+    done = sandbox.start("--port", "8900", "--no-browser")
+    assert done.returncode == 0, done.stderr
+    args = sandbox.jupyter_run()["args"]
+    assert isinstance(args, list)
+    assert args[0] == "lab" and "--LabApp.default_url=/lab/tree/quickstart.ipynb" in args
+    assert args[-3:] == ["--port", "8900", "--no-browser"]
+    # ...and says where the hub is, on the port KACHERY_HUB_PORT picked, and where its data and log are.
+    assert f"==> hub: http://127.0.0.1:{sandbox.port} (data: {sandbox.data}, log: {sandbox.data / 'serve.log'})" in done.stdout
+
+
+def test_quickstart_runs_headless_against_a_throwaway_hub(sandbox: Sandbox) -> None:
+    done = sandbox.start(command="quickstart", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"kachery-jupyter: hub http://127.0.0.1:{sandbox.port}, signed in as" in done.stdout
+    assert "firing_rate answered {'n': 4, 'rate_hz': 2.0}" in done.stdout
+    assert not (sandbox.root / "home" / ".kachery-cloud").exists(), "the user's own kachery directory was used"
+    assert _port_is_free(sandbox.port), "the hub outlived the quickstart"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from conftest import REPO
@@ -13,6 +15,8 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "notebooks"))
 from run import execute, text_of  # noqa: E402
 
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
@@ -36,16 +40,19 @@ def hub_for_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path: Path, kachery_dir: Path, request: pytest.FixtureRequest) -> None:
-    if path.name != "quickstart.ipynb":
-        request.getfixturevalue("hub_for_notebooks")
+def test_notebook_runs(path: Path, kachery_dir: Path, hub_for_notebooks: None) -> None:
     nb = execute(path)
     text = text_of(nb)
     assert "Traceback" not in text
     if path.name == "quickstart.ipynb":
-        assert "deterministic: sha1://" in text
-        assert "UnknownURISchemeError - " in text
+        check_quickstart(nb, text)
         assert (kachery_dir / "private.pem").exists(), "the kernel used the test's KACHERY_CLOUD_DIR"
+    if path.name == "browsing.ipynb":
+        assert _widgets_shown(nb) == ["ProjectBrowser"]
+        assert "23 files in project p" in text
+        assert re.search(r"^ \* browsing demo \(p[0-9a-f]+\): admin$", text, re.M), "the browser opened on the project"
+        assert "['experiments/M12/latest', 'experiments/M12/notes']" in text
+        assert "collaborator@example.org read" in text
     if path.name == "feeds.ipynb":
         assert "first message is number 0" in text and "a batch got [1, 2, 3]" in text
         for step in range(3):  # the other process was woken for each message, in order
@@ -66,3 +73,32 @@ def test_notebook_runs(path: Path, kachery_dir: Path, request: pytest.FixtureReq
         assert "signed in as scientist@example.org" in text
         assert "the other computer loaded (1000,)" in text
         assert "'email': 'collaborator@example.org'" in text and "'role': 'read'}" in text
+
+
+def _widgets_shown(nb: nbformat.NotebookNode) -> list[str]:
+    """The anywidget classes the notebook's outputs show, in order (by the id anywidget gives them)."""
+    states = {}
+    for key, state in nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {}).items():
+        states[key] = state.get("state", {}).get("_anywidget_id", "")
+    shown = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            if view:
+                shown.append(states.get(view["model_id"], "?").rsplit(".", 1)[-1])
+    return shown
+
+
+def check_quickstart(nb: nbformat.NotebookNode, text: str) -> None:
+    assert "kachery-jupyter: hub http://127.0.0.1:" in text and "signed in as scientist@example.org" in text
+    # the sign-in panel, the project browser, the feed viewer and the task panel, each a live widget
+    assert _widgets_shown(nb) == ["LoginWidget", "ProjectBrowser", "FeedViewer", "TaskPanel"]
+    html = [o.data["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert any('class="kachery-uri"' in h and "spikes.npy" in h for h in html), "%kc_store shows the URI richly"
+    assert "loaded (1000,) int64 identical: True" in text
+    assert "deterministic: sha1://" in text and "meta_again = {'rate_hz': 30000, 'subject': 'M12', 'trials': [1, 2, 3]}" in text
+    assert re.search(r"latest is sha1://[0-9a-f]{40}\?label=spikes\.npy", text)
+    assert "4 messages; the viewer above" in text
+    assert "serving calculation firing_rate(spike_times, duration) for project" in text
+    assert "firing_rate answered {'n': 4, 'rate_hz': 2.0}" in text
+    assert "UnknownURISchemeError - " in text and "InvalidURIError - " in text
