@@ -11,8 +11,11 @@
 // Keyboard: in the file list, ArrowUp/ArrowDown (PageUp/PageDown, Home/End) move the
 // selection and Enter previews the selected file; in the mutables tree, Enter opens a key.
 
+import { OVERSCAN, h, visibleWindow } from "./common.js";
+
+export { OVERSCAN, visibleWindow };
+
 export const ROW_HEIGHT = 26; // px; keep in step with .kc-browser-row in browser.css
-export const OVERSCAN = 6;
 const SEARCH_DELAY_MS = 200;
 const JSON_OPEN_DEPTH = 1; // levels of a JSON preview open at first
 const JSON_MAX_ITEMS = 200; // items of an object or array shown in a JSON preview
@@ -42,14 +45,6 @@ export function formatDate(time) {
 }
 
 /** The rows [first, last) to draw for a scroll position: those in view plus `overscan` each side. */
-export function visibleWindow(scrollTop, viewHeight, rowHeight, count, overscan = OVERSCAN) {
-  if (count <= 0 || rowHeight <= 0) return { first: 0, last: 0 };
-  const top = Math.max(0, Math.floor(scrollTop / rowHeight));
-  const bottom = Math.ceil((Math.max(0, scrollTop) + Math.max(0, viewHeight)) / rowHeight);
-  const first = Math.min(count, Math.max(0, top - overscan));
-  const last = Math.min(count, Math.max(first, bottom + overscan));
-  return { first, last };
-}
 
 /** Whether a variable name is valid in Python (ASCII identifiers; the kernel checks it again). */
 const KEYWORDS = new Set(("False None True and as assert async await break class continue def del elif else " +
@@ -146,18 +141,6 @@ export class Requests {
 
 // ------------------------------------------------------------------ DOM helpers
 
-function h(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "className") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 function button(label, action, onClick, extra = {}) {
   return h("button", { className: "kc-button", type: "button", dataset: { action }, text: label, onclick: onClick, ...extra });

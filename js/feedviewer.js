@@ -13,8 +13,11 @@
 // below the list, so every row keeps the same height. Every value from the feed is
 // set with textContent, never as HTML.
 
+import { OVERSCAN, h, visibleWindow } from "./common.js";
+
+export { OVERSCAN, visibleWindow };
+
 export const ROW_HEIGHT = 24; // px; keep in step with .kc-feed-row in feedviewer.css
-export const OVERSCAN = 6; // rows drawn beyond each edge of the view, for smooth scrolling
 const FILTER_DELAY_MS = 120;
 
 // ------------------------------------------------------------------ pure logic
@@ -28,14 +31,6 @@ export function matches(row, query) {
 }
 
 /** The rows [first, last) to draw for a scroll position: those in view plus `overscan` each side. */
-export function visibleWindow(scrollTop, viewHeight, rowHeight, count, overscan = OVERSCAN) {
-  if (count <= 0 || rowHeight <= 0) return { first: 0, last: 0 };
-  const top = Math.max(0, Math.floor(scrollTop / rowHeight));
-  const bottom = Math.ceil((Math.max(0, scrollTop) + Math.max(0, viewHeight)) / rowHeight);
-  const first = Math.min(count, Math.max(0, top - overscan));
-  const last = Math.min(count, Math.max(first, bottom + overscan));
-  return { first, last };
-}
 
 /** `time` (epoch seconds) as local "YYYY-MM-DD HH:MM:SS"; "" when it is not a number. */
 export function formatTime(time, withMillis = false) {
@@ -194,18 +189,6 @@ function connect(model) {
 
 // ------------------------------------------------------------------ drawing
 
-function h(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "className") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 function button(label, action, onClick, title = "") {
   return h("button", { className: "kc-button", type: "button", dataset: { action }, text: label, onclick: onClick, ...(title ? { title } : {}) });

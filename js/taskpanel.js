@@ -12,8 +12,11 @@
 // never as HTML. Durations of running jobs and heartbeat ages tick once a second, on the
 // kernel's clock (the snapshot's `now`), not the browser's.
 
+import { OVERSCAN, h, visibleWindow } from "./common.js";
+
+export { OVERSCAN, visibleWindow };
+
 export const ROW_HEIGHT = 26; // px; keep in step with .kc-task-row in taskpanel.css
-export const OVERSCAN = 6; // rows drawn beyond each edge of the view
 export const LIST_ROWS = 12; // rows the job list shows before it scrolls
 const TICK_MS = 1000;
 const STATUS_ORDER = ["started", "pending", "error", "cancelled", "finished"];
@@ -21,14 +24,6 @@ const STATUS_ORDER = ["started", "pending", "error", "cancelled", "finished"];
 // ------------------------------------------------------------------ pure logic
 
 /** The rows [first, last) to draw for a scroll position: those in view plus `overscan` each side. */
-export function visibleWindow(scrollTop, viewHeight, rowHeight, count, overscan = OVERSCAN) {
-  if (count <= 0 || rowHeight <= 0) return { first: 0, last: 0 };
-  const top = Math.max(0, Math.floor(scrollTop / rowHeight));
-  const bottom = Math.ceil((Math.max(0, scrollTop) + Math.max(0, viewHeight)) / rowHeight);
-  const first = Math.min(count, Math.max(0, top - overscan));
-  const last = Math.min(count, Math.max(first, bottom + overscan));
-  return { first, last };
-}
 
 /** Seconds as "0.42 s", "12 s", "3 min 05 s", "2 h 03 min"; "" when not a number. */
 export function formatDuration(seconds) {
@@ -168,18 +163,6 @@ function connect(model) {
 
 // ------------------------------------------------------------------ drawing
 
-function h(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "className") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 function button(label, action, onClick, title = "") {
   return h("button", { className: "kc-button", type: "button", dataset: { action }, text: label, onclick: onClick, ...(title ? { title } : {}) });

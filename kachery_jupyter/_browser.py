@@ -37,7 +37,7 @@ import kachery_core as kc
 from kachery_core import _hub
 
 from . import _objects
-from ._assets import asset, stylesheet
+from ._assets import module, stylesheet
 
 PAGE = 200  # files in one page
 PREVIEW_BYTES = 64 * 1024  # bytes fetched to preview text, JSON or an array's first rows
@@ -160,7 +160,7 @@ def valid_name(name: Any) -> str:
 class ProjectBrowser(anywidget.AnyWidget):
     """Browse what the signed-in user can see on the hub: ``ProjectBrowser()`` or ``ProjectBrowser("PROJECT")``."""
 
-    _esm = asset("browser.js")
+    _esm = module("browser.js")
     _css = stylesheet("browser.css")
 
     hub_url = traitlets.Unicode("").tag(sync=True)

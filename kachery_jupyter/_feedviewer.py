@@ -28,7 +28,7 @@ import traitlets
 
 import kachery_core as kc
 
-from ._assets import asset, stylesheet
+from ._assets import module, stylesheet
 
 Row = list[Any]  # [number, time, user, json_text]
 
@@ -107,7 +107,7 @@ class _Following:
 class FeedViewer(anywidget.AnyWidget):
     """A live view of a feed: ``FeedViewer(feed)`` or ``FeedViewer("kachery-feed://…")``."""
 
-    _esm = asset("feedviewer.js")
+    _esm = module("feedviewer.js")
     _css = stylesheet("feedviewer.css")
 
     feed_uri = traitlets.Unicode("").tag(sync=True)

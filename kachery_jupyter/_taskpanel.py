@@ -31,7 +31,7 @@ import traitlets
 
 import kachery_core as kc
 
-from ._assets import asset, stylesheet
+from ._assets import module, stylesheet
 from ._taskmagic import kernel_tasks
 
 _TEXT_JOBS = 20  # jobs listed in the text/plain copy
@@ -138,7 +138,7 @@ class _Watch:
 class TaskPanel(anywidget.AnyWidget):
     """The tasks of a project: ``TaskPanel()`` (the current project) or ``TaskPanel("project-id")``."""
 
-    _esm = asset("taskpanel.js")
+    _esm = module("taskpanel.js")
     _css = stylesheet("taskpanel.css")
 
     project_id = traitlets.Unicode("").tag(sync=True)
