@@ -18,6 +18,8 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    #: run on SQLite only (what PostgreSQL does otherwise, or cannot do the same way)
+    sqlite_statements: tuple[str, ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -237,6 +239,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX task_jobs_by_time ON task_jobs (project_id, requested_at)",
         ),
     ),
+    Migration(
+        8,
+        "SQLite: a project's file labels in sha1 order, so a label search reads an index, not the table",
+        (),
+        # A covering index: searching 100,000 files' labels scans it instead of the table rows (about a
+        # quarter of the time). Not on PostgreSQL: a btree entry holds at most ~2.7 kB, and a label may
+        # be 1,000 characters of up to 4 bytes each.
+        sqlite_statements=("CREATE INDEX files_labels ON files (project_id, sha1, label)",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -263,7 +274,8 @@ def migrate(engine: Engine, migrations: tuple[Migration, ...] = MIGRATIONS) -> l
         if m.version <= version:
             continue
         with engine.begin() as conn:
-            for statement in m.statements:
+            sqlite = conn.dialect.name == "sqlite"
+            for statement in m.statements + (m.sqlite_statements if sqlite else ()):
                 conn.execute(text(statement))
             conn.execute(text("DELETE FROM schema_version"))
             conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": m.version})
