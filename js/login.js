@@ -7,6 +7,8 @@
 // Every value from the kernel or the hub is set with textContent or as a
 // property, never as HTML.
 
+import { h } from "./common.js";
+
 const STATES = [
   "no_hub",
   "checking",
@@ -19,19 +21,6 @@ const STATES = [
   "signed_in",
   "error",
 ];
-
-function h(tag, props = {}, children = []) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "className") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-    else if (key === "dataset") Object.assign(node.dataset, value);
-    else node.setAttribute(key, value);
-  }
-  for (const child of children) if (child) node.append(child);
-  return node;
-}
 
 function button(label, action, onClick, primary = false) {
   return h("button", {

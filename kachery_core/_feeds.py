@@ -34,7 +34,6 @@ from .errors import (
     FeedMessageError,
     FeedNotFoundError,
     HubError,
-    HubNotConfiguredError,
     HubNotFoundError,
     HubPermissionError,
     HubServerError,
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
 
 _FEED_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _PAGE = 10_000
-_NO_HUB_HINT = ("start one with `kachery-hub serve` (the embedded default) and set the KACHERY_HUB_URL and "
-                "KACHERY_HUB_TOKEN it prints, or call kachery_core.init(hub_url=..., token=...)")
 
 
 class FeedMessage(NamedTuple):
@@ -63,12 +60,6 @@ class FeedMessage(NamedTuple):
     time: float
     user: str | None
     message: dict[str, Any]
-
-
-def _connect(what: str, *, write: bool = False) -> _hub.HubClient:
-    if _hub.configured_url() is None:
-        raise HubNotConfiguredError(what, hint=_NO_HUB_HINT)
-    return _hub.connect_signed(what) if write else _hub.connect(what)
 
 
 def _not_found(client: _hub.HubClient, feed_id: str, e: HubNotFoundError) -> HubError:
@@ -202,7 +193,7 @@ class FeedFollower:
             # A stream says something at least every keep-alive period; silence for longer is a dead connection.
             read = 3 * (self._keepalive or 15.0) + 10
             try:
-                client = _connect("following a feed")
+                client = _hub.connect_for("following a feed")
                 response = client.send("GET", path, params=params, stream=True,
                                        timeout=httpx2.Timeout(connect=10.0, read=read, write=30.0, pool=30.0))
             except HubNotFoundError as e:
@@ -306,7 +297,7 @@ class Feed:
     def info(self, refresh: bool = True) -> dict[str, Any]:
         """The hub's record: project_id, label, message_count, last_append_at, created_at, can_append."""
         if refresh or self._info is None or "can_append" not in self._info:
-            client = _connect("reading a feed")
+            client = _hub.connect_for("reading a feed")
             try:
                 self._info = client.json("GET", self._path)
             except HubNotFoundError as e:
@@ -354,7 +345,7 @@ class Feed:
         body, count = encoded
         if count == 0:
             return []
-        client = _connect("appending to a feed", write=True)
+        client = _hub.connect_for("appending to a feed", write=True)
         try:
             result = client.json("POST", self._path + "/messages", content=body,
                                  headers={"content-type": "application/json"})
@@ -374,7 +365,7 @@ class Feed:
     def iter_messages(self, start: int = 0, end: int | None = None) -> Iterator[FeedMessage]:
         """Messages ``start`` to ``end - 1`` (or the last one now), fetched in pages: constant memory."""
         _check_range(start, end)
-        client = _connect("reading a feed")
+        client = _hub.connect_for("reading a feed")
         position = start
         while end is None or position < end:
             limit = _PAGE if end is None else min(_PAGE, end - position)
@@ -408,7 +399,7 @@ class Feed:
     def _wait_for_next(self, timeout: float, most: int | None) -> list[dict[str, Any]]:
         import httpx2
 
-        client = _connect("waiting for feed messages")
+        client = _hub.connect_for("waiting for feed messages")
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -463,7 +454,7 @@ def create_feed(*, project_id: str | None = None, label: str | None = None) -> F
     """A new, empty feed in the project (needs write access)."""
     if label is not None and not isinstance(label, str):
         raise InvalidArgumentError("label", label, "expected a str or None")
-    client = _connect("creating a feed", write=True)
+    client = _hub.connect_for("creating a feed", write=True)
     pid = get_project_id(project_id)
     info = client.json("POST", f"/api/projects/{quote(pid, safe='')}/feeds", json={"label": label})
     return Feed(str(info["feed_id"]), info)
@@ -478,7 +469,7 @@ def load_feed(uri_or_feed_id: str) -> Feed:
 
 def list_feeds(*, project_id: str | None = None) -> list[dict[str, Any]]:
     """The project's feeds, newest first: feed_id, uri, label, message_count, last_append_at, created_at."""
-    client = _connect("listing feeds")
+    client = _hub.connect_for("listing feeds")
     pid = get_project_id(project_id)
     feeds: list[dict[str, Any]] = []
     after: str | None = None

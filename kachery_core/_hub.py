@@ -428,6 +428,11 @@ def connect(what: str = "this operation", *, url: str | None = None) -> HubClien
     return HubClient(hub_url, keys, _http_client(hub_url), client_id=client_id)
 
 
+def connect_for(what: str, *, write: bool = False) -> HubClient:
+    """A client for reading (ephemeral allowed) or, with ``write``, for writing (signed)."""
+    return connect_signed(what) if write else connect(what)
+
+
 def connect_signed(what: str) -> HubClient:
     client = connect(what)
     if client.ephemeral:

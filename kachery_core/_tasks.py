@@ -42,7 +42,6 @@ from ._serializers import canonical_json, find_json_problem
 from .errors import (
     HubAuthError,
     HubError,
-    HubNotConfiguredError,
     HubNotFoundError,
     HubServerError,
     HubUnavailableError,
@@ -62,8 +61,6 @@ log = logging.getLogger("kachery_core.tasks")
 TASK_TYPES = ("calculation", "action")
 TERMINAL = ("finished", "error", "cancelled")
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
-_NO_HUB_HINT = ("start one with `kachery-hub serve` (the embedded default) and set the KACHERY_HUB_URL and "
-                "KACHERY_HUB_TOKEN it prints, or call kachery_core.init(hub_url=..., token=...)")
 
 
 # ---------------------------------------------------------------- names, inputs, results
@@ -202,12 +199,6 @@ def _run_handler(function: Callable[..., Any], kwargs: dict[str, Any], ctx: _Job
 # ---------------------------------------------------------------- requesting
 
 
-def _connect(what: str, *, write: bool = False) -> _hub.HubClient:
-    if _hub.configured_url() is None:
-        raise HubNotConfiguredError(what, hint=_NO_HUB_HINT)
-    return _hub.connect_signed(what) if write else _hub.connect(what)
-
-
 def _tasks_path(project_id: str) -> str:
     return f"/api/projects/{quote(project_id, safe='')}/tasks"
 
@@ -332,7 +323,7 @@ def submit_task(*, task_type: str, task_name: str, task_input: dict[str, Any], p
     check_task_type(task_type)
     check_task_name(task_name)
     encoded = encode_input(task_input)
-    client = _connect("requesting a task", write=task_type == "action")
+    client = _hub.connect_for("requesting a task", write=task_type == "action")
     pid = get_project_id(project_id)
     if client.ephemeral:
         # No key, no body: an ephemeral client reads what the project's cache holds (public projects).
@@ -387,14 +378,14 @@ def request_task(*, task_type: str, task_name: str, task_input: dict[str, Any], 
 
 def list_task_backends(project_id: str | None = None) -> list[dict[str, Any]]:
     """Backends of the project seen recently, with the handlers they serve and their last heartbeat."""
-    client = _connect("listing task backends")
+    client = _hub.connect_for("listing task backends")
     backends: list[dict[str, Any]] = client.json("GET", _tasks_path(get_project_id(project_id)) + "/backends")["backends"]
     return backends
 
 
 def list_task_jobs(project_id: str | None = None, *, limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
     """The project's recent jobs, newest first (results left out)."""
-    client = _connect("listing task jobs")
+    client = _hub.connect_for("listing task jobs")
     params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {})}
     jobs: list[dict[str, Any]] = client.json("GET", _tasks_path(get_project_id(project_id)) + "/jobs", params=params)["jobs"]
     return jobs
@@ -506,7 +497,7 @@ class TaskBackend:
         """Register with the hub and serve in background threads (returns at once)."""
         if self._threads and not self._stop.is_set():
             return
-        self._client = _connect("serving tasks", write=True)
+        self._client = _hub.connect_for("serving tasks", write=True)
         self.project_id = get_project_id(self._project_arg)
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(

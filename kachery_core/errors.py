@@ -130,12 +130,11 @@ class ConfigError(KacheryError, ValueError):
 class HubNotConfiguredError(KacheryError, RuntimeError):
     """An operation needs a hub and none is configured."""
 
-    def __init__(self, what: str, *, hint: str | None = None) -> None:
+    def __init__(self, what: str) -> None:
         self.what = what
         super().__init__(
-            f"{what} needs a kachery hub, and none is configured: "
-            + (hint or "call kachery_core.init(hub_url=..., token=...) or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN); "
-                       "to run one, `kachery-hub serve`")
+            f"{what} needs a kachery hub, and none is configured: call kachery_core.init(hub_url=..., token=...) "
+            "or set KACHERY_HUB_URL (and KACHERY_HUB_TOKEN); to run one, `kachery-hub serve`"
         )
 
 

@@ -25,6 +25,7 @@ uses up its nonce whatever becomes of it (done, refused, or failed with a
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -291,6 +292,24 @@ async def read_body(request: Request, limit: int, what: str = "request body") ->
         chunks.append(chunk)
     body = b"".join(chunks)
     request._body = body  # lets FastAPI parse the body we already consumed
+    return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidInput(f"the body cannot hold {name}: JSON has no such number")
+
+
+def json_object_body(raw: bytes, expected: str = "a JSON object") -> dict[str, Any]:
+    """A body parsed as strict JSON (no NaN or Infinity) that must be an object (``expected`` says
+    which, for the error); 400 ``invalid_input`` otherwise."""
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
+        if isinstance(e, InvalidInput):
+            raise
+        raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the body must be {expected}")
     return body
 
 

@@ -41,7 +41,7 @@ from kachery_core import _constants
 from kachery_core._serializers import canonical_json
 
 from . import _database as tables
-from ._auth import Caller, SignedRequest, parse_decimal, signed_request
+from ._auth import Caller, SignedRequest, json_object_body, parse_decimal, signed_request
 from ._database import Database
 from ._projects import _RANK, require_role
 from ._state import HubState
@@ -128,21 +128,12 @@ def require_json(request: Request) -> None:
         raise UnsupportedMediaType(f"the body must be sent as application/json, not {kind[:80] or 'without a type'!r}")
 
 
-def _refuse_constant(name: str) -> Any:
-    raise InvalidInput(f"feed messages cannot hold {name}: JSON has no such number")
-
-
 def parse_messages(raw: bytes) -> list[str]:
     """The canonical JSON text of each message of an append body ``{"messages": [...]}``."""
-    try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, too deep
-        if isinstance(e, InvalidInput):
-            raise
-        raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
-    messages = body.get("messages") if isinstance(body, dict) else None
+    shape = 'a JSON object {"messages": [...]} holding a list of messages'
+    messages = json_object_body(raw, shape).get("messages")
     if not isinstance(messages, list):
-        raise InvalidInput('the body must be a JSON object {"messages": [...]} holding a list of messages')
+        raise InvalidInput(f"the body must be {shape}")
     if not messages:
         raise InvalidInput("an append needs at least one message")
     if len(messages) > _constants.MAX_FEED_BATCH_MESSAGES:

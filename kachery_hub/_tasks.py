@@ -45,7 +45,7 @@ from kachery_core._uris import parse_sha1_uri
 from kachery_core.errors import KacheryError
 
 from . import _database as tables
-from ._auth import Caller, SignedRequest, signed_request
+from ._auth import Caller, SignedRequest, json_object_body, signed_request
 from ._feeds import require_json
 from ._projects import _RANK, require_role
 from ._state import HubState
@@ -103,22 +103,6 @@ def check_task_name(name: str) -> str:
         raise InvalidInput(f"{str(name)[:220]!r} is not a task name (1 to 200 letters, digits, '_', '.' or '-')",
                            field="task_name")
     return name
-
-
-def _refuse_constant(name: str) -> Any:
-    raise InvalidInput(f"task input and results cannot hold {name}: JSON has no such number")
-
-
-def _json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as e:
-        if isinstance(e, InvalidInput):
-            raise
-        raise InvalidInput(f"the body is not valid JSON: {str(e)[:200]}") from None
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    return body
 
 
 def _canonical(value: Any, what: str, limit: int) -> str:
@@ -186,7 +170,7 @@ def _is_member(conn: Connection, who: Caller, project_id: str) -> bool:
 
 
 def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes) -> dict[str, Any]:
-    body = _json_body(raw)
+    body = json_object_body(raw)
     task_type, task_name, task_input = body.get("task_type"), body.get("task_name"), body.get("task_input")
     if task_type not in TASK_TYPES:
         raise InvalidInput(f"task_type must be 'calculation' or 'action', not {str(task_type)[:40]!r}",
@@ -520,7 +504,7 @@ class Complete(BaseModel):
 def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str, raw: bytes,
               ) -> tuple[int, dict[str, Any] | None, list[tuple[str, int]]]:
     try:
-        body = Complete.model_validate(_json_body(raw))
+        body = Complete.model_validate(json_object_body(raw))
     except ValueError as e:
         if isinstance(e, HubError):
             raise

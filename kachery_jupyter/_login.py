@@ -23,7 +23,7 @@ import traitlets
 import kachery_core as kc
 from kachery_core import _signin
 
-from ._assets import asset, stylesheet
+from ._assets import module, stylesheet
 
 _COLAB_SECRET = "KACHERY_HUB_TOKEN"
 
@@ -92,7 +92,7 @@ def computer_label() -> str:
 class LoginWidget(anywidget.AnyWidget):
     """Sign this computer in to a kachery hub from a notebook."""
 
-    _esm = asset("login.js")
+    _esm = module("login.js")
     _css = stylesheet("login.css")
 
     state = traitlets.Unicode("checking").tag(sync=True)

@@ -238,8 +238,10 @@ def _prepare_lab_dirs(workdir: Path) -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def start_jupyterlab(workdir: Path, env: Mapping[str, str] | None = None) -> Iterator[JupyterLab]:
-    """Run JupyterLab with all its state in ``workdir``; ``env`` reaches the server and every kernel."""
+def start_jupyterlab(workdir: Path, env: Mapping[str, str] | None = None, *, app: str = "jupyterlab",
+                     ) -> Iterator[JupyterLab]:
+    """Run JupyterLab (or, with ``app="notebook"``, Notebook 7, built on the same components) with all its
+    state in ``workdir``; ``env`` reaches the server and every kernel."""
     dirs = _prepare_lab_dirs(workdir)
     port, token = free_port(), secrets.token_hex(16)
     full_env = clean_env(
@@ -251,17 +253,17 @@ def start_jupyterlab(workdir: Path, env: Mapping[str, str] | None = None) -> Ite
         JUPYTER_PLATFORM_DIRS="1",
         **dict(env or {}),
     )
+    lab = app == "jupyterlab"
     argv = [
-        sys.executable, "-m", "jupyterlab",
+        sys.executable, "-m", app,
         "--allow-root", "--no-browser",
         "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={dirs['root']}",
-        "--LabApp.news_url=None",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        *(["--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"] if lab else []),
         "--ServerApp.terminals_enabled=False",
         # window.jupyterapp lets helpers ask the notebook whether its kernel is connected.
-        "--LabApp.expose_app_in_browser=True",
+        "--LabApp.expose_app_in_browser=True" if lab else "--JupyterNotebookApp.expose_app_in_browser=True",
     ]  # fmt: skip
     log = workdir / "server.log"
     with running(argv, log=log, env=full_env, cwd=dirs["root"]) as proc:

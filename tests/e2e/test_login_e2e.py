@@ -254,13 +254,13 @@ def test_the_panel_is_readable_outside_jupyterlab(
     browser: Browser, outside: str, scheme: str, page_vars: dict[str, str]
 ) -> None:
     """Without JupyterLab's variables (Colab, VS Code) the panel follows the page's colour scheme."""
-    from kachery_jupyter._assets import asset, stylesheet
+    from kachery_jupyter._assets import module, stylesheet
 
     context = browser.new_context(color_scheme=scheme)  # type: ignore[arg-type]
     try:
         page = context.new_page()
         page.set_content("<!doctype html><html><body></body></html>")
-        page.evaluate(_RENDER_JS, [asset("login.js").read_text(), stylesheet("login.css"), page_vars])
+        page.evaluate(_RENDER_JS, [module("login.js"), stylesheet("login.css"), page_vars])
         for state in ("signed_out", "waiting", "signed_in"):
             panel = page.locator(f"#{state} .kc-login")
             _readable(panel, f"{outside}, {state}")

@@ -9,8 +9,6 @@ drive it too (the same ``.jp-NotebookPanel`` and ``window.jupyterapp``).
 from __future__ import annotations
 
 import contextlib
-import secrets
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,15 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from e2e.notebook import KERNEL_START_TIMEOUT_MS, run_cell, wait_idle
-from e2e.servers import (
-    JupyterLab,
-    _prepare_lab_dirs,
-    clean_env,
-    free_port,
-    running,
-    screenshot,
-    wait_until_serving,
-)
+from e2e.servers import JupyterLab, screenshot, start_jupyterlab
 from hub_process import HubProcess, real_hub  # noqa: F401  (a fixture)
 
 if TYPE_CHECKING:
@@ -42,30 +32,8 @@ EVIL = "<img src=x onerror=alert(1)>"
 def start_notebook7(workdir: Path) -> Iterator[JupyterLab]:
     """``jupyter notebook`` (Notebook 7) with all its state in ``workdir``, as ``start_jupyterlab`` runs JupyterLab."""
     pytest.importorskip("notebook", minversion="7", reason="Notebook 7 is in the test extra: bash dev.sh setup")
-    dirs = _prepare_lab_dirs(workdir)
-    port, token = free_port(), secrets.token_hex(16)
-    env = clean_env(
-        HOME=str(dirs["home"]),
-        JUPYTER_CONFIG_DIR=str(dirs["config"]),
-        JUPYTER_DATA_DIR=str(dirs["data"]),
-        JUPYTER_RUNTIME_DIR=str(dirs["runtime"]),
-        IPYTHONDIR=str(dirs["ipython"]),
-        JUPYTER_PLATFORM_DIRS="1",
-    )
-    argv = [
-        sys.executable, "-m", "notebook",
-        "--allow-root", "--no-browser",
-        "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={dirs['root']}",
-        "--ServerApp.terminals_enabled=False",
-        "--JupyterNotebookApp.expose_app_in_browser=True",
-    ]  # fmt: skip
-    log = workdir / "server.log"
-    with running(argv, log=log, env=env, cwd=dirs["root"]) as proc:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_serving(f"{url}api/status", proc, log, headers={"Authorization": f"token {token}"})
-        yield JupyterLab(url, token, dirs["root"], dirs["data"], dirs["home"], log, proc.pid)
+    with start_jupyterlab(workdir, app="notebook") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
