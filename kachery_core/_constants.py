@@ -21,6 +21,8 @@ ENV_HUB_URL = "KACHERY_HUB_URL"
 ENV_HUB_TOKEN = "KACHERY_HUB_TOKEN"
 #: Progress bars: ``0`` never, ``1`` always, unset when someone watches (a kernel or a terminal).
 ENV_PROGRESS = "KACHERY_PROGRESS"
+#: ``0``: send every request over HTTP, never on a session (one WebSocket, see kachery_core._session).
+ENV_HUB_SESSIONS = "KACHERY_HUB_SESSIONS"
 
 #: Largest value a mutable may hold, in UTF-8 bytes.
 MAX_MUTABLE_VALUE_BYTES = 1024 * 1024
@@ -59,6 +61,10 @@ def hub_url() -> str | None:
 
 def hub_token() -> str | None:
     return os.environ.get(ENV_HUB_TOKEN) or None
+
+
+def sessions_enabled() -> bool:
+    return os.environ.get(ENV_HUB_SESSIONS, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def progress_setting() -> bool | None:

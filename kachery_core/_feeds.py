@@ -348,7 +348,7 @@ class Feed:
         client = _hub.connect_for("appending to a feed", write=True)
         try:
             result = client.json("POST", self._path + "/messages", content=body,
-                                 headers={"content-type": "application/json"})
+                                 headers={"content-type": "application/json"}, session=True)
         except HubNotFoundError as e:
             raise _not_found(client, self.feed_id, e) from None
         first = int(result["first_number"])

@@ -20,6 +20,7 @@ keep working; a request that needed the sign-in then says why it failed.
 from __future__ import annotations
 
 import hashlib
+import json as _json
 import os
 import sys
 import threading
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 from . import _constants, _fs, _signing
 from ._identity import ClientKeys, load_client_keys
@@ -191,16 +192,23 @@ def close_connections() -> None:
         client.close()
     _default_clients.clear()
     _plain.clear()
+    from ._session import close_sessions
+
+    close_sessions()
 
 
 def _raise_for(url: str, response: httpx2.Response) -> None:
-    status = response.status_code
+    response.read()
+    _raise_error(url, response.status_code, response.content)
+
+
+def _raise_error(url: str, status: int, body: bytes) -> None:
+    """The typed error of an error answer (its status and JSON body), over HTTP or a session."""
     try:
-        response.read()
-        err = response.json()["error"]
+        err = _json.loads(body)["error"]
         code, message = str(err["code"]), str(err["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"the hub answered HTTP {status}: {response.text[:200]!r}"
+        code, message = "http_error", f"the hub answered HTTP {status}: {body[:200].decode('utf-8', 'replace')!r}"
         err = {}
     if code == "clock_skew":
         raise ClockSkewError(url, message, skew_seconds=float(err.get("skew_seconds", 0.0)), status=status, code=code)
@@ -329,10 +337,14 @@ class HubClient:
                 response.close()
         return response
 
-    def json(self, method: str, path: str, **kwargs: Any) -> Any:
-        """A signed JSON request; signs in first if the hub does not know this client yet."""
+    def json(self, method: str, path: str, *, session: bool = False, **kwargs: Any) -> Any:
+        """A signed JSON request; signs in first if the hub does not know this client yet.
+
+        ``session``: sent on this process's session with the hub when it offers one (see
+        :mod:`kachery_core._session`; only the endpoints the hub serves on sessions), else over HTTP.
+        """
         try:
-            return self.send(method, path, **kwargs).json()
+            return self._exchange(method, path, session, kwargs)
         except HubAuthError as e:
             if e.code != "client_not_registered" or not configured_token(self.url):
                 raise
@@ -340,7 +352,49 @@ class HubClient:
             if said is not None:
                 raise said from None  # refused once already in this process: not tried again
         self.register()
+        return self._exchange(method, path, session, kwargs)
+
+    def _exchange(self, method: str, path: str, session: bool, kwargs: dict[str, Any]) -> Any:
+        if session and self.keys is not None and self.url not in _injected and _constants.sessions_enabled():
+            answer = self._on_session(self.keys, method, path, kwargs)
+            if answer is not _NO_SESSION:
+                return answer
         return self.send(method, path, **kwargs).json()
+
+    def _on_session(self, keys: ClientKeys, method: str, path: str, kwargs: dict[str, Any]) -> Any:
+        from . import _session
+
+        self._sign_in_first()
+        found = _session.session_for(self.url, self._host(), keys, str(self.client_id))
+        if found is None:
+            return _NO_SESSION
+        try:
+            if isinstance(found, _session.SessionRefused):
+                _raise_error(self.url, found.status, found.body)
+                return _NO_SESSION  # (an error answer always raises)
+            body = kwargs.get("content")
+            if body is None:
+                value = kwargs.get("json")
+                body = b"" if value is None else _json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+            params = kwargs.get("params")
+            timeout = kwargs.get("timeout")
+            seconds = 600.0 if timeout is None or timeout.read is None else float(timeout.read)
+            status, answer = found.request(method, path + ("?" + urlencode(params) if params else ""), body, seconds)
+            if status >= 400:
+                _raise_error(self.url, status, answer)
+        except HubError as e:
+            said = self._refused_token(e)
+            if said is None:
+                raise
+            raise said from None
+        return _json.loads(answer)
+
+    def _host(self) -> str:
+        """The Host header this client's HTTP requests carry (what their signatures cover)."""
+        host = _hosts.get(self.url)
+        if host is None:
+            host = _hosts[self.url] = self.http.build_request("GET", self.url).headers["host"]
+        return host
 
     def register(self, sign_in_token: str | None = None) -> dict[str, Any]:
         """Bind this client's key to the user of a sign-in token."""
@@ -396,6 +450,10 @@ class HubClient:
     def forget(self) -> None:
         if self.keys is not None:
             _me_cache.pop((self.url, str(self.client_id)), None)
+
+
+_NO_SESSION = object()
+_hosts: dict[str, str] = {}
 
 
 def _client_keys() -> tuple[ClientKeys, str]:

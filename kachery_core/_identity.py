@@ -8,9 +8,10 @@ three lines (BEGIN, one base64 line, END). The client ID is the hex of the raw
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _fs
 from .errors import IdentityError
@@ -43,13 +44,19 @@ def public_key_hex(key: Ed25519PublicKey) -> str:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
-def verify_signature(client_id: str, message: bytes, signature_hex: str) -> bool:
-    from cryptography.exceptions import InvalidSignature
+@functools.lru_cache(maxsize=4096)
+def _public_key(client_id: str) -> Any:
+    """The key object of a client id (a hex public key), kept: a hub checks the same clients all day."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(client_id))
+
+
+def verify_signature(client_id: str, message: bytes, signature_hex: str) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(client_id))
-        key.verify(bytes.fromhex(signature_hex), message)
+        _public_key(client_id).verify(bytes.fromhex(signature_hex), message)
     except (ValueError, InvalidSignature):
         return False
     return True

@@ -224,7 +224,7 @@ class TaskHandle:
     def info(self, refresh: bool = True) -> dict[str, Any]:
         """The hub's record of the job: status, attempts, progress, error, times, result when finished."""
         if refresh:
-            self._record = self._client.json("GET", self._path)
+            self._record = self._client.json("GET", self._path, session=True)
         return self._record
 
     @property
@@ -250,6 +250,8 @@ class TaskHandle:
         if self._record["status"] in TERMINAL:
             return self._record
         deadline = None if timeout is None else time.monotonic() + timeout
+        if on_update is None:
+            return self._wait_end(deadline)
         seen = self._record.get("version")
         while True:
             left = None if deadline is None else deadline - time.monotonic()
@@ -284,6 +286,22 @@ class TaskHandle:
                 time.sleep(0.1)  # dropped: ask again (the stream starts with the record as it is)
             finally:
                 response.close()
+
+    def _wait_end(self, deadline: float | None) -> dict[str, Any]:
+        """Long-polls of the job (on the session with the hub when it has one) until it ends or ``deadline``."""
+        import httpx2
+
+        while self._record["status"] not in TERMINAL:
+            left = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+            if left <= 0:
+                break
+            try:
+                self._record = self._client.json(
+                    "GET", self._path, params={"wait": round(max(left, 0.001), 3)}, session=True,
+                    timeout=httpx2.Timeout(connect=10.0, read=left + 30.0, write=30.0, pool=30.0))
+            except (HubUnavailableError, HubServerError):
+                time.sleep(0.2)  # the hub restarts, or a session broke: ask again
+        return self._record
 
     def result(self, timeout: float | None = None) -> Any:
         """The result (None for an action), waiting up to ``timeout`` s; raises TaskError, TaskCancelledError, TaskTimeoutError."""
@@ -343,7 +361,7 @@ def submit_task(*, task_type: str, task_name: str, task_input: dict[str, Any], p
 
     # `_wait`: the hub answers once the job ended (or after that long): one round trip for a quick task.
     record = client.json("POST", _tasks_path(pid) + "/requests", content=body, params={"wait": _wait} if _wait else None,
-                         headers={"content-type": "application/json"},
+                         headers={"content-type": "application/json"}, session=True,
                          timeout=httpx2.Timeout(connect=10.0, read=_wait + 60.0, write=60.0, pool=30.0))
     return TaskHandle(client, pid, record)
 
@@ -447,6 +465,7 @@ class TaskBackend:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._changed = threading.Event()  # handlers changed: register again
+        self._slot_freed = threading.Event()  # a worker finished: the claim loop may take a job
         self._threads: list[threading.Thread] = []
         self._client: _hub.HubClient | None = None
         self._completions = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kachery-task-done")
@@ -567,7 +586,7 @@ class TaskBackend:
             self._known_cancels &= set(running)
             known = list(self._known_cancels)
         return dict(self._client.json(
-            "POST", f"{_tasks_path(self.project_id)}/backends/{self.backend_id}/claim",
+            "POST", f"{_tasks_path(self.project_id)}/backends/{self.backend_id}/claim", session=True,
             json={"max_jobs": max_jobs, "wait": wait, "running": running, "progress": progress,
                   "known_cancels": known},
             timeout=httpx2.Timeout(connect=10.0, read=wait + 30.0, write=30.0, pool=30.0)))
@@ -584,7 +603,13 @@ class TaskBackend:
                 # every worker busy, a worker that finishes takes its next job itself (with its result), and this
                 # loop asks every half second: renewals, cancels, and a slot a finished worker left unused.
                 renew = max(0.5, min(10.0, self.lease_seconds / 3))
-                answer = self._claim(max(0, free), wait=renew if free > 0 else min(0.5, renew))
+                if free <= 0 and not self._stop.is_set():
+                    # Every worker busy: a long-poll could take no job, so wait here for a worker to finish (then
+                    # claim at once); every half second renew the leases and hear of cancels without waiting.
+                    if self._slot_freed.wait(min(0.5, renew)):
+                        self._slot_freed.clear()
+                        continue
+                answer = self._claim(max(0, free), wait=renew if free > 0 else 0)
                 delay = 0.1
             except (HubUnavailableError, HubServerError) as e:
                 log.warning("task backend %s cannot reach the hub (%s); retrying", self.backend_id, e)
@@ -678,6 +703,7 @@ class TaskBackend:
         with self._lock:
             self._running.pop(job_id, None)
             self._progress.pop(job_id, None)
+        self._slot_freed.set()
 
     def _after_complete(self, job_id: str, jobs: list[dict[str, Any]]) -> None:
         """The slot of ``job_id`` is free; start the jobs claimed with its completion."""
@@ -710,7 +736,8 @@ class TaskBackend:
             body["error"] = payload
         for attempt in range(5):
             try:
-                answer = self._client.json("POST", f"{_tasks_path(self.project_id)}/jobs/{job_id}/complete", json=body)
+                answer = self._client.json("POST", f"{_tasks_path(self.project_id)}/jobs/{job_id}/complete", json=body,
+                                           session=True)
                 self._after_complete(job_id, answer.get("jobs", []))
                 return
             except (HubUnavailableError, HubServerError) as e:

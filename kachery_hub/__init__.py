@@ -9,7 +9,7 @@ Command line::
     kachery-hub serve [--host 127.0.0.1] [--port 8555] [--data DIR] [--database URL] [--storage URL]
                       [--admin-email admin@localhost] [--log-level warning]
                       [--oidc-issuer URL] [--oidc-client-id ID] [--oidc-client-secret S] [--admin-emails A,B]
-                      [--public-url URL] [--trusted-proxies IPS]
+                      [--public-url URL] [--trusted-proxies IPS] [--log-format text|json] [--workers N]
         prints a sign-in URL with an admin token (reused across restarts), as Jupyter does;
         with an OpenID Connect client ID (Google by default) browsers sign in there.
         --public-url (repeatable, or comma-separated; ``KACHERY_HUB_PUBLIC_URL``) names the
@@ -18,7 +18,11 @@ Command line::
         listens (http://127.0.0.1:PORT and http://localhost:PORT; on 0.0.0.0 also this
         machine's host name). --trusted-proxies (comma-separated addresses or networks;
         ``KACHERY_HUB_TRUSTED_PROXIES``): reverse proxies whose X-Forwarded-For/-Proto
-        are believed; default none, so a client's address is always its TCP peer's
+        are believed; default none, so a client's address is always its TCP peer's.
+        --log-format json (``KACHERY_HUB_LOG_FORMAT``): one JSON object a line on stderr (time,
+        level, logger, message, request_id; access lines add method, route, status,
+        duration_ms). --workers N: N processes on the one socket (PostgreSQL only; refused on
+        the embedded SQLite database); metrics are summed over them
     kachery-hub token create --data DIR --user EMAIL [--admin] [--label TEXT] [--expires-in 7d] [--database URL]
         prints a new sign-in token for EMAIL (the user is created if new); it expires after
         --expires-in (3600, 30m, 12h, 7d, 2w or never; default 7d). The token ``serve``
@@ -28,6 +32,14 @@ Command line::
         sessions the token opened (and, with --sign-out-clients, the clients it signed in)
     kachery-hub client list [--user EMAIL]  /  kachery-hub client revoke CLIENT_ID
         signed-in clients (keys) with user and the token that signed them in; sign one out
+    kachery-hub gc [--data DIR] [--database URL] [--storage URL] [--grace 1h] [--dry-run]
+        removes file bytes no project references any more, except those recorded or written
+        within the grace period or wanted by an upload in progress (safe while hubs run; see
+        ``_gc``); prints one line: counts and MiB. ``serve`` runs it every
+        ``KACHERY_HUB_GC_INTERVAL`` seconds when that is set (default 0: off). No HTTP endpoint
+    kachery-hub migrate [--data DIR] [--database URL] [--check]
+        upgrades the database's schema now (the hub does on start) and prints the database's
+        Alembic revision and this release's newest; --check changes nothing and exits 1 if behind
 
 Backends, chosen by URL only (or ``KACHERY_HUB_DATA``, ``KACHERY_HUB_DATABASE_URL``,
 ``KACHERY_HUB_STORAGE_URL``; ``KACHERY_HUB_MAX_CLOCK_SKEW`` sets the accepted clock
@@ -35,7 +47,8 @@ skew in seconds, default 300; ``KACHERY_HUB_OIDC_ISSUER``, ``KACHERY_HUB_OIDC_CL
 ``KACHERY_HUB_OIDC_CLIENT_SECRET`` and ``KACHERY_HUB_ADMIN_EMAILS`` configure browser sign-in):
 
 - metadata: ``sqlite:///<data>/hub.sqlite`` (default) or ``postgresql+psycopg://user@host/db``;
-  the schema is upgraded in place by numbered migrations on start;
+  the schema is upgraded in place on start by Alembic revisions (``kachery_hub/migrations``;
+  a database from a release before Alembic is adopted), one at a time across replicas;
 - bytes: ``file://<data>/blobs`` (default; the hub streams and verifies them) or
   ``s3://bucket/prefix?endpoint_url=...`` (clients use presigned URLs; the store
   checks the sha1; AWS credentials from the usual environment variables).
@@ -48,7 +61,9 @@ requests may only read public projects. Every error is
 ==============  ================================================  ===============================================
 method          path                                              what
 ==============  ================================================  ===============================================
-GET             /api/health                                       up? and ``direct_transfers``
+GET             /api/health                                       up? and ``direct_transfers`` (liveness)
+GET             /api/ready                                        database and byte store answer? 200, else 503 naming which
+GET             /metrics                                          Prometheus text (``KACHERY_HUB_METRICS``: local by default)
 GET,POST        /api/clients                                      all clients (hub admins); bind the signing key to a token's user
 DELETE          /api/clients/{client_id}                          sign a client out (hub admins)
 GET,DELETE      /api/me                                           the client, its user, default project; sign out
@@ -76,13 +91,14 @@ GET,POST        /api/feeds/{feed_id}/messages                     a page by numb
 GET             /api/feeds/{feed_id}/events                       follow live (Server-Sent Events; ``Last-Event-ID``)
 POST            /api/projects/{project_id}/tasks/requests         request a task: its job (a cached calculation: finished)
 GET             /api/projects/{project_id}/tasks/jobs             recent jobs (``status``, ``limit``)
-GET             /api/projects/{project_id}/tasks/jobs/{job_id}    a job: status, progress, error, result
+GET             /api/projects/{project_id}/tasks/jobs/{job_id}    a job: status, progress, error, result (``wait``)
 GET             /api/projects/{project_id}/tasks/jobs/{job_id}/events  follow a job (Server-Sent Events)
 POST            /api/projects/{project_id}/tasks/jobs/{job_id}/cancel  cancel (its requester, or write)
 POST            /api/projects/{project_id}/tasks/jobs/{job_id}/complete  a backend's result, error or cancel
 GET             /api/projects/{project_id}/tasks/backends         backends online and their handlers
 PUT,DELETE      /api/projects/{project_id}/tasks/backends/{backend_id}  register a backend's handlers; leave
 POST            /api/projects/{project_id}/tasks/backends/{backend_id}/claim  renew leases, take jobs (long-poll)
+GET             /api/session                                      a session: signed requests as WebSocket frames
 ==============  ================================================  ===============================================
 
 Browser pages: ``/`` (signed in: the user's projects, signed-in computers and how to connect a

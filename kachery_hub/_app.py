@@ -24,7 +24,7 @@ from starlette.types import ASGIApp
 
 from kachery_core import _signing
 
-from . import _accounts, _feeds, _files, _mutables, _pages, _projects, _signin, _tasks, _text
+from . import _accounts, _feeds, _files, _metrics, _mutables, _pages, _projects, _sessions, _signin, _tasks, _text
 from ._auth import parse_decimal
 from ._ratelimit import RateLimiter, RateLimitSignIns, client_key
 from ._settings import Settings
@@ -105,15 +105,12 @@ class _LimitBodies:
     middleware too (see :class:`_HubApp`), so every answer passes through it.
     """
 
-    def __init__(self, app: Any, api_limit: int, page_limit: int, inflight_limit: int, read_timeout: float) -> None:
+    def __init__(self, app: Any, api_limit: int, page_limit: int, budget: BodyBudget, read_timeout: float) -> None:
         self.app = app
         self.api_limit = api_limit
         self.page_limit = page_limit
-        self.inflight_limit = inflight_limit
-        self.address_limit = max(inflight_limit // ADDRESS_SHARE, api_limit, page_limit)
+        self.budget = budget
         self.read_timeout = read_timeout
-        self.inflight = 0
-        self.by_address: dict[str, int] = {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -179,13 +176,9 @@ class _LimitBodies:
                 if limit is not None and received > limit:
                     return await refuse(413, "payload_too_large", f"request body is over the limit of {limit} bytes")
                 if size and not upload:
-                    mine = self.by_address.get(address, 0)
-                    if self.inflight + size > self.inflight_limit or mine + size > self.address_limit:
-                        whose = "from this address" if mine + size > self.address_limit else "in all"
-                        return await refuse(503, "busy", "the hub holds as many request bodies as it takes at once "
-                                            f"({whose}); retry in a moment", **{"Retry-After": "1"})
-                    self.inflight += size
-                    self.by_address[address] = mine + size
+                    busy = self.budget.take(address, size)
+                    if busy is not None:
+                        return await refuse(503, "busy", busy, **{"Retry-After": "1"})
                     held += size
             return message
 
@@ -210,10 +203,35 @@ class _LimitBodies:
                 raise  # after a refusal, the reader's complaint about the missing body is no news
         finally:
             if held:
-                self.inflight -= held
-                left = self.by_address.pop(address) - held
-                if left:
-                    self.by_address[address] = left
+                self.budget.give(address, held)
+
+
+class BodyBudget:
+    """The request bytes the hub holds at once: at most ``limit`` in all, and ``limit / ADDRESS_SHARE``
+    (at least one largest body) for one client address. Shared by HTTP bodies and session frames;
+    used on the event loop only."""
+
+    def __init__(self, limit: int, largest_body: int) -> None:
+        self.limit = limit
+        self.address_limit = max(limit // ADDRESS_SHARE, largest_body)
+        self.inflight = 0
+        self.by_address: dict[str, int] = {}
+
+    def take(self, address: str, size: int) -> str | None:
+        """Hold ``size`` more bytes for ``address``; or, when they do not fit, why (nothing is held)."""
+        mine = self.by_address.get(address, 0)
+        if self.inflight + size > self.limit or mine + size > self.address_limit:
+            whose = "from this address" if mine + size > self.address_limit else "in all"
+            return f"the hub holds as many request bodies as it takes at once ({whose}); retry in a moment"
+        self.inflight += size
+        self.by_address[address] = mine + size
+        return None
+
+    def give(self, address: str, size: int) -> None:
+        self.inflight -= size
+        left = self.by_address.pop(address) - size
+        if left:
+            self.by_address[address] = left
 
 
 #: One client address may hold at most 1/ADDRESS_SHARE of the in-flight body budget.
@@ -289,14 +307,17 @@ def create_app(settings: Settings, *, state: HubState | None = None) -> FastAPI:
     app.add_exception_handler(UnicodeError, _on_bad_text)
     app.add_exception_handler(Exception, _on_unexpected)
     # Outermost (built around the rest): every answer, early ones and 500s included, passes its send.
+    budget = BodyBudget(settings.max_inflight_body_bytes, max(settings.max_json_body_bytes, settings.max_form_body_bytes))
+    app.state.body_budget = budget  # session frames count against it too (_sessions)
     app.body_limits = dict(api_limit=settings.max_json_body_bytes, page_limit=settings.max_form_body_bytes,
-                           inflight_limit=settings.max_inflight_body_bytes, read_timeout=settings.body_read_timeout_seconds)
+                           budget=budget, read_timeout=settings.body_read_timeout_seconds)
     app.add_middleware(_text.CheckUrlText)  # strict UTF-8, no control characters in path and query
-    for module in (_mutables, _files, _feeds, _tasks, _projects, _accounts, _signin, _pages):
+    for module in (_mutables, _files, _feeds, _tasks, _sessions, _projects, _accounts, _signin, _pages):
         app.include_router(module.router, responses=_ERROR_RESPONSES)
     if settings.rate_limit_per_minute > 0:  # next: a refused sign-in costs nothing else
         app.add_middleware(RateLimitSignIns, limiter=RateLimiter(settings.rate_limit_per_minute,
                                                                  settings.resolved_rate_limit_burst))
+    _metrics.install(app, hub)  # outermost added: request IDs and metrics for every answer; /metrics, /api/ready
 
     @app.get("/api/health", tags=["hub"], summary="Whether the hub is up")
     async def health() -> dict[str, Any]:

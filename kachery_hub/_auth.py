@@ -24,18 +24,21 @@ uses up its nonce whatever becomes of it (done, refused, or failed with a
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import hashlib
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
-from sqlalchemy import Connection, bindparam, select
-from starlette.concurrency import run_in_threadpool
+from sqlalchemy import Connection
 
 from kachery_core import _signing
 from kachery_core._identity import verify_signature
@@ -108,16 +111,13 @@ class Caller:
 ANONYMOUS = Caller()
 T = TypeVar("T")
 
-# Built once: it runs on every signed request (see _projects.require_role).
-_CLIENT = (
-    select(tables.clients.c.user_id, tables.clients.c.default_project_id, tables.users.c.email, tables.users.c.is_admin)
-    .join(tables.users, tables.users.c.id == tables.clients.c.user_id)
-    .where(tables.clients.c.client_id == bindparam("client_id"))
-)
+# It runs on every signed request: below SQLAlchemy (see _database.fetch_one).
+_CLIENT = ("SELECT c.user_id, c.default_project_id, u.email, u.is_admin FROM clients c "
+           "JOIN users u ON u.id = c.user_id WHERE c.client_id = :client_id")
 
 
-def _header(request: Request, name: str, pattern: re.Pattern[str]) -> str:
-    value = request.headers.get(name)
+def _header(headers: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    value = headers.get(name)
     if value is None:
         raise BadSignature(f"signed request is missing the {name} header")
     if not pattern.fullmatch(value):
@@ -147,16 +147,24 @@ def _verify_headers(hub: HubState, request: Request, body_sha1: str | None) -> _
 
     ``body_sha1`` is the hash of the body when it was read, None for an upload (checked as it streams).
     """
-    if _signing.HEADER_CLIENT not in request.headers and _signing.HEADER_SIGNATURE not in request.headers:
+    return verify_signed(hub, request.method, request.headers, _path_and_query(request), body_sha1)
+
+
+def verify_signed(hub: HubState, method: str, headers: Mapping[str, str], path_and_query: str,
+                  body_sha1: str | None) -> _Signature | None:
+    """The signature check of one request, however it came: an HTTP request, or a request sent
+    on a session (:mod:`._sessions`), which carries the same headers and is verified the same way.
+    ``headers`` is case-insensitive (header names as in :mod:`kachery_core._signing`, any case)."""
+    if _signing.HEADER_CLIENT not in headers and _signing.HEADER_SIGNATURE not in headers:
         return None
-    client_id = _header(request, _signing.HEADER_CLIENT, _signing.CLIENT_ID_RE)
-    time_text = request.headers.get(_signing.HEADER_TIME, "")
+    client_id = _header(headers, _signing.HEADER_CLIENT, _signing.CLIENT_ID_RE)
+    time_text = headers.get(_signing.HEADER_TIME, "")
     time_ms = parse_decimal(time_text) if len(time_text) <= 16 else None
     if time_ms is None:
         raise BadSignature(f"header {_signing.HEADER_TIME} must be milliseconds since the epoch, not {time_text[:40]!r}")
-    nonce = _header(request, _signing.HEADER_NONCE, _signing.NONCE_RE)
-    declared_sha1 = _header(request, _signing.HEADER_BODY_SHA1, _signing.SHA1_RE)
-    signature = _header(request, _signing.HEADER_SIGNATURE, _signing.SIGNATURE_RE)
+    nonce = _header(headers, _signing.HEADER_NONCE, _signing.NONCE_RE)
+    declared_sha1 = _header(headers, _signing.HEADER_BODY_SHA1, _signing.SHA1_RE)
+    signature = _header(headers, _signing.HEADER_SIGNATURE, _signing.SIGNATURE_RE)
 
     request_time = time_ms / 1000.0
     now = time.time()
@@ -174,13 +182,13 @@ def _verify_headers(hub: HubState, request: Request, body_sha1: str | None) -> _
 
     def verifies(host: str, path_and_query: str) -> bool:
         message = _signing.signing_message(
-            method=request.method, host=host, path_and_query=path_and_query, time_ms=time_ms,
+            method=method, host=host, path_and_query=path_and_query, time_ms=time_ms,
             nonce=nonce, body_sha1=declared_sha1, client_id=client_id,
         )
         return verify_signature(client_id, message, signature)
 
-    path = _path_and_query(request)
-    host_header = request.headers.get("host", "").lower()
+    path = path_and_query
+    host_header = headers.get("host", "").lower()
     # The Host header's own base first (one check in the usual case), then the others: a proxy may rewrite Host.
     bases = sorted(hub.settings.signing_bases, key=lambda base: base[0] != host_header)
     if not any(verifies(host, _with_prefix(prefix, path)) for host, prefix in bases):
@@ -218,7 +226,7 @@ def _caller(hub: HubState, conn: Connection, signature: _Signature) -> Caller:
     """Record the nonce (refusing a replay) and look the client up, in ``conn``'s transaction."""
     if not hub.db.remember_nonce(conn, signature.nonce, signature.remember_until):
         raise ReplayedRequest("this signed request was already received once; a request cannot be replayed")
-    row = conn.execute(_CLIENT, {"client_id": signature.client_id}).first()
+    row = tables.fetch_one(conn, _CLIENT, {"client_id": signature.client_id})
     if row is None:
         return Caller(client_id=signature.client_id)
     return Caller(
@@ -271,7 +279,21 @@ class SignedRequest:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """``work(conn, caller, *args)`` in a worker thread, in the caller's transaction."""
-        return await run_in_threadpool(self._run, work, args)
+        return await in_thread(self._run, work, args)
+
+
+#: The threads database work runs in (as many as Starlette's default thread pool takes at once).
+_THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=40, thread_name_prefix="kachery-hub")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread, with this task's context variables (request IDs in logs).
+
+    A plain executor hop: Starlette's ``run_in_threadpool`` (anyio) costs several times more per
+    call, most of a small request's time on a session.
+    """
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return await asyncio.get_running_loop().run_in_executor(_THREADS, call)
 
 
 def _only_caller(conn: Connection, who: Caller) -> Caller:

@@ -4,7 +4,8 @@
 embedded default is :class:`LocalFolderStore` (``file://``)::
 
     <root>/
-      .tmp/                    uploads in progress; never visible under a sha1 name
+      .tmp/                    uploads in progress, and blobs being removed (:mod:`._gc`); never
+                               visible under a sha1 name
       sha1/ab/cd/ef/abcdef…    verified blobs, named by their sha1
 
 An upload goes to a temp file while its sha1 is computed chunk by chunk
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +35,7 @@ from kachery_core._fs import open_owned_tmp, remove_unowned_tmp_files
 
 from .errors import ConfigurationError, HashMismatch, PayloadTooLarge
 
+_SHA1 = re.compile(r"[0-9a-f]{40}")
 #: Uploads left by processes that are gone are looked for at most this often (and on start).
 _TMP_CLEANUP_SECONDS = 300.0
 
@@ -61,6 +65,17 @@ class UploadTarget:
     method: str = "PUT"
     #: Names this upload alone; the client presents it to complete the upload.
     upload_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object a store holds, as garbage collection (:mod:`._gc`) sees it."""
+
+    key: str  #: relative to the store, as ``files.storage_key`` names objects
+    sha1: str
+    upload_id: str | None  #: None: the blob's own path (``sha1/ab/cd/ef/<sha1>``)
+    size: int
+    modified: float  #: seconds since the epoch
 
 
 class ByteStore(Protocol):
@@ -99,6 +114,10 @@ class ByteStore(Protocol):
 
     def cleanup(self) -> int: ...
 
+    def objects(self) -> Iterator[StoredObject]:
+        """Every blob and upload the store holds (not temp files), in no particular order."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -110,6 +129,7 @@ class _LocalIncoming:
         self._size = 0
         self._max_size = max_size
         self._redundant = False
+        self._expected = ""
 
     def write(self, chunk: bytes) -> None:
         self._size += len(chunk)
@@ -134,6 +154,7 @@ class _LocalIncoming:
                 # a second a GiB): that is done by release(), after the answer, so that the answer
                 # comes as soon whether or not another project holds the bytes.
                 self._redundant = True
+                self._expected = expected_sha1
                 return self._size
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, final)
@@ -149,8 +170,18 @@ class _LocalIncoming:
             self._file.close()
 
     def release(self) -> None:
-        if self._redundant:
-            self.abort()
+        if not self._redundant:
+            return
+        # Called once the file is recorded. The blob this upload found in place may have been
+        # collected as garbage since (_gc holds its row's lock while moving it away, and a recorded
+        # blob is never collected): then these bytes take its place.
+        final = self._store.blob_path(self._expected)
+        if not final.exists() and not self._file.closed:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
+            self._file.close()
+            return
+        self.abort()
 
 
 class LocalFolderStore:
@@ -198,6 +229,17 @@ class LocalFolderStore:
         """Remove uploads whose process is gone (a hub killed mid-upload), whatever their age; returns how many."""
         self._last_cleanup = time.monotonic()
         return remove_unowned_tmp_files(self.tmp_dir)
+
+    def objects(self) -> Iterator[StoredObject]:
+        for folder, _, names in os.walk(self.root / "sha1"):
+            for name in names:
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                if _SHA1.fullmatch(name) and self.blob_path(name) == Path(folder, name):
+                    yield StoredObject(f"sha1/{name[0:2]}/{name[2:4]}/{name[4:6]}/{name}", name, None,
+                                       st.st_size, st.st_mtime)
 
 
 def open_byte_store(url: str) -> ByteStore:

@@ -1,4 +1,5 @@
-"""The ``kachery-hub`` command: run a hub; create, list and revoke sign-in tokens; list and sign out clients."""
+"""The ``kachery-hub`` command: run a hub; create, list and revoke sign-in tokens; list and sign out clients;
+collect garbage (file bytes no project references)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from urllib.parse import unquote_plus
 
 from . import _accounts
 from ._database import Database
-from ._headlimit import http_options
+from ._gc import DEFAULT_GRACE_SECONDS
 from ._settings import Settings, default_public_urls
 from ._state import HubState
 from .errors import HubError
@@ -36,6 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         admin_emails=tuple(args.admin_emails.split(",")) if getattr(args, "admin_emails", None) else None,
         public_urls=tuple(u for v in args.public_url for u in v.split(",")) if getattr(args, "public_url", None) else None,
         trusted_proxies=tuple(args.trusted_proxies.split(",")) if getattr(args, "trusted_proxies", None) else None,
+        log_format=getattr(args, "log_format", None),
     )
 
 
@@ -88,14 +90,15 @@ _SIGN_IN_REQUEST_ID = re.compile(r"^(/sign-in/|/api/sign-in-requests/)[^/]+")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from ._app import create_app
+    from . import _serve
 
     settings = _settings(args)
+    if args.workers > 1 and settings.resolved_database_url.startswith("sqlite"):
+        print("error: --workers needs a PostgreSQL database (--database postgresql+psycopg://...): the embedded "
+              "SQLite database wakes feed and task followers in its own process only", file=sys.stderr)
+        return 1
     state = HubState.open(settings)
     token = _serve_token(state, args.admin_email)
-    app = create_app(settings, state=state)
     # proto must be IPPROTO_TCP (not 0) or asyncio skips TCP_NODELAY and every response waits ~40 ms.
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -114,18 +117,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if state.oidc is not None:
         print(f"    Browser sign-in through {settings.oidc_issuer} is on.", flush=True)
     print(f"    Signed requests are accepted for {', '.join(settings.public_urls)} (set with --public-url)", flush=True)
+    serving = state if args.workers <= 1 else None
+    if serving is None:
+        print(f"    {args.workers} worker processes", flush=True)
+        state.close()  # each worker opens its own
     try:
-        # X-Forwarded-* is believed from the configured proxies only (uvicorn's default trusts 127.0.0.1,
-        # which would let any local user pick the address the rate limits count).
-        proxies = list(settings.trusted_proxies)
-        # Feed event streams never end by themselves: on shutdown they get a few seconds, then are closed.
-        config = uvicorn.Config(app, log_level=args.log_level, lifespan="on", proxy_headers=bool(proxies),
-                                timeout_graceful_shutdown=3,
-                                forwarded_allow_ips=proxies or None, **http_options(settings.max_header_bytes))
-        logging.getLogger("uvicorn.access").addFilter(_HideTokens())  # after Config: it sets logging up
-        uvicorn.Server(config).run(sockets=[sock])
+        _serve.run(settings, sock, state=serving, log_level=args.log_level, workers=args.workers)
     finally:
-        state.close()
+        if serving is not None:
+            serving.close()
     return 0
 
 
@@ -191,6 +191,62 @@ def _cmd_client_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from ._bytestore import open_byte_store
+    from ._gc import collect_garbage
+
+    settings = _settings(args)
+    if settings.database_url is None and not settings.data_dir.is_dir():  # a mistyped --data: say so
+        print(f"error: no hub data in {settings.data_dir}", file=sys.stderr)
+        return 1
+    with _metadata(args) as db:
+        store = open_byte_store(settings.resolved_storage_url)
+        try:  # a state of its own, not HubState.open: that would start serve's periodic run too
+            report = collect_garbage(HubState(settings=settings, db=db, store=store), grace_seconds=args.grace,
+                                     dry_run=args.dry_run)
+        finally:
+            store.close()
+    print(report.summary())
+    return 0
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import _migrations
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    try:
+        applied = [] if args.check else db.migrate()
+        current, legacy = _migrations.current_revision(db.engine), _migrations.before_alembic(db.engine)
+        head = _migrations.head_revision()
+    finally:
+        db.close()
+    if applied:
+        print(f"applied: {', '.join(applied)}")
+    print(f"database: {current or '(empty)'}" + (f" (schema_version {legacy}, from before Alembic)" if legacy else ""))
+    print(f"head: {head}")
+    if current != head:
+        print("behind: `kachery-hub migrate` (or the hub's next start) upgrades it")
+        return 1
+    return 0
+
+
+def _grace(text: str) -> float:
+    if text.strip() == "0":
+        return 0.0  # nothing spared for its age: only for a hub with no uploads in progress
+    seconds = _duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError("a grace period of 'never' would keep everything; give a duration")
+    return seconds
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers from 1 to 64")
+    return int(text)
+
+
 def _duration(text: str) -> float | None:
     try:
         return _accounts.parse_duration(text)
@@ -226,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For and "
                    "X-Forwarded-Proto are believed (default $KACHERY_HUB_TRUSTED_PROXIES, else none)")
     s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--log-format", choices=["text", "json"], help="log records as text, or one JSON object a line "
+                   "on stderr with the request ID (default $KACHERY_HUB_LOG_FORMAT or text)")
+    s.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="serve with N processes on the one socket (default 1); more than 1 needs PostgreSQL")
     s.set_defaults(func=_cmd_serve)
 
     t = sub.add_parser("token", help="Manage sign-in tokens.", description="Manage sign-in tokens.")
@@ -264,6 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
     storage_args(kr)
     kr.add_argument("client_id", help="the client's ID (64 hex)")
     kr.set_defaults(func=_cmd_client_revoke)
+
+    g = sub.add_parser("gc", help="Remove file bytes no project references any more.",
+                       description="Remove file bytes no project references any more, except those recorded or "
+                       "written within the grace period or wanted by an upload in progress; safe while the hub runs.")
+    storage_args(g)
+    g.add_argument("--grace", type=_grace, default=DEFAULT_GRACE_SECONDS, metavar="DURATION",
+                   help="spare bytes recorded or written this recently: 30m, 1h, 2d... (default 1h)")
+    g.add_argument("--dry-run", action="store_true", help="only count what would be removed")
+    g.set_defaults(func=_cmd_gc)
+
+    m = sub.add_parser("migrate", help="Upgrade the database's schema now (the hub does on start); show its revision.",
+                       description="Upgrade the database's schema to this release's newest revision (Alembic), as "
+                       "the hub does on start, and print the database's revision and the newest.")
+    storage_args(m)
+    m.add_argument("--check", action="store_true",
+                   help="change nothing: print both revisions; exit status 1 if the database is behind")
+    m.set_defaults(func=_cmd_migrate)
     return parser
 
 

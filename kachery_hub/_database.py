@@ -7,11 +7,13 @@ here describe the latest schema for queries.
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
+from collections import namedtuple
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +31,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -215,7 +216,7 @@ nonces = Table(
 
 # ON CONFLICT DO NOTHING is understood by SQLite and PostgreSQL alike. Built once: every signed
 # request runs it, and building a statement costs more than running it.
-_REMEMBER_NONCE = text("INSERT INTO nonces (nonce, expires_at) VALUES (:n, :e) ON CONFLICT (nonce) DO NOTHING")
+_REMEMBER_NONCE = "INSERT INTO nonces (nonce, expires_at) VALUES (:n, :e) ON CONFLICT (nonce) DO NOTHING"
 
 
 _READ_ONLY = "kachery_read_only"
@@ -240,7 +241,8 @@ def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
 def _sqlite_begin(conn: Connection) -> None:
     # IMMEDIATE takes the write lock up front, so concurrent writers wait (busy_timeout)
     # instead of failing when a read turns into a write. Reads (Database.read) take no lock.
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+    begin = "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
+    conn.connection.driver_connection.execute(begin)  # type: ignore[union-attr]  # (sqlite3, below SQLAlchemy)
 
 
 class Database:
@@ -267,14 +269,30 @@ class Database:
         # which polls with sleeps of up to 100 ms and so gives long tails under load; other
         # processes (``kachery-hub token create``) still meet the busy timeout.
         self._writer = threading.Lock() if parsed.get_backend_name() == "sqlite" else None
+        # SQLite: the writer's connection is kept between transactions, used under that lock by one
+        # thread at a time (a pool checkout and return cost more than a small request's statements).
+        self._writer_conn: Connection | None = None
 
-    def migrate(self) -> list[int]:
-        return _migrations.migrate(self.engine)
+    def migrate(self) -> list[str]:
+        """Upgrade the schema to this hub's newest revision (see :mod:`._migrations`); the revisions applied."""
+        try:
+            return _migrations.migrate(self.engine)
+        except BaseException:
+            self.engine.dispose()  # a hub that does not start (e.g. refused a newer database) keeps no connection
+            raise
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self._writer or nullcontext(), self.engine.begin() as conn:
-            yield conn
+        if self._writer is None:
+            with self.engine.begin() as pooled:
+                yield pooled
+            return
+        with self._writer:
+            kept = self._writer_conn
+            if kept is None or kept.closed or kept.invalidated:
+                kept = self._writer_conn = self.engine.connect()
+            with kept.begin():
+                yield kept
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -302,8 +320,58 @@ class Database:
         if now - self._last_purge > 60:
             self._last_purge = now
             conn.execute(delete(nonces).where(nonces.c.expires_at < now))
-        result = conn.execute(_REMEMBER_NONCE, {"n": nonce, "e": expires_at})
-        return bool(result.rowcount)
+        return bool(run_sql(conn, _REMEMBER_NONCE, {"n": nonce, "e": expires_at}))
 
     def close(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
         self.engine.dispose()
+
+
+# ---------------------------------------------------------------- statements below SQLAlchemy
+#
+# Running a statement through SQLAlchemy costs ~50-80 µs of Python; SQLite takes ~10 µs for the
+# lookups every request makes (its nonce, its client, the project and the caller's role, a job).
+# Those few run on the driver's connection directly, in the same transaction, with SQL written
+# for both databases and ``:name`` parameters.
+
+_NAMED = re.compile(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)")
+_PYFORMAT: dict[str, str] = {}
+_ROW_TYPES: dict[tuple[str, ...], Any] = {}
+
+
+def _driver_sql(conn: Connection, sql: str) -> str:
+    if conn.dialect.name == "sqlite":
+        return sql  # sqlite3 takes :name itself
+    converted = _PYFORMAT.get(sql)
+    if converted is None:  # psycopg: %(name)s
+        converted = _PYFORMAT[sql] = _NAMED.sub(r"%(\1)s", sql.replace("%", "%%"))
+    return converted
+
+
+def fetch_one(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    """The first row of ``sql`` (a named tuple: ``row.column``, ``row._asdict()``), or None."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(_driver_sql(conn, sql), params)
+        values = cursor.fetchone()
+        if values is None:
+            return None
+        names = tuple(d[0] for d in cursor.description)
+    finally:
+        cursor.close()
+    row_type = _ROW_TYPES.get(names)
+    if row_type is None:
+        row_type = _ROW_TYPES[names] = namedtuple("Row", names, rename=True)
+    return row_type(*values)
+
+
+def run_sql(conn: Connection, sql: str, params: dict[str, Any]) -> int:
+    """Run a statement that returns no rows; how many rows it changed."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(_driver_sql(conn, sql), params)
+        return int(cursor.rowcount)
+    finally:
+        cursor.close()

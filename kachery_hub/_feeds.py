@@ -34,7 +34,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, bindparam, select, text
+from sqlalchemy import Connection, bindparam, select
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
@@ -70,19 +70,13 @@ def channel(feed_id: str) -> str:
     return f"feed:{feed_id}"
 
 
-# Built once (see _projects.require_role): they run on every feed request.
-_member = tables.members.alias("m")
-_FEED_AND_ROLE = (
-    select(tables.feeds, tables.projects.c.public_read, _member.c.role.label("caller_role"))
-    .join(tables.projects, tables.projects.c.id == tables.feeds.c.project_id)
-    .outerjoin(_member, (_member.c.project_id == tables.feeds.c.project_id) & (_member.c.user_id == bindparam("user_id")))
-    .where(tables.feeds.c.feed_id == bindparam("feed_id"))
-)
+# They run on every feed request: below SQLAlchemy (see _database.fetch_one).
+_FEED_AND_ROLE = ("SELECT f.*, p.public_read, m.role AS caller_role FROM feeds f JOIN projects p ON p.id = f.project_id "
+                  "LEFT OUTER JOIN members m ON m.project_id = f.project_id AND m.user_id = :user_id "
+                  "WHERE f.feed_id = :feed_id")
 # The feed's row lock (PostgreSQL) or the writer lock (SQLite) orders appenders.
-_TAKE_NUMBERS = text(
-    "UPDATE feeds SET message_count = message_count + :n, last_append_at = :now "
-    "WHERE feed_id = :feed_id RETURNING message_count"
-)
+_TAKE_NUMBERS = ("UPDATE feeds SET message_count = message_count + :n, last_append_at = :now "
+                 "WHERE feed_id = :feed_id RETURNING message_count")
 _COUNT = select(tables.feeds.c.message_count).where(tables.feeds.c.feed_id == bindparam("feed_id"))
 
 
@@ -94,12 +88,12 @@ class Access:
     project_id: str
     may_append: bool
     sees_authors: bool  # members see who appended; public readers do not
-    row: Row[Any]
+    row: Any
 
 
 def require_feed(conn: Connection, who: Caller, feed_id: str, needed: str = "read") -> Access:
     """The feed if ``who`` may act on it with role ``needed``; 404 alike for absent and unreadable ones."""
-    row = conn.execute(_FEED_AND_ROLE, {"feed_id": feed_id, "user_id": who.user_id}).first()
+    row = tables.fetch_one(conn, _FEED_AND_ROLE, {"feed_id": feed_id, "user_id": who.user_id})
     role = row.caller_role if row is not None and who.user_id is not None else None
     if row is None or not (row.public_read or role is not None):
         raise FeedNotFound(f"feed {feed_id!r} does not exist, or this client may not read it", feed_id=feed_id)
@@ -189,12 +183,8 @@ _BATCHES_SQL = {
     "format": "SELECT first_number, count, bodies, lengths, appended_at, appended_by FROM feed_batches "
               "WHERE feed_id = %s AND first_number > %s AND first_number + count > %s ORDER BY first_number LIMIT %s",
 }
-_INSERT_SQL = {
-    "qmark": "INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
-             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-    "format": "INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
-              "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-}
+_INSERT_BATCH = ("INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
+                 "VALUES (:f, :first, :n, :bodies, :lengths, :at, :by)")
 _BATCHES_PER_QUERY = 32
 
 
@@ -298,11 +288,11 @@ def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: byt
     user_id = who.require_user()
     texts = parse_messages(raw)
     now = time.time()
-    count = int(conn.execute(_TAKE_NUMBERS, {"n": len(texts), "now": now, "feed_id": feed_id}).scalar_one())
+    count = int(tables.fetch_one(conn, _TAKE_NUMBERS, {"n": len(texts), "now": now, "feed_id": feed_id})[0])
     first = count - len(texts)
     joined = ",".join(texts)
-    conn.exec_driver_sql(_INSERT_SQL[_style(conn)], (feed_id, first, len(texts), joined,
-                                                     ",".join([str(len(t)) for t in texts]), now, user_id))
+    tables.run_sql(conn, _INSERT_BATCH, {"f": feed_id, "first": first, "n": len(texts), "bodies": joined,
+                                         "lengths": ",".join([str(len(t)) for t in texts]), "at": now, "by": user_id})
     hub.wakeups.publish(conn, channel(feed_id), count - 1)
     live = LivePage(first, len(texts), now, who.email, joined) if len(texts) <= EVENT_BATCH else None
     return {"first_number": first, "count": len(texts), "message_count": count, "time": now, "live": live}
@@ -349,9 +339,14 @@ async def get_feed(feed_id: str, req: SignedRequest = Depends(signed_request)) -
 @router.post("/api/feeds/{feed_id}/messages",
              summary="Append messages (JSON objects) to a feed, atomically with consecutive numbers (needs write)")
 async def post_messages(feed_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    feed_id = _check_id(feed_id)
     require_json(request)
-    result: dict[str, Any] = await req.run(_append, req.hub, feed_id, request._body)
+    return await append_messages(req, feed_id, request._body)
+
+
+async def append_messages(req: SignedRequest, feed_id: str, raw: bytes) -> dict[str, Any]:
+    """``POST /api/feeds/{feed_id}/messages``, over HTTP or a session."""
+    feed_id = _check_id(feed_id)
+    result: dict[str, Any] = await req.run(_append, req.hub, feed_id, raw)
     # After the commit: followers here get the page itself (a large one they read back).
     req.hub.wakeups.notify(channel(feed_id), result["message_count"] - 1, result.pop("live"))
     return result

@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from kachery_core import _signing
 
-from . import _database as tables
+from . import _database as tables, _metrics
 from ._auth import Caller, SignedRequest, content_length, signed_request, signed_upload
 from ._bytestore import ByteStore, IncomingBlob
 from ._database import Database
@@ -241,6 +241,7 @@ async def put_project_file(project_id: str, sha1: str, request: Request, backgro
         if batch:
             await run_in_threadpool(_write_all, incoming, batch)
         size = await run_in_threadpool(incoming.finish, sha1)
+        _metrics.count_upload(hub, size, direct=False)
     except BaseException as e:
         if writing is not None and not writing.done():
             await asyncio.wait([writing])
@@ -317,6 +318,7 @@ async def post_complete(project_id: str, sha1: str, body: CompleteRequest, backg
                              "send the bytes to the URL that .../upload gave, then complete", sha1=sha1)
     record, kept = await run_in_threadpool(req.hub.db.run, _record_upload, who, store, project_id, sha1, size,
                                            body.label, body.upload_id)
+    _metrics.count_upload(req.hub, size, direct=True)
     if not kept:  # this project held these bytes already (a concurrent upload of its own)
         background.add_task(run_in_threadpool, store.discard, sha1, body.upload_id)
     return record
@@ -350,6 +352,7 @@ async def get_file(sha1: str, request: Request, req: SignedRequest = Depends(sig
     hub = req.hub
     _check_range(request, size)
     url = hub.store.download_url(sha1, storage_key)
+    _metrics.count_download(hub, request.headers.get("range"), size, direct=url is not None)
     if url is not None:
         return RedirectResponse(url, status_code=307)
     path = hub.store.local_path(sha1)

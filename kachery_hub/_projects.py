@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Row, delete, func, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
 from . import _database as tables
@@ -62,19 +62,15 @@ def role_of(conn: Connection, project_id: str, user_id: str | None) -> str | Non
     return str(row.role) if row is not None else None
 
 
-# Built once: constructing a statement costs SQLAlchemy far more than SQLite takes to run it,
-# and this one runs on every project request. The project row plus the caller's membership.
-_member = tables.members.alias("m")
-_PROJECT_AND_ROLE = (
-    select(tables.projects, _member.c.role.label("caller_role"))
-    .outerjoin(_member, (_member.c.project_id == tables.projects.c.id) & (_member.c.user_id == bindparam("user_id")))
-    .where(tables.projects.c.id == bindparam("project_id"))
-)
+# It runs on every project request: below SQLAlchemy (see _database.fetch_one). The project row
+# plus the caller's membership.
+_PROJECT_AND_ROLE = ("SELECT p.*, m.role AS caller_role FROM projects p LEFT OUTER JOIN members m "
+                     "ON m.project_id = p.id AND m.user_id = :user_id WHERE p.id = :project_id")
 
 
-def require_role(conn: Connection, who: Caller, project_id: str, needed: Role) -> Row[Any]:
+def require_role(conn: Connection, who: Caller, project_id: str, needed: Role) -> Any:
     """The project row if ``who`` may act on it with role ``needed``; raises otherwise."""
-    project = conn.execute(_PROJECT_AND_ROLE, {"user_id": who.user_id, "project_id": project_id}).first()
+    project = tables.fetch_one(conn, _PROJECT_AND_ROLE, {"user_id": who.user_id, "project_id": project_id})
     if project is None:
         raise ProjectNotFound(f"project {project_id!r} does not exist", project_id=project_id)
     if needed == "read" and project.public_read:

@@ -23,15 +23,20 @@ that another project had uploaded the same bytes first, and when. Single PUTs ar
 from __future__ import annotations
 
 import base64
+import re
 import secrets
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from ._bytestore import IncomingBlob, UploadTarget
+from ._bytestore import IncomingBlob, StoredObject, UploadTarget
 from .errors import ConfigurationError, DirectUploadRequired
 
 URL_SECONDS = 3600
 UPLOADS = "uploads/"
+# The two kinds of keys this store writes (relative to its prefix); anything else in the bucket is not its own.
+_OBJECT_KEY = re.compile(r"uploads/(?P<up_sha1>[0-9a-f]{40})/(?P<upload_id>[0-9a-f]{32})"
+                         r"|sha1/[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{2}/(?P<sha1>[0-9a-f]{40})")
 
 
 def staging_key(sha1: str, upload_id: str) -> str:
@@ -137,6 +142,17 @@ class S3ByteStore:
 
     def cleanup(self) -> int:
         return 0  # abandoned uploads are known to the database: see _files.remove_abandoned_uploads
+
+    def objects(self) -> Iterator[StoredObject]:
+        pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                key = str(item["Key"])[len(self.prefix):]
+                m = _OBJECT_KEY.fullmatch(key)
+                if m is None or (m["sha1"] and key != self.key(m["sha1"])[len(self.prefix):]):
+                    continue
+                yield StoredObject(key, m["up_sha1"] or m["sha1"], m["upload_id"], int(item["Size"]),
+                                   item["LastModified"].timestamp())
 
     def close(self) -> None:
         self._s3.close()

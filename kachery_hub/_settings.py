@@ -26,6 +26,12 @@ build ``Settings(data_dir=...)`` directly.
                                 once (default 256; past it, 429 ``too_many_streams``)
 ``KACHERY_HUB_TASK_LEASE``      seconds a task backend holds a job between renewals (default 20); a job
                                 whose lease lapses is run again, at most 3 attempts in all
+``KACHERY_HUB_METRICS``         who may read ``/metrics``: ``local`` (default: clients on a loopback address,
+                                not forwarded by a proxy), ``public`` (anyone) or ``off`` (no such endpoint)
+``KACHERY_HUB_LOG_FORMAT``      ``serve``'s log records: ``text`` (default) or ``json`` (one object a line,
+                                with the request ID; see :mod:`kachery_hub._metrics`)
+``KACHERY_HUB_GC_INTERVAL``     seconds between ``serve``'s garbage collections of file bytes no project
+                                references (default 0: off; ``kachery-hub gc`` runs one; see :mod:`kachery_hub._gc`)
 ==============================  ======================================================
 
 Limits against anonymous abuse (fields of :class:`Settings`): request bodies
@@ -94,6 +100,11 @@ ENV_TRUSTED_PROXIES = "KACHERY_HUB_TRUSTED_PROXIES"
 ENV_FEED_KEEPALIVE = "KACHERY_HUB_FEED_KEEPALIVE"
 ENV_MAX_STREAMS = "KACHERY_HUB_MAX_STREAMS_PER_ADDRESS"
 ENV_TASK_LEASE = "KACHERY_HUB_TASK_LEASE"
+ENV_GC_INTERVAL = "KACHERY_HUB_GC_INTERVAL"
+ENV_METRICS = "KACHERY_HUB_METRICS"
+ENV_LOG_FORMAT = "KACHERY_HUB_LOG_FORMAT"
+METRICS_MODES = ("local", "public", "off")
+LOG_FORMATS = ("text", "json")
 
 GOOGLE_ISSUER = "https://accounts.google.com"
 
@@ -140,6 +151,9 @@ class Settings:
     feed_keepalive_seconds: float = FEED_KEEPALIVE_SECONDS
     max_streams_per_address: int = MAX_STREAMS_PER_ADDRESS
     task_lease_seconds: float = TASK_LEASE_SECONDS
+    gc_interval_seconds: float = 0.0  # 0: serve collects no garbage by itself (see _gc)
+    metrics: str = "local"  # who may read /metrics: local, public or off
+    log_format: str = "text"  # serve's log records: text or json
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -177,6 +191,15 @@ class Settings:
         if not 1 <= self.task_lease_seconds <= 3600:
             raise ConfigurationError(f"task_lease_seconds ({ENV_TASK_LEASE}) must be from 1 to 3600, "
                                      f"not {self.task_lease_seconds!r}")
+        if self.metrics not in METRICS_MODES:
+            raise ConfigurationError(f"metrics ({ENV_METRICS}) must be one of {', '.join(METRICS_MODES)}, "
+                                     f"not {self.metrics!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigurationError(f"log_format ({ENV_LOG_FORMAT}) must be one of {', '.join(LOG_FORMATS)}, "
+                                     f"not {self.log_format!r}")
+        if not 0 <= self.gc_interval_seconds < float("inf"):
+            raise ConfigurationError(f"gc_interval_seconds ({ENV_GC_INTERVAL}) must be 0 (off) or more, "
+                                     f"not {self.gc_interval_seconds!r}")
         if self.max_streams_per_address < 1:
             raise ConfigurationError(f"max_streams_per_address ({ENV_MAX_STREAMS}) must be 1 or more, "
                                      f"not {self.max_streams_per_address!r}")
@@ -217,6 +240,7 @@ class Settings:
         keepalive = _env_number(env, ENV_FEED_KEEPALIVE, float, FEED_KEEPALIVE_SECONDS)
         streams = _env_number(env, ENV_MAX_STREAMS, int, MAX_STREAMS_PER_ADDRESS)
         lease = _env_number(env, ENV_TASK_LEASE, float, TASK_LEASE_SECONDS)
+        gc_interval = _env_number(env, ENV_GC_INTERVAL, float, 0.0)
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
@@ -228,6 +252,9 @@ class Settings:
             feed_keepalive_seconds=keepalive,
             max_streams_per_address=streams,
             task_lease_seconds=lease,
+            gc_interval_seconds=gc_interval,
+            metrics=(env.get(ENV_METRICS) or "local").strip().lower(),
+            log_format=(env.get(ENV_LOG_FORMAT) or "text").strip().lower(),
             trusted_proxies=tuple((env.get(ENV_TRUSTED_PROXIES) or "").split(",")),
             oidc_issuer=env.get(ENV_OIDC_ISSUER) or GOOGLE_ISSUER,
             oidc_client_id=env.get(ENV_OIDC_CLIENT_ID) or None,

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from ._bytestore import ByteStore, open_byte_store
 from ._database import Database
+from ._gc import PeriodicCollector, start_periodic
 from ._oidc import OidcConfig, OidcProvider
 from ._settings import Settings
 from ._wakeup import WakeUps
@@ -44,6 +45,8 @@ class HubState:
     #: its last_seen was last written
     next_lapse: dict[str, float] = field(default_factory=dict)
     backend_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: serve's periodic garbage collection (KACHERY_HUB_GC_INTERVAL), stopped by close()
+    collector: PeriodicCollector | None = field(default=None)
 
     def __post_init__(self) -> None:
         if self.wakeups is None:
@@ -68,9 +71,13 @@ class HubState:
         oidc = None
         if settings.oidc_client_id and settings.oidc_client_secret:
             oidc = OidcProvider(OidcConfig(settings.oidc_issuer, settings.oidc_client_id, settings.oidc_client_secret))
-        return cls(settings=settings, db=db, store=store, oidc=oidc)
+        state = cls(settings=settings, db=db, store=store, oidc=oidc)
+        state.collector = start_periodic(state, settings)
+        return state
 
     def close(self) -> None:
+        if self.collector is not None:
+            self.collector.stop()
         self.db.close()
         self.store.close()
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, bindparam, select, text, update
+from sqlalchemy import Connection, Row, select, text, update
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
@@ -45,7 +45,7 @@ from kachery_core._uris import parse_sha1_uri
 from kachery_core.errors import KacheryError
 
 from . import _database as tables
-from ._auth import Caller, SignedRequest, json_object_body, signed_request
+from ._auth import Caller, SignedRequest, in_thread, json_object_body, signed_request
 from ._feeds import require_json
 from ._projects import _RANK, require_role
 from ._state import HubState
@@ -66,6 +66,8 @@ MAX_ATTEMPTS = 3
 #: Jobs one claim may take, and handlers one backend may serve.
 MAX_CLAIM = 100
 MAX_HANDLERS = 1000
+#: Jobs one backend may say it runs (each is a bound parameter of one statement: SQLite takes 32,766).
+MAX_RUNNING = 10_000
 #: Longest a claim long-polls, and a job stream lasts when asked to wait.
 MAX_CLAIM_WAIT = 60.0
 
@@ -117,12 +119,11 @@ def _canonical(value: Any, what: str, limit: int) -> str:
 
 # ---------------------------------------------------------------- the job record
 
-_JOB = select(tables.task_jobs).where(
-    tables.task_jobs.c.project_id == bindparam("project_id"), tables.task_jobs.c.job_id == bindparam("job_id"))
+_JOB = "SELECT * FROM task_jobs WHERE project_id = :project_id AND job_id = :job_id"
 
 
-def _job_row(conn: Connection, project_id: str, job_id: str) -> Row[Any] | None:
-    return conn.execute(_JOB, {"project_id": project_id, "job_id": job_id}).first()
+def _job_row(conn: Connection, project_id: str, job_id: str) -> Any:
+    return tables.fetch_one(conn, _JOB, {"project_id": project_id, "job_id": job_id})
 
 
 def _email(conn: Connection, user_id: str | None) -> str | None:
@@ -392,9 +393,9 @@ def _list_backends(conn: Connection, who: Caller, hub: HubState, project_id: str
 class Claim(BaseModel):
     max_jobs: int = Field(default=1, ge=0, le=MAX_CLAIM)
     wait: float = Field(default=0, ge=0, le=MAX_CLAIM_WAIT)
-    running: list[Line] = Field(default_factory=list, max_length=100_000)
+    running: list[Line] = Field(default_factory=list, max_length=MAX_RUNNING)
     #: cancels the backend already heard of: not reported again (a claim with a new one returns at once)
-    known_cancels: list[Line] = Field(default_factory=list, max_length=100_000)
+    known_cancels: list[Line] = Field(default_factory=list, max_length=MAX_RUNNING)
     progress: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=10_000)
 
 
@@ -498,7 +499,7 @@ class Complete(BaseModel):
     error: dict[str, Any] | None = None
     #: claim this many more jobs in the same transaction (a worker that just finished takes the next)
     claim_next: int = Field(default=0, ge=0, le=MAX_CLAIM)
-    running: list[Line] = Field(default_factory=list, max_length=100_000)
+    running: list[Line] = Field(default_factory=list, max_length=MAX_RUNNING)
 
 
 def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str, raw: bytes,
@@ -566,20 +567,30 @@ _P = "/api/projects/{project_id}/tasks"
 async def post_request(project_id: str, request: Request, wait: float = Query(default=0, ge=0, le=MAX_CLAIM_WAIT),
                        req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     require_json(request)
+    return await request_job(req, project_id, request._body, wait)
+
+
+async def request_job(req: SignedRequest, project_id: str, raw: bytes, wait: float) -> dict[str, Any]:
+    """``POST .../requests``, over HTTP or a session."""
     hub = req.hub
-    record: dict[str, Any] = await req.run(_request, hub, project_id, request._body)
+    record: dict[str, Any] = await req.run(_request, hub, project_id, raw)
     member = record.pop("_member")
     hub.wakeups.notify(queue_channel(project_id), 0)
     hub.wakeups.notify(job_channel(project_id, record["job_id"]), record["version"])
+    return await _until_end(hub, project_id, record, member, wait)
+
+
+async def _until_end(hub: HubState, project_id: str, record: dict[str, Any], member: bool,
+                     wait: float) -> dict[str, Any]:
+    """``record`` once its job ended, or as it is after ``wait`` seconds: one round trip for a quick task."""
     if not wait or record["status"] in TERMINAL:
         return record
-    # One round trip for a quick task: wait here for its end (read again once subscribed, so an end
-    # between the request's transaction and the subscription is not missed).
+    # Read again once subscribed, so an end between the caller's read and the subscription is not missed.
     deadline = time.monotonic() + wait
     job_id = record["job_id"]
     with hub.wakeups.subscribe(job_channel(project_id, job_id)) as sub:
         while True:
-            record = await run_in_threadpool(_reread, hub, project_id, job_id, member)
+            record = await in_thread(_reread, hub, project_id, job_id, member)
             if _lapsed(record):
                 await settle(hub, project_id)
                 continue
@@ -600,15 +611,26 @@ async def get_jobs(project_id: str, limit: int = Query(default=100, ge=1, le=100
     return {"jobs": jobs}
 
 
-@router.get(_P + "/jobs/{job_id}", summary="A job: status, progress, error, result")
-async def get_job(project_id: str, job_id: str, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+@router.get(_P + "/jobs/{job_id}", summary="A job: status, progress, error, result; with `wait`, answered once "
+                                            "the job ended or after `wait` seconds")
+async def get_job(project_id: str, job_id: str, wait: float = Query(default=0, ge=0, le=MAX_CLAIM_WAIT),
+                  req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await read_job(req, project_id, job_id, wait)
+
+
+async def read_job(req: SignedRequest, project_id: str, job_id: str, wait: float) -> dict[str, Any]:
+    """``GET .../jobs/{job_id}``, over HTTP or a session."""
     job_id = _check(JOB_ID_RE, job_id, "job id")
-    who, record = await req.run(_who_and, _get_job, project_id, job_id)
-    record = dict(record)
+    who, (record, member) = await req.run(_who_and, _get_job_member, project_id, job_id)
     if _lapsed(record):
         await settle(req.hub, project_id)
-        record = dict(await run_in_threadpool(req.hub.db.run, _get_job, who, project_id, job_id))
-    return record
+        record, member = await run_in_threadpool(req.hub.db.run, _get_job_member, who, project_id, job_id)
+    return await _until_end(req.hub, project_id, record, member, wait)
+
+
+def _get_job_member(conn: Connection, who: Caller, project_id: str, job_id: str) -> tuple[dict[str, Any], bool]:
+    record = _get_job(conn, who, project_id, job_id)
+    return dict(record), _is_member(conn, who, project_id)
 
 
 def _who_and(conn: Connection, who: Caller, work: Any, *args: Any) -> tuple[Caller, Any]:
@@ -705,6 +727,11 @@ async def delete_backend(project_id: str, backend_id: str, req: SignedRequest = 
                      "(long-polls up to `wait` seconds)")
 async def post_claim(project_id: str, backend_id: str, body: Claim,
                      req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    return await claim_jobs(req, project_id, backend_id, body)
+
+
+async def claim_jobs(req: SignedRequest, project_id: str, backend_id: str, body: Claim) -> dict[str, Any]:
+    """``POST .../backends/{backend_id}/claim``, over HTTP or a session."""
     backend_id = _check(BACKEND_ID_RE, backend_id, "backend_id")
     hub = req.hub
     deadline = time.monotonic() + body.wait
@@ -726,8 +753,7 @@ async def post_claim(project_id: str, backend_id: str, body: Claim,
             else:
                 await asyncio.sleep(0)
             body = body.model_copy(update={"progress": {}})
-            answer, changed, next_lapse = await run_in_threadpool(hub.db.run, _claim, who, hub, project_id,
-                                                                  backend_id, body)
+            answer, changed, next_lapse = await in_thread(hub.db.run, _claim, who, hub, project_id, backend_id, body)
 
 
 def _first_claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str, body: Claim,
@@ -739,8 +765,13 @@ def _first_claim(conn: Connection, who: Caller, hub: HubState, project_id: str, 
 async def post_complete(project_id: str, job_id: str, request: Request,
                         req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     require_json(request)
+    return await complete_job(req, project_id, job_id, request._body)
+
+
+async def complete_job(req: SignedRequest, project_id: str, job_id: str, raw: bytes) -> dict[str, Any]:
+    """``POST .../jobs/{job_id}/complete``, over HTTP or a session."""
     job_id = _check(JOB_ID_RE, job_id, "job id")
-    version, claimed, changed = await req.run(_complete, req.hub, project_id, job_id, request._body)
+    version, claimed, changed = await req.run(_complete, req.hub, project_id, job_id, raw)
     req.hub.wakeups.notify(job_channel(project_id, job_id), version)
     for other, other_version in changed:
         req.hub.wakeups.notify(job_channel(project_id, other), other_version)
