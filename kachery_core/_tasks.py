@@ -713,11 +713,9 @@ class TaskBackend:
 
     def _complete(self, job_id: str, status: str, payload: Any) -> None:
         assert self._client is not None and self.project_id is not None
-        with self._lock:  # this job's slot is free: take the next job with the same request
-            running = [j for j in self._running if j != job_id]
-            claim_next = 0 if self._stop.is_set() else max(0, min(1, self.num_workers - len(running)))
-        body: dict[str, Any] = {"backend_id": self.backend_id, "status": status, "claim_next": claim_next,
-                                "running": running}
+        # Only the result: the claim loop takes the next jobs once this slot is free (as many at once as
+        # are free), so the requester's answer waits for no claim.
+        body: dict[str, Any] = {"backend_id": self.backend_id, "status": status}
         if status == "finished":
             try:
                 encoded = canonical_json(payload)

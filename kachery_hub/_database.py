@@ -352,19 +352,33 @@ def _driver_sql(conn: Connection, sql: str) -> str:
 
 def fetch_one(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
     """The first row of ``sql`` (a named tuple: ``row.column``, ``row._asdict()``), or None."""
+    rows = _fetch(conn, sql, params, one=True)
+    return rows[0] if rows else None
+
+
+def fetch_all(conn: Connection, sql: str, params: dict[str, Any]) -> list[Any]:
+    """Every row of ``sql``, as :func:`fetch_one` gives one."""
+    return _fetch(conn, sql, params, one=False)
+
+
+def _fetch(conn: Connection, sql: str, params: dict[str, Any], *, one: bool) -> list[Any]:
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(_driver_sql(conn, sql), params)
-        values = cursor.fetchone()
-        if values is None:
-            return None
+        if one:
+            first = cursor.fetchone()
+            rows = [] if first is None else [first]
+        else:
+            rows = cursor.fetchall()
+        if not rows:
+            return []
         names = tuple(d[0] for d in cursor.description)
     finally:
         cursor.close()
     row_type = _ROW_TYPES.get(names)
-    if row_type is None:
+    if row_type is None:  # one named tuple class per column list
         row_type = _ROW_TYPES[names] = namedtuple("Row", names, rename=True)
-    return row_type(*values)
+    return [row_type(*values) for values in rows]
 
 
 def run_sql(conn: Connection, sql: str, params: dict[str, Any]) -> int:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from ._bytestore import ByteStore, open_byte_store
 from ._database import Database
 from ._gc import PeriodicCollector, start_periodic
+from ._handoff import Waiters
 from ._oidc import OidcConfig, OidcProvider
 from ._settings import Settings
 from ._wakeup import WakeUps
@@ -45,6 +46,8 @@ class HubState:
     #: its last_seen was last written
     next_lapse: dict[str, float] = field(default_factory=dict)
     backend_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    #: backends' claims waiting in this process, which a new job is handed to directly (_tasks.Waiters)
+    task_waiters: Waiters = field(default_factory=Waiters)
     #: serve's periodic garbage collection (KACHERY_HUB_GC_INTERVAL), stopped by close()
     collector: PeriodicCollector | None = field(default=None)
 

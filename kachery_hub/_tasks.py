@@ -35,7 +35,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import Connection, Row, select, text, update
+from sqlalchemy import Connection, select, update
 from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
@@ -47,8 +47,10 @@ from kachery_core.errors import KacheryError
 from . import _database as tables
 from ._auth import Caller, SignedRequest, in_thread, json_object_body, signed_request
 from ._feeds import require_json
+from ._handoff import Waiter
 from ._projects import _RANK, require_role
 from ._state import HubState
+from ._wakeup import Subscription
 from ._streams import StreamSlot, event, event_stream
 from ._text import Line
 from .errors import Conflict, Forbidden, HubError, InvalidInput, NotFound, PayloadTooLarge
@@ -133,7 +135,7 @@ def _email(conn: Connection, user_id: str | None) -> str | None:
     return None if row is None else str(row.email)
 
 
-def job_record(conn: Connection, row: Any, *, member: bool, with_result: bool = True,
+def job_record(conn: Connection | None, row: Any, *, member: bool, with_result: bool = True,
                caller: Caller | None = None) -> dict[str, Any]:
     """What a reader sees of a job (a row of task_jobs); the requester's email only for members."""
     if not member:
@@ -141,6 +143,7 @@ def job_record(conn: Connection, row: Any, *, member: bool, with_result: bool = 
     elif caller is not None and caller.user_id is not None and row.requested_by == caller.user_id:
         requested_by = caller.email  # the caller's own request: no lookup
     else:
+        assert conn is not None, "another requester's email is looked up"
         requested_by = _email(conn, row.requested_by)
     record: dict[str, Any] = {
         "job_id": row.job_id, "project_id": row.project_id, "task_type": row.task_type,
@@ -170,7 +173,8 @@ def _is_member(conn: Connection, who: Caller, project_id: str) -> bool:
 # ---------------------------------------------------------------- requests
 
 
-def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes) -> dict[str, Any]:
+def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes,
+             taken: list[Waiter]) -> dict[str, Any]:
     body = json_object_body(raw)
     task_type, task_name, task_input = body.get("task_type"), body.get("task_name"), body.get("task_input")
     if task_type not in TASK_TYPES:
@@ -202,7 +206,7 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
         values = {"project_id": project_id, "job_id": job_id, "task_type": task_type, "task_name": task_name,
                   "task_input": encoded, **fresh, "version": 1}
         # Requests of one new calculation may race (PostgreSQL runs them at once): one inserts, the others join.
-        inserted = conn.execute(_INSERT_JOB, values).rowcount
+        inserted = tables.run_sql(conn, _INSERT_JOB, values)
         row = SimpleNamespace(**values) if inserted else _job_row(conn, project_id, job_id)
     elif row.status in ("error", "cancelled"):  # a calculation that did not finish runs again
         j = tables.task_jobs
@@ -213,11 +217,69 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
         else:  # another request reset it first (PostgreSQL): join that one
             row = _job_row(conn, project_id, job_id)
     if row.status == "pending":
-        hub.wakeups.publish(conn, queue_channel(project_id), 0)
-    return {**job_record(conn, row, member=member, caller=who), "_member": member}
+        handed = _hand_over(conn, hub, project_id, row, task_input, taken)
+        if handed is not None:
+            row = handed
+        else:
+            hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    return {**job_record(conn, row, member=member, caller=who), "_member": member, "_caller": who}
 
 
-_INSERT_JOB = text(
+def _hand_over(conn: Connection, hub: HubState, project_id: str, row: Any, task_input: dict[str, Any],
+               taken: list[Waiter]) -> Any:
+    """Give the pending job ``row`` to a backend's claim waiting in this process (see _handoff), in
+    this transaction: the job's new row, or None (no such claim, or it may no longer serve)."""
+    waiter = hub.task_waiters.take(project_id, f"{row.task_type}:{row.task_name}")
+    if waiter is None:
+        return None
+    taken.append(waiter)  # answered once this transaction ends, whatever becomes of it
+    # Its claim was checked when it began to wait; its access (or its backend) may have changed since.
+    role = tables.fetch_one(conn, _WRITER, {"p": project_id, "b": waiter.backend_id, "c": waiter.client_id,
+                                            "u": waiter.user_id})
+    if role is None or _RANK.get(role[0], 0) < _RANK["write"]:
+        return None  # its claim runs a pass of its own, which says why
+    now = time.time()
+    new = tables.fetch_one(conn, _START, {"p": project_id, "j": row.job_id, "b": waiter.backend_id, "now": now,
+                                          "exp": now + hub.settings.task_lease_seconds})
+    if new is None:
+        return None
+    waiter.job = {"job_id": new.job_id, "task_type": new.task_type, "task_name": new.task_name,
+                  "task_input": task_input, "attempt": new.attempts}
+    return new
+
+
+_WRITER = ("SELECT m.role FROM task_backends b JOIN members m ON m.project_id = b.project_id AND m.user_id = :u "
+           "WHERE b.project_id = :p AND b.backend_id = :b AND b.client_id = :c")
+_START = ("UPDATE task_jobs SET status = 'started', backend_id = :b, attempts = attempts + 1, started_at = :now, "
+          "lease_expires_at = :exp, progress = NULL, version = version + 1 "
+          "WHERE project_id = :p AND job_id = :j AND status = 'pending' RETURNING *")
+
+
+def _settle(hub: HubState, project_id: str, waiter: Waiter, committed: bool) -> None:
+    """After the transaction that took ``waiter``: its claim gets the job (or runs a pass of its own)."""
+    if not committed:
+        waiter.job = None
+    elif waiter.gone and waiter.job is not None:  # its claim stopped waiting meanwhile (the backend left)
+        asyncio.get_running_loop().create_task(_give_back(hub, project_id, waiter.backend_id, waiter.job["job_id"]))
+    waiter.settled.set()
+    waiter.wake()
+
+
+async def _give_back(hub: HubState, project_id: str, backend_id: str, job_id: str) -> None:
+    def back(conn: Connection) -> int:
+        done = tables.run_sql(conn, _GIVE_BACK, {"p": project_id, "j": job_id, "b": backend_id})
+        if done:
+            hub.wakeups.publish(conn, queue_channel(project_id), 0)
+        return done
+
+    if await in_thread(hub.db.run, back):
+        hub.wakeups.notify(queue_channel(project_id), 0)
+
+
+_GIVE_BACK = ("UPDATE task_jobs SET status = 'pending', backend_id = NULL, started_at = NULL, lease_expires_at = NULL, "
+              "attempts = attempts - 1, version = version + 1 "
+              "WHERE project_id = :p AND job_id = :j AND status = 'started' AND backend_id = :b")
+_INSERT_JOB = (
     "INSERT INTO task_jobs (project_id, job_id, task_type, task_name, task_input, status, attempts, requested_by, "
     "requested_at, started_at, finished_at, backend_id, lease_expires_at, progress, result, result_uri, error, "
     "cancel_requested, version) VALUES (:project_id, :job_id, :task_type, :task_name, :task_input, :status, "
@@ -313,12 +375,14 @@ def _cancel(conn: Connection, who: Caller, hub: HubState, project_id: str, job_i
 # ---------------------------------------------------------------- backends
 
 
-def _backend_row(conn: Connection, project_id: str, backend_id: str) -> Row[Any] | None:
-    b = tables.task_backends
-    return conn.execute(select(b).where(b.c.project_id == project_id, b.c.backend_id == backend_id)).first()
+def _backend_row(conn: Connection, project_id: str, backend_id: str) -> Any:
+    return tables.fetch_one(conn, _BACKEND, {"p": project_id, "b": backend_id})
 
 
-def _own_backend(conn: Connection, who: Caller, project_id: str, backend_id: str) -> Row[Any]:
+_BACKEND = "SELECT * FROM task_backends WHERE project_id = :p AND backend_id = :b"
+
+
+def _own_backend(conn: Connection, who: Caller, project_id: str, backend_id: str) -> Any:
     require_role(conn, who, project_id, "write")
     row = _backend_row(conn, project_id, backend_id)
     if row is None:
@@ -433,8 +497,14 @@ def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> tupl
     return changed, next_lapse
 
 
+def _listed(prefix: str, values: list[str]) -> tuple[str, dict[str, str]]:
+    """Placeholders ``:p0, :p1, ...`` for an IN list, and their values."""
+    named = {f"{prefix}{i}": v for i, v in enumerate(values)}
+    return ", ".join(":" + k for k in named), named
+
+
 def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str, body: Claim,
-           ) -> tuple[dict[str, Any], list[tuple[str, int]], float | None]:
+           ) -> tuple[dict[str, Any], list[tuple[str, int]], float | None, set[str]]:
     """One claim pass: renew, report progress, lapse, take jobs. Returns the answer, the jobs whose
     version changed (to wake their followers) and when the next lease can lapse.
 
@@ -450,11 +520,14 @@ def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backen
     mine = (j.c.project_id == project_id) & (j.c.backend_id == backend_id) & (j.c.status == "started")
     cancel: list[str] = []
     if body.running:
-        held = mine & j.c.job_id.in_(body.running)
-        conn.execute(update(j).where(held).values(lease_expires_at=now + lease))
+        ids, named = _listed("r", body.running)
+        held = (f"project_id = :p AND backend_id = :b AND status = 'started' AND job_id IN ({ids})")
+        tables.run_sql(conn, f"UPDATE task_jobs SET lease_expires_at = :exp WHERE {held}",
+                       {"p": project_id, "b": backend_id, "exp": now + lease, **named})
         known = set(body.known_cancels)
-        cancel = [r.job_id for r in conn.execute(select(j.c.job_id).where(held & j.c.cancel_requested))
-                  if r.job_id not in known]
+        cancel = [r[0] for r in tables.fetch_all(conn, f"SELECT job_id FROM task_jobs WHERE {held} AND cancel_requested",
+                                                 {"p": project_id, "b": backend_id, **named})
+                  if r[0] not in known]
     for job_id, progress in body.progress.items():
         encoded = _canonical({"fraction": progress.get("fraction"), "message": progress.get("message")},
                              "progress", 4096)
@@ -469,15 +542,18 @@ def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backen
     keys = [f"{h['task_type']}:{h['task_name']}" for h in json.loads(backend.handlers)]
     jobs: list[dict[str, Any]] = []
     if body.max_jobs and keys:
-        q = (select(j.c.job_id, j.c.task_type, j.c.task_name, j.c.task_input, j.c.attempts, j.c.version)
-             .where(j.c.project_id == project_id, j.c.status == "pending",
-                    (j.c.task_type + ":" + j.c.task_name).in_(keys))
-             .order_by(j.c.requested_at).limit(body.max_jobs).with_for_update(skip_locked=True))
-        rows = conn.execute(q).all()
+        names, named = _listed("k", keys)
+        rows = tables.fetch_all(conn, (
+            "SELECT job_id, task_type, task_name, task_input, attempts, version FROM task_jobs "
+            f"WHERE project_id = :p AND status = 'pending' AND (task_type || ':' || task_name) IN ({names}) "
+            "ORDER BY requested_at LIMIT :n" + ("" if conn.dialect.name == "sqlite" else " FOR UPDATE SKIP LOCKED")),
+            {"p": project_id, "n": body.max_jobs, **named})
         if rows:
-            conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id.in_([r.job_id for r in rows])).values(
-                status="started", backend_id=backend_id, attempts=j.c.attempts + 1, started_at=now,
-                lease_expires_at=now + lease, progress=None, version=j.c.version + 1))
+            ids, taken = _listed("t", [r.job_id for r in rows])
+            tables.run_sql(conn, (
+                "UPDATE task_jobs SET status = 'started', backend_id = :b, attempts = attempts + 1, started_at = :now, "
+                f"lease_expires_at = :exp, progress = NULL, version = version + 1 WHERE project_id = :p AND job_id IN ({ids})"),
+                {"p": project_id, "b": backend_id, "now": now, "exp": now + lease, **taken})
         for r in rows:
             changed.append((r.job_id, r.version + 1))
             jobs.append({"job_id": r.job_id, "task_type": r.task_type, "task_name": r.task_name,
@@ -488,7 +564,7 @@ def _claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backen
         hub.backend_seen[(project_id, backend_id)] = now
     for job_id, version in changed:
         hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
-    return {"jobs": jobs, "cancel": cancel, "lease_seconds": lease}, changed, next_lapse
+    return {"jobs": jobs, "cancel": cancel, "lease_seconds": lease}, changed, next_lapse, set(keys)
 
 
 class Complete(BaseModel):
@@ -503,7 +579,9 @@ class Complete(BaseModel):
 
 
 def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job_id: str, raw: bytes,
-              ) -> tuple[int, dict[str, Any] | None, list[tuple[str, int]]]:
+              ) -> tuple[Any, dict[str, Any] | None, list[tuple[str, int]]]:
+    """Record a job's end; its new row (its waiters here get it with their wake-up), and the jobs the
+    backend claimed with it."""
     try:
         body = Complete.model_validate(json_object_body(raw))
     except ValueError as e:
@@ -511,7 +589,6 @@ def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job
             raise
         raise InvalidInput(f"invalid completion: {str(e)[:300]}") from None
     _own_backend(conn, who, project_id, _check(BACKEND_ID_RE, body.backend_id, "backend_id"))
-    j = tables.task_jobs
     row = _job_row(conn, project_id, job_id)
     if row is None:
         raise JobNotFound(f"project {project_id!r} has no job {job_id!r}", job_id=job_id)
@@ -541,19 +618,21 @@ def _complete(conn: Connection, who: Caller, hub: HubState, project_id: str, job
                                       "message": str(err.get("message") or "")[:100_000],
                                       "traceback": None if trace is None else str(trace)[:200_000]},
                                      "error", 1_000_000)
-    values["version"] = j.c.version + 1
-    held = conn.execute(update(j).where(j.c.project_id == project_id, j.c.job_id == job_id, j.c.status == "started",
-                                        j.c.backend_id == body.backend_id).values(**values)).rowcount
-    if not held:  # lapsed and handed on between the read and this write (PostgreSQL)
+    sets = ", ".join(f"{name} = :{name}" for name in values)
+    held = tables.fetch_one(conn, (
+        f"UPDATE task_jobs SET {sets}, version = version + 1 WHERE project_id = :p AND job_id = :j "
+        "AND status = 'started' AND backend_id = :b RETURNING *"),
+        {**values, "p": project_id, "j": job_id, "b": body.backend_id})
+    if held is None:  # lapsed and handed on between the read and this write (PostgreSQL)
         raise LeaseLost(f"job {job_id} is no longer held by backend {body.backend_id!r}; its result is not recorded",
                         job_id=job_id)
-    version = int(conn.execute(select(j.c.version).where(j.c.project_id == project_id, j.c.job_id == job_id)).scalar_one())
+    version = int(held.version)
     hub.wakeups.publish(conn, job_channel(project_id, job_id), version)
     if not body.claim_next:
-        return version, None, []
-    answer, changed, _ = _claim(conn, who, hub, project_id, body.backend_id,
+        return held, None, []
+    answer, changed, _, _ = _claim(conn, who, hub, project_id, body.backend_id,
                                 Claim(max_jobs=body.claim_next, wait=0, running=body.running))
-    return version, answer, changed
+    return held, answer, changed
 
 
 # ---------------------------------------------------------------- endpoints
@@ -573,15 +652,23 @@ async def post_request(project_id: str, request: Request, wait: float = Query(de
 async def request_job(req: SignedRequest, project_id: str, raw: bytes, wait: float) -> dict[str, Any]:
     """``POST .../requests``, over HTTP or a session."""
     hub = req.hub
-    record: dict[str, Any] = await req.run(_request, hub, project_id, raw)
+    taken: list[Waiter] = []
+    committed = False
+    try:
+        record: dict[str, Any] = await req.run(_request, hub, project_id, raw, taken)
+        committed = True
+    finally:
+        for waiter in taken:
+            _settle(hub, project_id, waiter, committed)
     member = record.pop("_member")
-    hub.wakeups.notify(queue_channel(project_id), 0)
+    if record["status"] == "pending":
+        hub.wakeups.notify(queue_channel(project_id), 0)
     hub.wakeups.notify(job_channel(project_id, record["job_id"]), record["version"])
-    return await _until_end(hub, project_id, record, member, wait)
+    return await _until_end(hub, project_id, record, member, wait, record.pop("_caller"))
 
 
-async def _until_end(hub: HubState, project_id: str, record: dict[str, Any], member: bool,
-                     wait: float) -> dict[str, Any]:
+async def _until_end(hub: HubState, project_id: str, record: dict[str, Any], member: bool, wait: float,
+                     who: Caller) -> dict[str, Any]:
     """``record`` once its job ended, or as it is after ``wait`` seconds: one round trip for a quick task."""
     if not wait or record["status"] in TERMINAL:
         return record
@@ -598,6 +685,21 @@ async def _until_end(hub: HubState, project_id: str, record: dict[str, Any], mem
             if record["status"] in TERMINAL or left <= 0:
                 return record
             await sub.wait(_until_lapse(record, left))
+            ended = _ended_here(sub, member, who)
+            if ended is not None:
+                return ended
+
+
+def _ended_here(sub: Subscription, member: bool, who: Caller) -> dict[str, Any] | None:
+    """The job's record from the row its completion in this process woke ``sub`` with, when that row
+    ended it and says all the caller may see (no other requester's email to look up); else None."""
+    pages, _ = sub.take()
+    row = pages[-1] if pages else None
+    if row is None or row.status not in TERMINAL:
+        return None
+    if member and not (who.user_id is not None and row.requested_by == who.user_id):
+        return None
+    return job_record(None, row, member=member, caller=who)
 
 
 @router.get(_P + "/jobs", summary="Recent jobs of a project (results left out)")
@@ -625,7 +727,7 @@ async def read_job(req: SignedRequest, project_id: str, job_id: str, wait: float
     if _lapsed(record):
         await settle(req.hub, project_id)
         record, member = await run_in_threadpool(req.hub.db.run, _get_job_member, who, project_id, job_id)
-    return await _until_end(req.hub, project_id, record, member, wait)
+    return await _until_end(req.hub, project_id, record, member, wait, who)
 
 
 def _get_job_member(conn: Connection, who: Caller, project_id: str, job_id: str) -> tuple[dict[str, Any], bool]:
@@ -694,6 +796,7 @@ async def _job_events(hub: HubState, who: Caller, project_id: str, job_id: str, 
                     return
                 if not await sub.wait(_until_lapse(current, keepalive if left is None else min(keepalive, left))):
                     yield b": keep-alive\n\n"
+                sub.take()  # the rows a completion here came with: this stream reads the job itself
                 current = await run_in_threadpool(read)
                 if not isinstance(current, HubError) and _lapsed(current):
                     await settle(hub, project_id)
@@ -737,7 +840,7 @@ async def claim_jobs(req: SignedRequest, project_id: str, backend_id: str, body:
     deadline = time.monotonic() + body.wait
     # The first pass runs in the request's own transaction (its nonce); later passes after a wake-up.
     with hub.wakeups.subscribe(queue_channel(project_id)) as sub:
-        who, (answer, changed, next_lapse) = await req.run(_first_claim, hub, project_id, backend_id, body)
+        who, (answer, changed, next_lapse, keys) = await req.run(_first_claim, hub, project_id, backend_id, body)
         while True:
             for job_id, version in changed:
                 hub.wakeups.notify(job_channel(project_id, job_id), version)
@@ -749,15 +852,39 @@ async def claim_jobs(req: SignedRequest, project_id: str, backend_id: str, body:
             if left <= 0 and deadline - time.monotonic() <= 0:
                 return answer
             if left > 0:
-                await sub.wait(left)
+                job = await _wait_for_job(hub, project_id, backend_id, who, keys if body.max_jobs else set(), sub, left)
+                if job is not None:
+                    return {"jobs": [job], "cancel": [], "lease_seconds": hub.settings.task_lease_seconds}
             else:
                 await asyncio.sleep(0)
             body = body.model_copy(update={"progress": {}})
-            answer, changed, next_lapse = await in_thread(hub.db.run, _claim, who, hub, project_id, backend_id, body)
+            answer, changed, next_lapse, keys = await in_thread(hub.db.run, _claim, who, hub, project_id, backend_id,
+                                                                body)
+
+
+async def _wait_for_job(hub: HubState, project_id: str, backend_id: str, who: Caller, keys: set[str],
+                        sub: Subscription, seconds: float) -> dict[str, Any] | None:
+    """Wait for the queue's wake-up, offering the claim to requests made here (see _handoff): the job a
+    request handed over, or None (woken, or the time is up: the claim runs a pass)."""
+    if not keys:
+        await sub.wait(seconds)
+        return None
+    waiter = Waiter(backend_id, who.client_id, who.user_id, keys, sub.poke)
+    hub.task_waiters.add(project_id, waiter)
+    try:
+        await sub.wait(seconds)
+        if hub.task_waiters.withdraw(project_id, waiter):
+            return None
+        # A request took it: its job is ready once that request's transaction ends (moments).
+        await asyncio.wait_for(waiter.settled.wait(), 60)
+        return waiter.job
+    finally:
+        waiter.gone = True
+        hub.task_waiters.withdraw(project_id, waiter)
 
 
 def _first_claim(conn: Connection, who: Caller, hub: HubState, project_id: str, backend_id: str, body: Claim,
-                 ) -> tuple[Caller, tuple[dict[str, Any], list[tuple[str, int]], float | None]]:
+                 ) -> tuple[Caller, tuple[dict[str, Any], list[tuple[str, int]], float | None, set[str]]]:
     return who, _claim(conn, who, hub, project_id, backend_id, body)
 
 
@@ -771,8 +898,9 @@ async def post_complete(project_id: str, job_id: str, request: Request,
 async def complete_job(req: SignedRequest, project_id: str, job_id: str, raw: bytes) -> dict[str, Any]:
     """``POST .../jobs/{job_id}/complete``, over HTTP or a session."""
     job_id = _check(JOB_ID_RE, job_id, "job id")
-    version, claimed, changed = await req.run(_complete, req.hub, project_id, job_id, raw)
-    req.hub.wakeups.notify(job_channel(project_id, job_id), version)
+    row, claimed, changed = await req.run(_complete, req.hub, project_id, job_id, raw)
+    version = int(row.version)
+    req.hub.wakeups.notify(job_channel(project_id, job_id), version, row)
     for other, other_version in changed:
         req.hub.wakeups.notify(job_channel(project_id, other), other_version)
     return {"job_id": job_id, "version": version, **(claimed or {})}

@@ -55,6 +55,10 @@ class Subscription:
             self._bare = max(self._bare, number)
         self._event.set()
 
+    def poke(self) -> None:
+        """Wake its waiter now, without a number (on the subscription's loop)."""
+        self._event.set()
+
     def take(self) -> tuple[list[Any], int]:
         """The pages delivered with wake-ups since the last take, and the highest number a wake-up
         named without its page (-1: none): what the subscriber must read from the database."""

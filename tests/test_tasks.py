@@ -147,7 +147,8 @@ def test_progress_reaches_the_requester_and_a_large_result_comes_through_a_file(
                                  progress=seen.append)
     np.testing.assert_array_equal(result["values"], np.arange(200_000, dtype=np.float64))
     statuses = [r["status"] for r in seen]
-    assert statuses[0] == "pending" and statuses[-1] == "finished" and "started" in statuses
+    # A backend waiting here takes the job in the request itself: it may be started when first seen.
+    assert statuses[0] in ("pending", "started") and statuses[-1] == "finished" and "started" in statuses
     assert any((r.get("progress") or {}).get("message", "").startswith("part") for r in seen)
     [job] = kc.list_task_jobs()
     assert job["result_uri"].startswith("sha1://")  # over 1 MiB of JSON: a file of the project
