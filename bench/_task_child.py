@@ -155,6 +155,29 @@ def throughput(a: dict[str, Any]) -> dict[str, Any]:
             "requested": a["count"]}
 
 
+def throughput_batch(a: dict[str, Any]) -> dict[str, Any]:
+    """Ours as Dask's map + gather: ``submit_tasks`` for all, then ``gather_tasks``."""
+    import kachery_core as kc
+
+    def inputs(run: str, n: int) -> list[dict[str, Any]]:
+        return [{"x": i, "run": run} for i in range(n)]
+
+    kc.gather_tasks(kc.submit_tasks(task_type="calculation", task_name=SQUARE,
+                                    task_inputs=inputs(a["run"] + "-warmup", a["warmup"])), timeout=RESULT_TIMEOUT_S)
+    start = time.perf_counter()
+    handles = kc.submit_tasks(task_type="calculation", task_name=SQUARE, task_inputs=inputs(a["run"], a["count"]))
+    submitted = time.perf_counter() - start
+    try:
+        values = kc.gather_tasks(handles, timeout=a["budget_s"])
+    except kc.TaskTimeoutError:  # over budget: the rate of what finished is reported
+        values = [h._record.get("result") for h in handles if h._record["status"] == "finished"]
+    done = len(values)
+    if values[:done] != [i * i for i in range(done)] and done == a["count"]:
+        raise RuntimeError("wrong results")
+    return {"seconds": time.perf_counter() - start, "submit_seconds": submitted, "count": done,
+            "requested": a["count"]}
+
+
 def dask_cluster(a: dict[str, Any]) -> dict[str, Any]:
     """Dask's own way: a LocalCluster of ``workers`` processes, the scheduler in this process."""
     from dask.distributed import Client, LocalCluster
@@ -191,7 +214,7 @@ def kill_request(a: dict[str, Any]) -> dict[str, Any]:
 
 
 ROLES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "backend": backend, "request": request, "throughput": throughput, "dask": dask_cluster, "kill-request": kill_request,
+    "backend": backend, "request": request, "throughput": throughput, "throughput-batch": throughput_batch, "dask": dask_cluster, "kill-request": kill_request,
 }
 
 

@@ -12,11 +12,13 @@ from ._task_executors import DaskExecutor, TaskFunctionError
 from ._tasks import (
     TaskBackend,
     TaskHandle,
+    gather_tasks,
     list_task_backends,
     list_task_jobs,
     report_task_progress,
     request_task,
     submit_task,
+    submit_tasks,
     task_cancel_requested,
     task_job_id,
 )
@@ -194,6 +196,7 @@ __all__ = [
     "store_text",
     "store_text_local",
     "submit_task",
+    "submit_tasks",
     "task_cancel_requested",
     "task_job_id",
     "use_hub",

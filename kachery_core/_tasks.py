@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -394,6 +394,88 @@ def request_task(*, task_type: str, task_name: str, task_input: dict[str, Any], 
     return _outcome(handle, record, timeout_sec)
 
 
+#: Inputs one request of :func:`submit_tasks` carries, and jobs one wait of :func:`gather_tasks` names
+#: (the hub's limit); longer lists go in several.
+BATCH = 1000
+#: Bytes of task inputs one batch request carries at most (under the hub's 4 MiB body limit).
+BATCH_BYTES = 3 * 1024 * 1024
+
+
+def submit_tasks(*, task_type: str, task_name: str, task_inputs: Sequence[dict[str, Any]],
+                 project_id: str | None = None) -> list[TaskHandle]:
+    """Request one task for many inputs at once (as ``Client.map`` does in Dask): their handles, in order.
+
+    One request to the hub per 1,000 inputs (or 3 MiB of them) instead of one each; each job is
+    what :func:`submit_task` would give (a cached calculation is finished already, a running one
+    joined). Wait for them with :func:`gather_tasks`.
+    """
+    check_task_type(task_type)
+    check_task_name(task_name)
+    if isinstance(task_inputs, (dict, str, bytes)) or not isinstance(task_inputs, Sequence):
+        raise InvalidArgumentError("task_inputs", task_inputs, "expected a list of dicts (one per task)")
+    encoded = []
+    for i, task_input in enumerate(task_inputs):
+        try:
+            encoded.append(encode_input(task_input))
+        except TaskInputError as e:  # named as the list holds it: task_inputs[3]['x']
+            raise TaskInputError(e.path.replace("task_input", f"task_inputs[{i}]", 1), e.reason) from None
+    client = _hub.connect_for("requesting tasks", write=task_type == "action")
+    pid = get_project_id(project_id)
+    if client.ephemeral:  # no key, no body: each is looked up in the cache
+        return [submit_task(task_type=task_type, task_name=task_name, task_input=t, project_id=pid)
+                for t in task_inputs]
+    import httpx2
+
+    head = '{"task_name":' + json.dumps(task_name) + ',"task_type":"' + task_type + '","task_inputs":['
+    handles: list[TaskHandle] = []
+    start = 0
+    while start < len(encoded):
+        end, size = start, 0
+        while end < len(encoded) and end - start < BATCH and (end == start or size + len(encoded[end]) < BATCH_BYTES):
+            size += len(encoded[end]) + 1
+            end += 1
+        body = (head + ",".join(encoded[start:end]) + "]}").encode()
+        answer = client.json("POST", _tasks_path(pid) + "/requests/batch", content=body, session=True,
+                             headers={"content-type": "application/json"},
+                             timeout=httpx2.Timeout(connect=10.0, read=120.0, write=120.0, pool=30.0))
+        handles += [TaskHandle(client, pid, record) for record in answer["jobs"]]
+        start = end
+    return handles
+
+
+def gather_tasks(handles: Sequence[TaskHandle], *, timeout: float | None = None) -> list[Any]:
+    """The results of ``handles`` in order (as ``Client.gather`` does in Dask), waiting up to ``timeout``
+    seconds in all; the first that failed raises its error (:class:`TaskError`, :class:`TaskCancelledError`,
+    or :class:`TaskTimeoutError` for one not finished in time). One long-poll of the hub per 1,000 jobs
+    at a time, answered as soon as they all ended."""
+    import httpx2
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    groups: dict[tuple[str, str], list[TaskHandle]] = {}
+    for h in handles:
+        groups.setdefault((h._client.url, h.project_id), []).append(h)
+    for group in groups.values():
+        client, pid = group[0]._client, group[0].project_id
+        while True:
+            waiting = [h for h in group if h._record["status"] not in TERMINAL]
+            left = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+            if not waiting or left <= 0:
+                break
+            chunk = {h.job_id: h for h in waiting[:BATCH]}
+            try:
+                answer = client.json("POST", _tasks_path(pid) + "/jobs/wait", session=True,
+                                     json={"job_ids": list(chunk), "wait": round(max(left, 0.0), 3)},
+                                     timeout=httpx2.Timeout(connect=10.0, read=left + 30.0, write=30.0, pool=30.0))
+            except (HubUnavailableError, HubServerError):
+                time.sleep(0.2)  # the hub restarts, or a session broke: ask again
+                continue
+            for record in answer["jobs"]:
+                for h in group:  # (a job listed twice: both handles)
+                    if h.job_id == record["job_id"]:
+                        h._record = record
+    return [_outcome(h, h._record, timeout) for h in handles]
+
+
 def list_task_backends(project_id: str | None = None) -> list[dict[str, Any]]:
     """Backends of the project seen recently, with the handlers they serve and their last heartbeat."""
     client = _hub.connect_for("listing task backends")
@@ -598,7 +680,9 @@ class TaskBackend:
                 if self._changed.is_set() and not self._stop.is_set():
                     self._register()
                 with self._lock:
-                    free = 0 if self._stop.is_set() else self.num_workers - len(self._running)
+                    # Up to as many again as there are workers wait here, claimed ahead: a worker that ends takes
+                    # the next at once instead of after a claim (their leases are renewed like the running ones).
+                    free = 0 if self._stop.is_set() else 2 * self.num_workers - len(self._running)
                 # Renew leases well before they lapse: the long-poll returns after a third of the lease. With
                 # every worker busy, a worker that finishes takes its next job itself (with its result), and this
                 # loop asks every half second: renewals, cancels, and a slot a finished worker left unused.
@@ -629,10 +713,19 @@ class TaskBackend:
                     self._known_cancels.add(job_id)
                 if job is not None:
                     job.ctx.cancel.set()
-            for job in answer.get("jobs", []):
+            jobs = answer.get("jobs", [])
+            for job in jobs:
                 if self._stop.is_set():
                     break
                 self._start_job(job)
+            if jobs:
+                # Let a quick job's result reach the hub before the next claim does: both want the hub (and
+                # SQLite's one writer) at once otherwise. A job still running after a few ms lets it go.
+                self._slot_freed.clear()
+                self._slot_freed.wait(self.CLAIM_AFTER_START)
+
+    #: Seconds the claim loop waits, after starting jobs, for one of them to end before it claims again.
+    CLAIM_AFTER_START = 0.005
 
     def _progress_loop(self) -> None:
         # Progress reported by handlers goes to the hub at most 4 times a second, beside the claim loop.

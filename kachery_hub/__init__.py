@@ -90,6 +90,8 @@ GET             /api/feeds/{feed_id}                              project, label
 GET,POST        /api/feeds/{feed_id}/messages                     a page by number (``start``, ``limit``); append
 GET             /api/feeds/{feed_id}/events                       follow live (Server-Sent Events; ``Last-Event-ID``)
 POST            /api/projects/{project_id}/tasks/requests         request a task: its job (a cached calculation: finished)
+POST            /api/projects/{project_id}/tasks/requests/batch   one task for up to 1,000 inputs: their jobs, in order
+POST            /api/projects/{project_id}/tasks/jobs/wait        up to 1,000 jobs, answered once all ended (``wait``)
 GET             /api/projects/{project_id}/tasks/jobs             recent jobs (``status``, ``limit``)
 GET             /api/projects/{project_id}/tasks/jobs/{job_id}    a job: status, progress, error, result (``wait``)
 GET             /api/projects/{project_id}/tasks/jobs/{job_id}/events  follow a job (Server-Sent Events)

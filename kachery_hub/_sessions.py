@@ -103,6 +103,10 @@ _TASKS = r"/api/projects/(?P<project_id>[^/]+)/tasks"
 ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = (
     ("POST", re.compile(_TASKS + "/requests"),
      lambda req, p, q, body: _tasks.request_job(req, p["project_id"], body, _number(q, "wait", _tasks.MAX_CLAIM_WAIT))),
+    ("POST", re.compile(_TASKS + "/requests/batch"),
+     lambda req, p, q, body: _tasks.request_jobs(req, p["project_id"], body)),
+    ("POST", re.compile(_TASKS + "/jobs/wait"),
+     lambda req, p, q, body: _tasks.wait_jobs(req, p["project_id"], body)),
     ("GET", re.compile(_TASKS + "/jobs/(?P<job_id>[^/]+)"),
      lambda req, p, q, body: _tasks.read_job(req, p["project_id"], p["job_id"], _number(q, "wait", _tasks.MAX_CLAIM_WAIT))),
     ("POST", re.compile(_TASKS + "/backends/(?P<backend_id>[^/]+)/claim"),

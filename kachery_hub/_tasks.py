@@ -30,7 +30,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -68,6 +68,10 @@ MAX_ATTEMPTS = 3
 #: Jobs one claim may take, and handlers one backend may serve.
 MAX_CLAIM = 100
 MAX_HANDLERS = 1000
+#: Requests in one batch, and jobs one wait may name.
+MAX_BATCH = 1000
+#: Results one answer to a wait carries at most (bytes of JSON); the others are fetched one by one.
+MAX_WAIT_RESULTS_BYTES = 8 * 1024 * 1024
 #: Jobs one backend may say it runs (each is a bound parameter of one statement: SQLite takes 32,766).
 MAX_RUNNING = 10_000
 #: Longest a claim long-polls, and a job stream lasts when asked to wait.
@@ -136,12 +140,15 @@ def _email(conn: Connection, user_id: str | None) -> str | None:
 
 
 def job_record(conn: Connection | None, row: Any, *, member: bool, with_result: bool = True,
-               caller: Caller | None = None) -> dict[str, Any]:
-    """What a reader sees of a job (a row of task_jobs); the requester's email only for members."""
+               caller: Caller | None = None, emails: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a reader sees of a job (a row of task_jobs); the requester's email only for members
+    (``emails``: looked up already, by ``"user:" + user id``)."""
     if not member:
         requested_by = None
     elif caller is not None and caller.user_id is not None and row.requested_by == caller.user_id:
         requested_by = caller.email  # the caller's own request: no lookup
+    elif emails is not None and "user:" + str(row.requested_by) in emails:
+        requested_by = emails["user:" + str(row.requested_by)]
     else:
         assert conn is not None, "another requester's email is looked up"
         requested_by = _email(conn, row.requested_by)
@@ -173,21 +180,52 @@ def _is_member(conn: Connection, who: Caller, project_id: str) -> bool:
 # ---------------------------------------------------------------- requests
 
 
-def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes,
-             taken: list[Waiter]) -> dict[str, Any]:
-    body = json_object_body(raw)
-    task_type, task_name, task_input = body.get("task_type"), body.get("task_name"), body.get("task_input")
+def _task_kind(body: dict[str, Any]) -> tuple[str, str]:
+    task_type, task_name = body.get("task_type"), body.get("task_name")
     if task_type not in TASK_TYPES:
         raise InvalidInput(f"task_type must be 'calculation' or 'action', not {str(task_type)[:40]!r}",
                            field="task_type")
     if not isinstance(task_name, str):
         raise InvalidInput(f"task_name must be a string, not {json.dumps(task_name)[:40]}", field="task_name")
-    check_task_name(task_name)
+    return str(task_type), check_task_name(task_name)
+
+
+def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes,
+             taken: list[Waiter]) -> dict[str, Any]:
+    body = json_object_body(raw)
+    task_type, task_name = _task_kind(body)
+    task_input = body.get("task_input")
     if not isinstance(task_input, dict):
         raise InvalidInput("task_input must be a JSON object", field="task_input")
     encoded = _canonical(task_input, "task_input", _constants.MAX_TASK_INPUT_BYTES)
     project = require_role(conn, who, project_id, "read" if task_type == "calculation" else "write")
     member = project.caller_role is not None
+    row = _one_request(conn, who, hub, project_id, task_type, task_name, task_input, encoded, taken)
+    return {**job_record(conn, row, member=member, caller=who), "_member": member, "_caller": who}
+
+
+def _request_batch(conn: Connection, who: Caller, hub: HubState, project_id: str, raw: bytes,
+                   taken: list[Waiter]) -> dict[str, Any]:
+    body = json_object_body(raw)
+    task_type, task_name = _task_kind(body)
+    inputs = body.get("task_inputs")
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_BATCH:
+        raise InvalidInput(f"task_inputs must be a list of 1 to {MAX_BATCH} JSON objects", field="task_inputs")
+    encoded = []
+    for i, task_input in enumerate(inputs):
+        if not isinstance(task_input, dict):
+            raise InvalidInput(f"task_inputs[{i}] must be a JSON object", field="task_inputs")
+        encoded.append(_canonical(task_input, f"task_inputs[{i}]", _constants.MAX_TASK_INPUT_BYTES))
+    project = require_role(conn, who, project_id, "read" if task_type == "calculation" else "write")
+    member = project.caller_role is not None
+    rows = [_one_request(conn, who, hub, project_id, task_type, task_name, task_input, text, taken)
+            for task_input, text in zip(inputs, encoded)]
+    return {"jobs": [job_record(conn, row, member=member, caller=who) for row in rows]}
+
+
+def _one_request(conn: Connection, who: Caller, hub: HubState, project_id: str, task_type: str, task_name: str,
+                 task_input: dict[str, Any], encoded: str, taken: list[Waiter]) -> Any:
+    """The job of one request (new, joined, cached, or run again), handed to a waiting claim when it can be."""
     now = time.time()
     if task_type == "action":
         job_id = "a" + secrets.token_hex(20)
@@ -219,10 +257,9 @@ def _request(conn: Connection, who: Caller, hub: HubState, project_id: str, raw:
     if row.status == "pending":
         handed = _hand_over(conn, hub, project_id, row, task_input, taken)
         if handed is not None:
-            row = handed
-        else:
-            hub.wakeups.publish(conn, queue_channel(project_id), 0)
-    return {**job_record(conn, row, member=member, caller=who), "_member": member, "_caller": who}
+            return handed
+        hub.wakeups.publish(conn, queue_channel(project_id), 0)
+    return row
 
 
 def _hand_over(conn: Connection, hub: HubState, project_id: str, row: Any, task_input: dict[str, Any],
@@ -497,6 +534,13 @@ def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> tupl
     return changed, next_lapse
 
 
+class Started(NamedTuple):
+    """What a claim's wake-up of a job's waiters here says: it started (nothing they wait for)."""
+
+    job_id: str
+    status: str = "started"
+
+
 def _listed(prefix: str, values: list[str]) -> tuple[str, dict[str, str]]:
     """Placeholders ``:p0, :p1, ...`` for an IN list, and their values."""
     named = {f"{prefix}{i}": v for i, v in enumerate(values)}
@@ -667,6 +711,99 @@ async def request_job(req: SignedRequest, project_id: str, raw: bytes, wait: flo
     return await _until_end(hub, project_id, record, member, wait, record.pop("_caller"))
 
 
+async def request_jobs(req: SignedRequest, project_id: str, raw: bytes) -> dict[str, Any]:
+    """``POST .../requests/batch``, over HTTP or a session."""
+    hub = req.hub
+    taken: list[Waiter] = []
+    committed = False
+    try:
+        answer: dict[str, Any] = await req.run(_request_batch, hub, project_id, raw, taken)
+        committed = True
+    finally:
+        for waiter in taken:
+            _settle(hub, project_id, waiter, committed)
+    if any(job["status"] == "pending" for job in answer["jobs"]):
+        hub.wakeups.notify(queue_channel(project_id), 0)
+    for job in answer["jobs"]:
+        hub.wakeups.notify(job_channel(project_id, job["job_id"]), job["version"])
+    return answer
+
+
+async def wait_jobs(req: SignedRequest, project_id: str, raw: bytes) -> dict[str, Any]:
+    """``POST .../jobs/wait``, over HTTP or a session: the jobs once all ended, or after ``wait`` seconds."""
+    body = json_object_body(raw)
+    ids, wait = body.get("job_ids"), body.get("wait", 0)
+    if (not isinstance(ids, list) or not 1 <= len(ids) <= MAX_BATCH
+            or not all(isinstance(j, str) and JOB_ID_RE.fullmatch(j) for j in ids)):
+        raise InvalidInput(f"job_ids must be a list of 1 to {MAX_BATCH} job ids", field="job_ids")
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_CLAIM_WAIT:
+        raise InvalidInput(f"wait must be seconds from 0 to {MAX_CLAIM_WAIT:g}", field="wait")
+    hub = req.hub
+    deadline = time.monotonic() + float(wait)
+    who, (rows, member, emails) = await req.run(_who_and, _jobs_rows, project_id, ids)
+    open_ids = [j for j in dict.fromkeys(ids) if rows[j].status not in TERMINAL]
+    waiting = set(open_ids)
+    soonest: float | None = None
+    with hub.wakeups.subscribe(*[job_channel(project_id, j) for j in open_ids]) as sub:
+        reread = True  # once subscribed: an end between the first read and the subscription is not missed
+        while waiting:
+            if reread:
+                fresh, _, more = await in_thread(hub.db.run, _jobs_rows, who, project_id, list(waiting))
+                emails.update(more)
+                rows.update(fresh)
+                if any(_lapsed({"status": r.status, "lease_expires_at": r.lease_expires_at}) for r in fresh.values()):
+                    await settle(hub, project_id)
+                    continue
+                waiting = {j for j in waiting if rows[j].status not in TERMINAL}
+                soonest = min((rows[j].lease_expires_at for j in waiting
+                               if rows[j].status == "started" and rows[j].lease_expires_at), default=None)
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                break
+            woke = await sub.wait(left if soonest is None else max(0.0, min(left, soonest - time.time() + 0.05)))
+            # Ends here come with their rows and starts with a note: no read. Anything else (a lapse, a
+            # wake-up from another hub process, a lease that may have lapsed) is read, at most 20 times a second.
+            pages, bare = sub.take()
+            for page in pages:
+                if page.status in TERMINAL and page.job_id in waiting:
+                    rows[page.job_id] = page
+                    waiting.discard(page.job_id)
+            reread = not woke or bare >= 0
+            if reread:
+                await asyncio.sleep(0.05)
+    budget = MAX_WAIT_RESULTS_BYTES
+    jobs = []
+    for j in ids:
+        row = rows[j]
+        size = len(row.result or "")
+        jobs.append(job_record(None, row, member=member, caller=who, with_result=size <= budget, emails=emails))
+        budget -= size if size <= budget else 0
+    return {"jobs": jobs}
+
+
+def _jobs_rows(conn: Connection, who: Caller, project_id: str, ids: list[str],
+               ) -> tuple[dict[str, Any], bool, dict[str, Any]]:
+    """The jobs by id (404 for one the project does not have), whether the caller is a member, and
+    for a member the requesters' emails (by ``"user:" + user id``, as job_record takes them)."""
+    require_role(conn, who, project_id, "read")
+    unique = list(dict.fromkeys(ids))
+    rows: dict[str, Any] = {}
+    for start in range(0, len(unique), 500):
+        names, named = _listed("j", unique[start:start + 500])
+        found = tables.fetch_all(conn, f"SELECT * FROM task_jobs WHERE project_id = :p AND job_id IN ({names})",
+                                 {"p": project_id, **named})
+        rows.update((r.job_id, r) for r in found)
+    missing = [j for j in unique if j not in rows]
+    if missing:
+        raise JobNotFound(f"project {project_id!r} has no job {missing[0]!r}", job_id=missing[0])
+    member = _is_member(conn, who, project_id)
+    emails: dict[str, Any] = {}
+    if member:
+        for user_id in {r.requested_by for r in rows.values()} - {None, who.user_id}:
+            emails["user:" + user_id] = _email(conn, user_id)
+    return rows, member, emails
+
+
 async def _until_end(hub: HubState, project_id: str, record: dict[str, Any], member: bool, wait: float,
                      who: Caller) -> dict[str, Any]:
     """``record`` once its job ended, or as it is after ``wait`` seconds: one round trip for a quick task."""
@@ -700,6 +837,21 @@ def _ended_here(sub: Subscription, member: bool, who: Caller) -> dict[str, Any] 
     if member and not (who.user_id is not None and row.requested_by == who.user_id):
         return None
     return job_record(None, row, member=member, caller=who)
+
+
+@router.post(_P + "/requests/batch",
+             summary=f"Request one task for many inputs (at most {MAX_BATCH}): their jobs, in order, as one request "
+                     "each would give")
+async def post_requests(project_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    require_json(request)
+    return await request_jobs(req, project_id, request._body)
+
+
+@router.post(_P + "/jobs/wait",
+             summary=f"Wait for jobs (at most {MAX_BATCH}): their records once all ended, or after `wait` seconds")
+async def post_wait(project_id: str, request: Request, req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
+    require_json(request)
+    return await wait_jobs(req, project_id, request._body)
 
 
 @router.get(_P + "/jobs", summary="Recent jobs of a project (results left out)")
@@ -842,8 +994,10 @@ async def claim_jobs(req: SignedRequest, project_id: str, backend_id: str, body:
     with hub.wakeups.subscribe(queue_channel(project_id)) as sub:
         who, (answer, changed, next_lapse, keys) = await req.run(_first_claim, hub, project_id, backend_id, body)
         while True:
+            taken = {job["job_id"] for job in answer["jobs"]}
             for job_id, version in changed:
-                hub.wakeups.notify(job_channel(project_id, job_id), version)
+                hub.wakeups.notify(job_channel(project_id, job_id), version,
+                                   Started(job_id) if job_id in taken else None)
             if answer["jobs"] or answer["cancel"]:
                 return answer
             left = deadline - time.monotonic()

@@ -95,22 +95,24 @@ class WakeUps:
         return self._conninfo is not None
 
     @contextmanager
-    def subscribe(self, channel: str) -> Iterator[Subscription]:
-        """A subscription to ``channel`` for the block; call it on the event loop that will wait."""
+    def subscribe(self, *channels: str) -> Iterator[Subscription]:
+        """A subscription to ``channels`` (woken by any) for the block; call it on the event loop that will wait."""
         loop = asyncio.get_running_loop()
-        sub = Subscription(channel, loop)
+        sub = Subscription(channels[0] if channels else "", loop)
         with self._lock:
-            self._subs.setdefault(channel, set()).add(sub)
+            for channel in channels:
+                self._subs.setdefault(channel, set()).add(sub)
         self._ensure_listener(loop)
         try:
             yield sub
         finally:
             with self._lock:
-                subs = self._subs.get(channel)
-                if subs is not None:
-                    subs.discard(sub)
-                    if not subs:
-                        del self._subs[channel]
+                for channel in channels:
+                    subs = self._subs.get(channel)
+                    if subs is not None:
+                        subs.discard(sub)
+                        if not subs:
+                            del self._subs[channel]
 
     def followers(self, prefix: str = "") -> int:
         """How many subscriptions this process holds on channels starting with ``prefix``."""

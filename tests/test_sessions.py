@@ -231,23 +231,28 @@ def test_an_outsider_learns_on_a_session_what_http_tells(hub: HubProcess, people
     append_path = f"/api/feeds/{feed.feed_id}/messages"
     request_path = f"/api/projects/{alice.project}/tasks/requests"
     request = {"task_type": "calculation", "task_name": "sq", "task_input": {"x": 1}}
+    batch = {"task_type": "calculation", "task_name": "sq", "task_inputs": [{"x": 1}]}
+    wait = {"job_ids": ["0" * 40], "wait": 0}
     raw = Raw(hub, bob.keys)
     try:
         on_session = [raw.call("GET", job_path), raw.call("POST", append_path, {"messages": [{"a": 1}]}),
-                      raw.call("POST", request_path, request)]
+                      raw.call("POST", request_path, request), raw.call("POST", request_path + "/batch", batch),
+                      raw.call("POST", f"/api/projects/{alice.project}/tasks/jobs/wait", wait)]
     finally:
         raw.close()
     import httpx2
 
     over_http = []
     for method, path, body in (("GET", job_path, b""), ("POST", append_path, b'{"messages":[{"a":1}]}'),
-                               ("POST", request_path, json.dumps(request).encode())):
+                               ("POST", request_path, json.dumps(request).encode()),
+                               ("POST", request_path + "/batch", json.dumps(batch).encode()),
+                               ("POST", f"/api/projects/{alice.project}/tasks/jobs/wait", json.dumps(wait).encode())):
         r = httpx2.request(method, hub.url + path, content=body, headers={
             **signed_headers(bob.keys, method, path, body, host=_host(hub)), "content-type": "application/json"})
         over_http.append((r.status_code, r.json()))
     assert on_session == over_http
     # Not a member: the job and the request are forbidden, the private feed is not even there.
-    assert [s for s, _ in on_session] == [403, 404, 403]
+    assert [s for s, _ in on_session] == [403, 404, 403, 403, 403]
     assert feed.get_num_messages() == 0
     assert kc.list_task_jobs(project_id=alice.project) == []
 
@@ -380,6 +385,9 @@ def test_the_client_sends_tasks_and_appends_on_a_session(hub: HubProcess, people
                                project_id=alice.project) == 49
         handle = kc.submit_task(task_type="calculation", task_name="sq", task_input={"x": 8}, project_id=alice.project)
         assert handle.result(timeout=30) == 64
+        handles = kc.submit_tasks(task_type="calculation", task_name="sq", task_inputs=[{"x": i} for i in range(20)],
+                                  project_id=alice.project)
+        assert kc.gather_tasks(handles, timeout=30) == [i * i for i in range(20)]
     # Errors on a session are the typed errors HTTP gives.
     with pytest.raises(HubNotFoundError) as e:
         kc.request_task(task_type="action", task_name="sq", task_input={}, project_id="nope-project", timeout_sec=5)

@@ -293,3 +293,84 @@ def test_a_dask_local_cluster_serves_a_task_and_an_unpicklable_handler_is_refuse
             executor.shutdown()
     finally:
         gen.close()
+
+
+# ---------------------------------------------------------------- many at once
+
+
+def test_submit_tasks_and_gather_tasks_keep_order_cache_and_join(thub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    thub.sign_in("A", "a@example.org")
+    from kachery_core import _tasks
+
+    monkeypatch.setattr(_tasks, "BATCH", 3)  # 8 inputs: 3 requests, and waits of 3 jobs at most
+    calls: list[int] = []
+
+    def square(x: int) -> int:
+        calls.append(x)
+        return x * x
+
+    with kc.TaskBackend(num_workers=2) as backend:
+        backend.register_task_handler(task_type="calculation", task_name="sq", task_function=square)
+        assert kc.request_task(task_type="calculation", task_name="sq", task_input={"x": 5}) == 25
+        inputs = [{"x": x} for x in (1, 2, 3, 4, 5, 6, 7, 1)]  # 5: cached; 1 twice: one job
+        handles = kc.submit_tasks(task_type="calculation", task_name="sq", task_inputs=inputs)
+        assert [h.job_id for h in handles] == [kc.task_job_id("sq", i) for i in inputs]
+        assert handles[4].status == "finished"  # answered from the cache at once
+        assert kc.gather_tasks(handles, timeout=30) == [1, 4, 9, 16, 25, 36, 49, 1]
+    assert sorted(calls) == [1, 2, 3, 4, 5, 6, 7]  # each calculation ran once
+
+
+def test_gather_tasks_raises_the_first_failure_and_times_out_clearly(thub: Hub) -> None:
+    thub.sign_in("A", "a@example.org")
+
+    def inverse(x: float) -> float:
+        return 1 / x
+
+    with kc.TaskBackend(num_workers=2) as backend:
+        backend.register_task_handler(task_type="calculation", task_name="inv", task_function=inverse)
+        handles = kc.submit_tasks(task_type="calculation", task_name="inv", task_inputs=[{"x": 2}, {"x": 0}, {"x": 4}])
+        with pytest.raises(kc.TaskError) as e:
+            kc.gather_tasks(handles, timeout=30)
+        assert e.value.remote_type == "ZeroDivisionError" and e.value.job_id == handles[1].job_id
+        assert [h._record["status"] for h in handles] == ["finished", "error", "finished"]
+    nobody = kc.submit_tasks(task_type="calculation", task_name="nobody.serves", task_inputs=[{"x": 1}])
+    with pytest.raises(kc.TaskTimeoutError) as t:
+        kc.gather_tasks(nobody, timeout=0.5)
+    assert "no backend took it" in str(t.value)
+
+
+def test_submit_tasks_checks_every_input_and_stores_none_of_a_bad_batch(thub: Hub) -> None:
+    project = thub.sign_in("A", "a@example.org")
+    with pytest.raises(kc.TaskInputError) as e:
+        kc.submit_tasks(task_type="calculation", task_name="sq", task_inputs=[{"x": 1}, {"x": 2}, {"x": [1, {2}]}])
+    assert e.value.path == "task_inputs[2]['x'][1]", e.value.path
+    for bad in ({"x": 1}, "x", None):
+        with pytest.raises(kc.InvalidArgumentError):
+            kc.submit_tasks(task_type="calculation", task_name="sq", task_inputs=bad)  # type: ignore[arg-type]
+    with pytest.raises(kc.InvalidTaskNameError):
+        kc.submit_tasks(task_type="calculation", task_name="no spaces", task_inputs=[{"x": 1}])
+    # The hub refuses a batch with one bad input whole (a client that does not check).
+    client = _hub.connect_signed("x")
+    body = b'{"task_type":"calculation","task_name":"sq","task_inputs":[{"x":1},{"x":NaN}]}'
+    with pytest.raises(kc.HubRequestError) as r:
+        client.json("POST", f"/api/projects/{project}/tasks/requests/batch", content=body,
+                    headers={"content-type": "application/json"})
+    assert r.value.status == 400
+    assert _jobs(thub, project) == {}
+
+
+def test_who_may_submit_and_gather_many(thub: Hub) -> None:
+    project = thub.sign_in("A", "a@example.org")
+    kc.set_project_member(project, "reader@example.org", "read")
+    thub.sign_in("R", "reader@example.org")
+    handles = kc.submit_tasks(task_type="calculation", task_name="sq", task_inputs=[{"x": 1}], project_id=project)
+    assert handles[0].status == "pending"  # a reader may request calculations...
+    with pytest.raises(kc.HubPermissionError):  # ...but not actions
+        kc.submit_tasks(task_type="action", task_name="act", task_inputs=[{"x": 1}], project_id=project)
+    thub.sign_in("O", "outsider@example.org")
+    with pytest.raises((kc.HubPermissionError, kc.HubNotFoundError)):
+        kc.submit_tasks(task_type="calculation", task_name="sq", task_inputs=[{"x": 2}], project_id=project)
+    theirs = kc.TaskHandle(_hub.connect_signed("waiting"), project, handles[0]._record)  # the outsider's own client
+    with pytest.raises((kc.HubPermissionError, kc.HubNotFoundError)):
+        kc.gather_tasks([theirs], timeout=1)
+    assert set(_jobs(thub, project)) == {kc.task_job_id("sq", {"x": 1})}

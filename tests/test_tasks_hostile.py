@@ -530,3 +530,110 @@ def test_the_client_refuses_a_backend_id_a_url_would_rewrite() -> None:
     for backend_id in (".", "..", "a/b", "", "x" * 101):
         with pytest.raises(kc.InvalidArgumentError):
             kc.TaskBackend(backend_id=backend_id)
+
+
+# ---------------------------------------------------------------- many at once: requests/batch and jobs/wait
+
+
+def _batch(task_hub: TaskHub, project: str, inputs: Any, who: str = "alice", task_type: str = "calculation") -> Answer:
+    return task_hub.call("POST", f"/api/projects/{project}/tasks/requests/batch",
+                         {"task_type": task_type, "task_name": "t.calc", "task_inputs": inputs}, who=who)
+
+
+def _wait(task_hub: TaskHub, project: str, body: Any, who: str = "alice", timeout: float = 60) -> Answer:
+    return task_hub.call("POST", f"/api/projects/{project}/tasks/jobs/wait", body, who=who, timeout=timeout)
+
+
+@pytest.mark.parametrize("inputs", [
+    [], None, {"x": 1}, "x", [{"x": 1}, [2]], [{"x": 1}, None], [{"x": 1}] * 1001,
+    [{"x": 1}, {"s": "x" * (MiB + 10)}],
+])
+def test_a_batch_that_is_not_tasks_is_refused_whole(task_hub: TaskHub, project: str, inputs: Any) -> None:
+    a = _batch(task_hub, project, inputs)
+    assert (a.status, a.code) in ((400, "invalid_input"), (413, "payload_too_large")), (a.status, a.body[:300])
+    _nothing_queued(task_hub, project)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"task_type": "calculation", "task_name": "t.calc", "task_inputs": [{"x": 1}, {"a": NaN}]}',
+    b'{"task_type": "calculation", "task_name": "t.calc", "task_inputs": [{"a": 1e999}]}',
+    b'{"task_type": "query", "task_name": "t.calc", "task_inputs": [{}]}',
+    b'{"task_type": "calculation", "task_name": "../x", "task_inputs": [{}]}',
+    b'{"task_type": "calculation", "task_inputs": [{}]}',
+    b"[]", b'{"task_type": "calculation", "task_name": "t.calc", "task_inputs": "x"}',
+] + MALFORMED)
+def test_a_malformed_batch_body_is_refused(task_hub: TaskHub, project: str, body: bytes) -> None:
+    a = task_hub.call("POST", f"/api/projects/{project}/tasks/requests/batch", body)
+    assert (a.status, a.code) in ((400, "invalid_input"), (400, "bad_request"), (422, "invalid_request")), \
+        (a.status, a.body[:300])
+    _nothing_queued(task_hub, project)
+
+
+def test_a_batch_over_the_body_limit_is_refused_before_it_is_read(task_hub: TaskHub, project: str) -> None:
+    a = _batch(task_hub, project, [{"s": "y" * (MiB - 100)} for _ in range(5)])
+    assert (a.status, a.code) == (413, "payload_too_large"), (a.status, a.body[:300])
+    _nothing_queued(task_hub, project)
+
+
+def test_who_may_batch(task_hub: TaskHub, project: str) -> None:
+    a = _batch(task_hub, project, [{"x": 1}], task_type="action", who="bob")  # a reader: no actions
+    assert (a.status, a.code) == (403, "forbidden"), a.body
+    for who in ("carol", None):  # an outsider; an unsigned request
+        a = _batch(task_hub, project, [{"x": 1}], who=who)  # type: ignore[arg-type]
+        assert a.status in (401, 403, 404), (who, a.status, a.body)
+    _nothing_queued(task_hub, project)
+    a = _batch(task_hub, project, [{"x": 1}, {"x": 2}], who="bob")  # a reader may request calculations
+    assert a.status == 200 and [j["status"] for j in a.json()["jobs"]] == ["pending", "pending"], a.body
+
+
+@pytest.mark.parametrize("body", [
+    {"job_ids": [], "wait": 0}, {"job_ids": "abc", "wait": 0}, {"job_ids": ["a" * 65], "wait": 0},
+    {"job_ids": ["../x"], "wait": 0}, {"job_ids": [1], "wait": 0}, {"job_ids": ["a"] * 1001, "wait": 0},
+    {"job_ids": ["a"], "wait": -1}, {"job_ids": ["a"], "wait": 61}, {"job_ids": ["a"], "wait": "soon"},
+    {"job_ids": ["a"], "wait": True}, {"wait": 1},
+])
+def test_a_wait_with_bad_ids_or_time_is_refused(task_hub: TaskHub, project: str, body: dict[str, Any]) -> None:
+    a = _wait(task_hub, project, body)
+    assert (a.status, a.code) == (400, "invalid_input"), (body, a.status, a.body[:300])
+
+
+@pytest.mark.parametrize("wait", [b"NaN", b"Infinity", b"1e999"])
+def test_a_wait_with_a_non_finite_time_is_refused(task_hub: TaskHub, project: str, wait: bytes) -> None:
+    a = _wait(task_hub, project, b'{"job_ids": ["a"], "wait": ' + wait + b"}")
+    assert a.status == 400, (a.status, a.body[:300])
+
+
+def test_an_outsider_learns_nothing_from_a_wait(task_hub: TaskHub, project: str) -> None:
+    job = _pending(task_hub, project, x=7)
+    missing = kc.task_job_id("t.calc", {"never": "requested"})
+    private = _wait(task_hub, project, {"job_ids": [job], "wait": 0}, who="carol")
+    absent = _wait(task_hub, project, {"job_ids": [missing], "wait": 0}, who="carol")
+    assert private.status == absent.status and private.status in (403, 404), private.body
+    assert private.body.replace(job.encode(), b"ID") == absent.body.replace(missing.encode(), b"ID")
+    # A member asking for a job the project does not have is told which.
+    a = _wait(task_hub, project, {"job_ids": [job, missing], "wait": 0})
+    assert (a.status, a.code) == (404, "job_not_found") and missing in a.message, a.body
+
+
+def test_a_wait_answers_once_every_job_ended_with_their_results(task_hub: TaskHub, project: str) -> None:
+    backend = _backend_id()
+    assert task_hub.register(project, backend).status == 200
+    jobs = [j["job_id"] for j in _batch(task_hub, project, [{"x": i} for i in range(3)]).json()["jobs"]]
+    claimed = task_hub.claim(project, backend, max_jobs=3).json()["jobs"]
+    assert sorted(j["job_id"] for j in claimed) == sorted(jobs)
+    for job in jobs[:2]:
+        assert task_hub.complete(project, job, backend, result={"job": job}).status == 200
+    started = time.monotonic()
+    a = _wait(task_hub, project, {"job_ids": jobs + [jobs[0]], "wait": 0.5})  # one not ended: after `wait`
+    assert time.monotonic() - started >= 0.45
+    records = a.json()["jobs"]
+    assert [r["status"] for r in records] == ["finished", "finished", "started", "finished"]
+    assert [r.get("result") for r in records[:2]] == [{"job": jobs[0]}, {"job": jobs[1]}]
+    assert task_hub.complete(project, jobs[2], backend, result=None, status="error",
+                             error={"type": "E", "message": "no"}).status == 200
+    records = _wait(task_hub, project, {"job_ids": jobs, "wait": 30}).json()["jobs"]
+    assert [r["status"] for r in records] == ["finished", "finished", "error"]
+    # Another member sees who asked (looked up for it), and the results.
+    seen = _wait(task_hub, project, {"job_ids": jobs, "wait": 0}, who="bob").json()["jobs"]
+    assert [r["requested_by"] for r in seen] == ["alice@example.org"] * 3, seen
+    assert [r.get("result") for r in seen[:2]] == [{"job": jobs[0]}, {"job": jobs[1]}]
