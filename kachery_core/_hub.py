@@ -342,6 +342,8 @@ class HubClient:
 
         ``session``: sent on this process's session with the hub when it offers one (see
         :mod:`kachery_core._session`; only the endpoints the hub serves on sessions), else over HTTP.
+        ``on_part`` (with ``session``): called with each part of the answer the hub sends ahead of
+        its last (see :meth:`kachery_core._session.HubSession.request`).
         """
         try:
             return self._exchange(method, path, session, kwargs)
@@ -359,6 +361,7 @@ class HubClient:
             answer = self._on_session(self.keys, method, path, kwargs)
             if answer is not _NO_SESSION:
                 return answer
+        kwargs = {k: v for k, v in kwargs.items() if k != "on_part"}  # (HTTP answers come whole)
         return self.send(method, path, **kwargs).json()
 
     def _on_session(self, keys: ClientKeys, method: str, path: str, kwargs: dict[str, Any]) -> Any:
@@ -379,7 +382,8 @@ class HubClient:
             params = kwargs.get("params")
             timeout = kwargs.get("timeout")
             seconds = 600.0 if timeout is None or timeout.read is None else float(timeout.read)
-            status, answer = found.request(method, path + ("?" + urlencode(params) if params else ""), body, seconds)
+            status, answer = found.request(method, path + ("?" + urlencode(params) if params else ""), body, seconds,
+                                           on_part=kwargs.get("on_part"))
             if status >= 400:
                 _raise_error(self.url, status, answer)
         except HubError as e:

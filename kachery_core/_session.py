@@ -19,16 +19,20 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import logging
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from . import _signing
 from ._identity import ClientKeys
 from .errors import HubUnavailableError
+
+log = logging.getLogger("kachery_core")
 
 #: Requests of one session in flight at once (below the hub's own bound, so it always reads on).
 MAX_INFLIGHT = 32
@@ -60,6 +64,7 @@ class HubSession:
         self._send_lock = threading.Lock()  # whole frames onto the socket, one at a time
         self._room = threading.BoundedSemaphore(MAX_INFLIGHT)
         self._pending: dict[int, concurrent.futures.Future[tuple[int, bytes]]] = {}
+        self._parts: dict[int, Callable[[bytes], None]] = {}
         self._next_id = 0
         self._broken: str | None = None
 
@@ -130,8 +135,13 @@ class HubSession:
     def alive(self) -> bool:
         return self._broken is None
 
-    def request(self, method: str, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """Send ``method path`` (relative to the hub URL, query included) with ``body``; (status, answer body)."""
+    def request(self, method: str, path: str, body: bytes, timeout: float,
+                on_part: Callable[[bytes], None] | None = None) -> tuple[int, bytes]:
+        """Send ``method path`` (relative to the hub URL, query included) with ``body``; (status, answer body).
+
+        ``on_part``: called with each part the hub sends ahead of its last answer (a claim's jobs as
+        they come), on the session's reader thread: it must not block.
+        """
         if not self._room.acquire(timeout=timeout):
             raise HubUnavailableError(self.url, f"no room on the session with the hub within {timeout:g} s")
         try:
@@ -143,6 +153,8 @@ class HubSession:
                 self._next_id += 1
                 ident = self._next_id
                 self._pending[ident] = future
+                if on_part is not None:
+                    self._parts[ident] = on_part
                 head = json.dumps({"id": ident, "method": method, "path": path, "headers": headers},
                                   separators=(",", ":")).encode()
                 self._proto.send_binary(head + b"\n" + body)
@@ -155,6 +167,7 @@ class HubSession:
             finally:
                 with self._lock:
                     self._pending.pop(ident, None)
+                    self._parts.pop(ident, None)
         finally:
             self._room.release()
 
@@ -204,9 +217,18 @@ class HubSession:
         head, _, body = message.partition(b"\n")
         try:
             meta = json.loads(head)
-            ident, status = int(meta["id"]), int(meta["status"])
+            ident, status, more = int(meta["id"]), int(meta["status"]), bool(meta.get("more"))
         except (ValueError, KeyError, TypeError):
             self._break("the hub sent a malformed answer on the session")
+            return
+        if more:
+            with self._lock:
+                on_part = self._parts.get(ident)
+            if on_part is not None:
+                try:
+                    on_part(body)
+                except Exception:  # noqa: BLE001 - the caller's; the session goes on
+                    log.exception("a part of an answer on the session was not taken")
             return
         with self._lock:
             future = self._pending.get(ident)

@@ -669,8 +669,9 @@ class TaskBackend:
             known = list(self._known_cancels)
         return dict(self._client.json(
             "POST", f"{_tasks_path(self.project_id)}/backends/{self.backend_id}/claim", session=True,
+            on_part=self._claimed_part,
             json={"max_jobs": max_jobs, "wait": wait, "running": running, "progress": progress,
-                  "known_cancels": known},
+                  "known_cancels": known, "stream": max_jobs > 1},
             timeout=httpx2.Timeout(connect=10.0, read=wait + 30.0, write=30.0, pool=30.0)))
 
     def _claim_loop(self) -> None:
@@ -713,19 +714,24 @@ class TaskBackend:
                     self._known_cancels.add(job_id)
                 if job is not None:
                     job.ctx.cancel.set()
-            jobs = answer.get("jobs", [])
-            for job in jobs:
+            for job in answer.get("jobs", []):
                 if self._stop.is_set():
                     break
                 self._start_job(job)
-            if jobs:
-                # Let a quick job's result reach the hub before the next claim does: both want the hub (and
-                # SQLite's one writer) at once otherwise. A job still running after a few ms lets it go.
-                self._slot_freed.clear()
-                self._slot_freed.wait(self.CLAIM_AFTER_START)
 
-    #: Seconds the claim loop waits, after starting jobs, for one of them to end before it claims again.
-    CLAIM_AFTER_START = 0.005
+    def _claimed_part(self, part: bytes) -> None:
+        """Jobs the hub handed to the waiting claim, ahead of its answer (on a session): start them.
+
+        Called on the session's reader thread: a thread pool's ``submit`` returns at once; another
+        executor (Dask's may take its time sending the function) is given the job from another thread.
+        """
+        for job in json.loads(part).get("jobs", []):
+            if self._stop.is_set():
+                break
+            if getattr(self._executor, "remote", False):
+                self._completions.submit(self._start_job, job)
+            else:
+                self._start_job(job)
 
     def _progress_loop(self) -> None:
         # Progress reported by handlers goes to the hub at most 4 times a second, beside the claim loop.
@@ -743,8 +749,10 @@ class TaskBackend:
         with self._lock:
             handler = self.handlers.get(name)
         if handler is None or handler.task_type != job["task_type"]:
-            self._complete(job_id, "error", {"type": "HandlerNotFound", "traceback": None,
-                                             "message": f"backend {self.backend_id} no longer serves {name!r}"})
+            # (from another thread: this may run on the session's reader, which must not wait for the hub)
+            self._completions.submit(self._complete, job_id, "error", {
+                "type": "HandlerNotFound", "traceback": None,
+                "message": f"backend {self.backend_id} no longer serves {name!r}"})
             return
 
         def report(fraction: float | None, message: str | None) -> None:
@@ -764,8 +772,8 @@ class TaskBackend:
             else:  # in this process: the worker thread reports the result itself (no hand-over to another thread)
                 future = self._executor.submit(self._run_here, job_id, handler.function, kwargs, ctx)
         except Exception as e:  # the executor refused it (e.g. a function Dask cannot send)
-            self._finish(job_id, "error", {"type": type(e).__qualname__, "message": str(e),
-                                           "traceback": traceback.format_exc()})
+            self._completions.submit(self._finish, job_id, "error", {
+                "type": type(e).__qualname__, "message": str(e), "traceback": traceback.format_exc()})
             return
         running.future = future
         if remote:

@@ -35,18 +35,18 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, bindparam, select
-from starlette.concurrency import run_in_threadpool
 
 from kachery_core import _constants
 from kachery_core._serializers import canonical_json
 
 from . import _database as tables
-from ._auth import Caller, SignedRequest, json_object_body, parse_decimal, signed_request
+from ._auth import Caller, SignedRequest, in_thread, json_object_body, parse_decimal, signed_request
 from ._database import Database
 from ._projects import _RANK, require_role
 from ._state import HubState
 from ._streams import StreamSlot, event, event_stream
 from ._text import Line
+from ._wakeup import PG_CHANNEL
 from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 router = APIRouter(tags=["feeds"])
@@ -184,7 +184,15 @@ _BATCHES_SQL = {
               "WHERE feed_id = %s AND first_number > %s AND first_number + count > %s ORDER BY first_number LIMIT %s",
 }
 _INSERT_BATCH = ("INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
-                 "VALUES (:f, :first, :n, :bodies, :lengths, :at, :by)")
+                 "VALUES (:feed_id, :first, :n, :bodies, :lengths, :now, :by)")
+_APPEND_PG = (
+    "WITH numbers AS (UPDATE feeds SET message_count = message_count + :n, last_append_at = :now "
+    "WHERE feed_id = :feed_id RETURNING message_count), "
+    "batch AS (INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
+    "SELECT :feed_id, message_count - :n, :n, :bodies, :lengths, :now, :by FROM numbers) "
+    f"SELECT message_count, pg_notify('{PG_CHANNEL}', CAST(:wake AS text) || CAST(message_count - 1 AS text)) "
+    "FROM numbers"
+)
 _BATCHES_PER_QUERY = 32
 
 
@@ -288,12 +296,17 @@ def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: byt
     user_id = who.require_user()
     texts = parse_messages(raw)
     now = time.time()
-    count = int(tables.fetch_one(conn, _TAKE_NUMBERS, {"n": len(texts), "now": now, "feed_id": feed_id})[0])
-    first = count - len(texts)
     joined = ",".join(texts)
-    tables.run_sql(conn, _INSERT_BATCH, {"f": feed_id, "first": first, "n": len(texts), "bodies": joined,
-                                         "lengths": ",".join([str(len(t)) for t in texts]), "at": now, "by": user_id})
-    hub.wakeups.publish(conn, channel(feed_id), count - 1)
+    batch = {"feed_id": feed_id, "n": len(texts), "bodies": joined, "lengths": ",".join([str(len(t)) for t in texts]),
+             "now": now, "by": user_id}
+    if conn.dialect.name == "postgresql":
+        # One statement, one round trip: the numbers, the batch, and the other hub processes' wake-up
+        # (sent when the transaction commits) with the feed's new last number.
+        count = int(tables.fetch_one(conn, _APPEND_PG, {**batch, "wake": channel(feed_id) + " "})[0])
+    else:
+        count = int(tables.fetch_one(conn, _TAKE_NUMBERS, batch)[0])
+        tables.run_sql(conn, _INSERT_BATCH, {**batch, "first": count - len(texts)})
+    first = count - len(texts)
     live = LivePage(first, len(texts), now, who.email, joined) if len(texts) <= EVENT_BATCH else None
     return {"first_number": first, "count": len(texts), "message_count": count, "time": now, "live": live}
 
@@ -424,12 +437,12 @@ async def _stream(hub: HubState, who: Caller, access: Access, position: int, wai
             # keeps growing is cut off as surely as one whose feed went quiet.
             if time.monotonic() - checked >= recheck:
                 checked = time.monotonic()
-                refused = await run_in_threadpool(still_readable)
+                refused = await in_thread(still_readable)
                 if refused is not None:
                     yield event("end", json.dumps({"reason": "refused", **refused.payload()["error"]}))
                     return
             if must_read:
-                page, count, position = await run_in_threadpool(read, position)
+                page, count, position = await in_thread(read, position)
                 if count:
                     yield event("messages", page, position - 1)
                     if count == EVENT_BATCH:

@@ -16,7 +16,9 @@ the session). Frames, both ways binary: one line of JSON, a newline, then the bo
   and the body. ``path`` is relative to the hub's public URL (as the client signed it, with
   the URL's path prefix before it); ``headers`` are the signature headers and ``host``.
 - answer: ``{"id": 7, "status": 200}`` and the JSON body, an error's as over HTTP
-  (``{"error": {"code", "message"}}``).
+  (``{"error": {"code", "message"}}``). A claim that asks for it (``"stream": true``) gets the jobs
+  handed to it as they come, each as a part ``{"id": 7, "status": 200, "more": true}`` before the
+  last answer, instead of one job per claim.
 
 Who may: the upgrade request is signed too (``GET /api/session``, empty body) and must come
 from a client registered to a user; an unsigned, badly signed, replayed or unregistered one is
@@ -31,6 +33,7 @@ A malformed frame (no head line, a head that is not the JSON above) closes the s
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -50,7 +53,7 @@ from . import _feeds, _tasks
 from ._auth import Caller, SignedRequest, json_object_body, verify_signed
 from ._ratelimit import client_key
 from ._state import HubState
-from ._streams import StreamSlot
+from ._streams import PARTIAL, StreamSlot
 from .errors import HubError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, error_body
 
 if TYPE_CHECKING:
@@ -216,7 +219,13 @@ async def _serve(ws: WebSocket, hub: HubState, address: str, client_id: str) -> 
         async with sending:
             await ws.send_bytes(b'{"id":%d,"status":%d}\n' % (ident, status) + body)
 
+    async def part(ident: int, payload: Any) -> None:
+        async with sending:
+            await ws.send_bytes(b'{"id":%d,"status":200,"more":true}\n' % ident
+                                + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+
     async def work(ident: int, method: str, path: str, headers: dict[str, str], body: bytes, size: int) -> None:
+        PARTIAL.set(functools.partial(part, ident))  # (this task's own context)
         try:
             status, payload = 200, await _handle(hub, client_id, method, path, headers, body)
         except HubError as e:

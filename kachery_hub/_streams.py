@@ -7,8 +7,10 @@ socket and a wake-up subscription, so a client address holds at most
 
 from __future__ import annotations
 
+import contextvars
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -16,6 +18,12 @@ from fastapi.responses import StreamingResponse
 from ._ratelimit import client_key
 from ._state import HubState
 from .errors import TooManyStreams
+
+
+#: Set while a session (_sessions) handles a request: sends one part of its answer ahead of the last
+#: (a claim hands its jobs over as they come). None over HTTP, where an answer is one body.
+PARTIAL: contextvars.ContextVar[Callable[[Any], Awaitable[None]] | None] = contextvars.ContextVar(
+    "kachery_hub_partial", default=None)
 
 
 def event(name: str, data: str, event_id: int | None = None) -> bytes:

@@ -51,7 +51,7 @@ from ._handoff import Waiter
 from ._projects import _RANK, require_role
 from ._state import HubState
 from ._wakeup import Subscription
-from ._streams import StreamSlot, event, event_stream
+from ._streams import PARTIAL, StreamSlot, event, event_stream
 from ._text import Line
 from .errors import Conflict, Forbidden, HubError, InvalidInput, NotFound, PayloadTooLarge
 
@@ -498,6 +498,8 @@ class Claim(BaseModel):
     #: cancels the backend already heard of: not reported again (a claim with a new one returns at once)
     known_cancels: list[Line] = Field(default_factory=list, max_length=MAX_RUNNING)
     progress: dict[str, dict[str, Any]] = Field(default_factory=dict, max_length=10_000)
+    #: on a session: jobs handed over while it waits come as parts of its answer, and it goes on waiting
+    stream: bool = False
 
 
 def _lapse(conn: Connection, hub: HubState, project_id: str, now: float) -> tuple[list[tuple[str, int]], float]:
@@ -1008,7 +1010,18 @@ async def claim_jobs(req: SignedRequest, project_id: str, backend_id: str, body:
             if left > 0:
                 job = await _wait_for_job(hub, project_id, backend_id, who, keys if body.max_jobs else set(), sub, left)
                 if job is not None:
-                    return {"jobs": [job], "cancel": [], "lease_seconds": hub.settings.task_lease_seconds}
+                    handed = {"jobs": [job], "cancel": [], "lease_seconds": hub.settings.task_lease_seconds}
+                    part = PARTIAL.get() if body.stream else None
+                    if part is None or body.max_jobs <= 1:
+                        return handed
+                    # On a session: the job goes now and the claim waits on for the next, with one slot fewer
+                    # (no new claim, and no claim pass, between two requests the backend serves).
+                    await part(handed)
+                    body = body.model_copy(update={"max_jobs": body.max_jobs - 1})
+                    changed = []  # (told already)
+                    if sub.take()[1] < 0:  # no job was queued meanwhile (a batch's others): wait on
+                        continue
+                    # else: a pass takes what was queued
             else:
                 await asyncio.sleep(0)
             body = body.model_copy(update={"progress": {}})
@@ -1026,9 +1039,11 @@ async def _wait_for_job(hub: HubState, project_id: str, backend_id: str, who: Ca
     waiter = Waiter(backend_id, who.client_id, who.user_id, keys, sub.poke)
     hub.task_waiters.add(project_id, waiter)
     try:
+        sub.take()  # forget wake-ups the last pass saw (one that came since still ends the wait at once)
         await sub.wait(seconds)
         if hub.task_waiters.withdraw(project_id, waiter):
             return None
+        # (a wake-up of the queue that came with it stays in `sub` for the caller: see claim_jobs)
         # A request took it: its job is ready once that request's transaction ends (moments).
         await asyncio.wait_for(waiter.settled.wait(), 60)
         return waiter.job

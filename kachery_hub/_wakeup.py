@@ -24,13 +24,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger("kachery_hub.wakeup")
 
 PG_CHANNEL = "kachery_hub"
-_NOTIFY = text(f"SELECT pg_notify('{PG_CHANNEL}', :payload)")
+_NOTIFY = f"SELECT pg_notify('{PG_CHANNEL}', :payload)"
 
 
 class Subscription:
@@ -148,7 +148,9 @@ class WakeUps:
         This process's own subscribers are woken by :meth:`notify` after the commit.
         """
         if self._conninfo is not None:
-            conn.execute(_NOTIFY, {"payload": f"{channel} {number}"})
+            from ._database import run_sql
+
+            run_sql(conn, _NOTIFY, {"payload": f"{channel} {number}"})
 
     # ------------------------------------------------------------ PostgreSQL listener
 
