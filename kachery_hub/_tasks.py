@@ -698,14 +698,7 @@ async def post_request(project_id: str, request: Request, wait: float = Query(de
 async def request_job(req: SignedRequest, project_id: str, raw: bytes, wait: float) -> dict[str, Any]:
     """``POST .../requests``, over HTTP or a session."""
     hub = req.hub
-    taken: list[Waiter] = []
-    committed = False
-    try:
-        record: dict[str, Any] = await req.run(_request, hub, project_id, raw, taken)
-        committed = True
-    finally:
-        for waiter in taken:
-            _settle(hub, project_id, waiter, committed)
+    record = await _requesting(req, _request, project_id, raw)
     member = record.pop("_member")
     if record["status"] == "pending":
         hub.wakeups.notify(queue_channel(project_id), 0)
@@ -713,17 +706,23 @@ async def request_job(req: SignedRequest, project_id: str, raw: bytes, wait: flo
     return await _until_end(hub, project_id, record, member, wait, record.pop("_caller"))
 
 
-async def request_jobs(req: SignedRequest, project_id: str, raw: bytes) -> dict[str, Any]:
-    """``POST .../requests/batch``, over HTTP or a session."""
-    hub = req.hub
+async def _requesting(req: SignedRequest, work: Any, project_id: str, raw: bytes) -> dict[str, Any]:
+    """``work`` (a request's transaction), then the claims it handed jobs to get them (or, had it failed, not)."""
     taken: list[Waiter] = []
     committed = False
     try:
-        answer: dict[str, Any] = await req.run(_request_batch, hub, project_id, raw, taken)
+        answer: dict[str, Any] = await req.run(work, req.hub, project_id, raw, taken)
         committed = True
     finally:
         for waiter in taken:
-            _settle(hub, project_id, waiter, committed)
+            _settle(req.hub, project_id, waiter, committed)
+    return answer
+
+
+async def request_jobs(req: SignedRequest, project_id: str, raw: bytes) -> dict[str, Any]:
+    """``POST .../requests/batch``, over HTTP or a session."""
+    hub = req.hub
+    answer = await _requesting(req, _request_batch, project_id, raw)
     if any(job["status"] == "pending" for job in answer["jobs"]):
         hub.wakeups.notify(queue_channel(project_id), 0)
     for job in answer["jobs"]:
