@@ -67,6 +67,7 @@ def test_notebook_runs(path: Path, kachery_dir: Path, hub_for_notebooks: None) -
         assert "cached: {'n': 4, 'rate_hz': 2.0}" in text
         assert "TaskError: ValueError - unknown unit 'furlong'" in text
         assert "TaskTimeoutError: task 'nobody_serves_this' (calculation) did not finish within 2 s: no backend took it" in text
+        assert "rates: [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]" in text
         assert "1 backend online (2 handlers)" in text
         assert "[('check_units', 'error'), ('firing_rate', 'finished'), ('nobody_serves_this', 'cancelled')]" in text
     if path.name == "sharing.ipynb":
