@@ -9,7 +9,7 @@
 #   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless against a
 #                           throwaway hub (and kachery directory), printing it
 #   bash dev.sh test        set up .venv, then run the whole test suite (extra args go to pytest)
-#   bash dev.sh setup       only set up (also PostgreSQL and redis-server, for the benchmarks in bench/)
+#   bash dev.sh setup       only set up (also PostgreSQL, redis-server and haproxy, for bench/ and the replica tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -92,6 +92,16 @@ setup_redis() {
         echo "==> installing redis-server (an anchor of bench/bench_feeds.py)"
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >/dev/null ||
             echo "==> could not install redis-server: bench/bench_feeds.py needs it" >&2
+    fi
+}
+
+# tests/test_replicas.py puts Debian's HAProxy in front of two hub replicas (started and stopped by the tests).
+setup_haproxy() {
+    if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ] && [ "$(id -u)" = 0 ] &&
+        command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing haproxy (the load balancer of the replica tests)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; } >/dev/null ||
+            echo "==> could not install haproxy: the replica tests will be skipped" >&2
     fi
 }
 
@@ -190,6 +200,7 @@ setup)
     setup
     setup_postgres
     setup_redis
+    setup_haproxy
     ;;
 start)
     setup
@@ -206,6 +217,7 @@ test)
     (cd js && node --test tests/)
     setup_e2e
     setup_postgres
+    setup_haproxy
     setup_kachery_cloud
     echo "==> Python tests (pytest)"
     exec "$VENV/bin/python" -m pytest tests "$@"

@@ -148,6 +148,7 @@ __all__ = [
     "delete_mutable",
     "delete_mutable_local",
     "format_sha1_uri",
+    "gather_tasks",
     "get_client_id",
     "get_client_info",
     "get_hub_url",

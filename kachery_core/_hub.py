@@ -15,6 +15,10 @@ hub does not know the client yet, whatever that request is. That sign-in is
 tried once per process and token: a token the hub refuses (expired, revoked,
 unknown) is remembered and the client goes on unregistered, so public reads
 keep working; a request that needed the sign-in then says why it failed.
+
+Behind a load balancer a replica may die under a request: an idempotent one (:func:`idempotent`)
+that meets a refused or dropped connection, a 502/503/504 or a broken session is sent again,
+signed anew, a few times within about two seconds (:data:`RETRY_DELAYS`); any other fails at once.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json as _json
 import os
+import re
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -226,6 +232,53 @@ def _raise_error(url: str, status: int, body: bytes) -> None:
     raise cls(url, message, status=status, code=code)
 
 
+#: Pauses (seconds) between the tries of an idempotent request that met a transient failure: four
+#: tries in about 2 s, long enough for a load balancer to stop sending to a replica that died.
+RETRY_DELAYS = (0.1, 0.5, 1.5)
+#: What a load balancer answers when the replica it chose is gone or did not answer (and a hub too full to read).
+TRANSIENT_STATUSES = frozenset({502, 503, 504})
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
+#: POSTs that do what they do once however often they are sent: waits for jobs, and task requests
+#: (idempotent when every task they ask for is a calculation: its job ID is the hash of its input).
+_WAIT_PATH = re.compile(r"/api/projects/[^/]+/tasks/jobs/wait")
+_REQUEST_PATH = re.compile(r"/api/projects/[^/]+/tasks/requests(/batch)?")
+
+
+def idempotent(method: str, path: str, json: Any = None, content: bytes | Iterable[bytes] | None = None) -> bool:
+    """Whether sending ``method path`` again after its answer was lost does no more than sending it once.
+
+    GET, HEAD, OPTIONS and PUT are (a PUT stores a file's bytes by their hash, a mutable's value, a
+    backend's registration); so are a wait for jobs and a request of calculations (one job per input,
+    which a second request joins). Nothing else is: a feed append, an action, a DELETE (its answer
+    says whether it deleted), a backend's claim or completion (its own loop goes on after a lost
+    answer, and a claimed job comes back when its lease lapses). A body that was a stream cannot be
+    sent again.
+    """
+    if content is not None and not isinstance(content, bytes):
+        return False
+    if method in _IDEMPOTENT_METHODS:
+        return True
+    if method != "POST":
+        return False
+    if _WAIT_PATH.fullmatch(path):
+        return True
+    if not _REQUEST_PATH.fullmatch(path):
+        return False
+    try:
+        body = json if content is None else _json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("task_type") == "calculation"
+
+
+def _transient_transport(e: Exception) -> bool:
+    """A failure to reach the hub that another try may not meet: no connection, or one dropped
+    before the answer. Not a timeout: the hub may be working on it, and waiting again doubles the wait."""
+    import httpx2
+
+    return isinstance(e, (httpx2.NetworkError, httpx2.RemoteProtocolError, httpx2.ConnectTimeout))
+
+
 class HubClient:
     """Signed requests to one hub; ``keys=None`` for an ephemeral (anonymous) client."""
 
@@ -297,8 +350,46 @@ class HubClient:
         ok_statuses: tuple[int, ...] = (),
         timeout: httpx2.Timeout | None = None,
     ) -> httpx2.Response:
-        """Send one signed request; raises a :class:`HubError` for an error answer."""
+        """Send one signed request; raises a :class:`HubError` for an error answer.
+
+        An idempotent request (:func:`idempotent`) that meets a transient failure (no connection,
+        a connection dropped before the answer, a 502/503/504) is sent again, signed anew, after
+        each of :data:`RETRY_DELAYS`: a replica behind a load balancer died, another answers.
+        """
         self._sign_in_first()
+        import httpx2
+
+        for delay in (*RETRY_DELAYS, None):
+            request = self._signed_request(method, path, json, params, content, body_sha1, headers, timeout)
+            try:
+                # Redirects point at object stores: they are followed without the signature headers.
+                response = self.http.send(request, stream=stream, follow_redirects=False)
+            except httpx2.TransportError as e:
+                if delay is None or not _transient_transport(e) or not idempotent(method, path, json, content):
+                    raise HubUnavailableError(self.url, f"cannot reach the hub: {e}") from None
+                time.sleep(delay)
+                continue
+            if (delay is None or response.status_code not in TRANSIENT_STATUSES or response.status_code in ok_statuses
+                    or not idempotent(method, path, json, content)):
+                break
+            response.close()
+            time.sleep(delay)
+        if response.status_code >= 400 and response.status_code not in ok_statuses:
+            try:
+                _raise_for(self.url, response)
+            except HubError as e:
+                said = self._refused_token(e)
+                if said is None:
+                    raise
+                raise said from None
+            finally:
+                response.close()
+        return response
+
+    def _signed_request(self, method: str, path: str, json: Any, params: dict[str, Any] | None,
+                        content: bytes | Iterable[bytes] | None, body_sha1: str | None,
+                        headers: dict[str, str] | None, timeout: httpx2.Timeout | None) -> httpx2.Request:
+        """The request, signed now (a try of a retried request has a nonce of its own)."""
         request = self.http.build_request(
             method, self.url + path, json=json, params=params, content=content, headers=headers,
         )
@@ -318,24 +409,7 @@ class HubClient:
             request.headers[_signing.HEADER_NONCE] = nonce
             request.headers[_signing.HEADER_BODY_SHA1] = body_sha1
             request.headers[_signing.HEADER_SIGNATURE] = self.keys.sign(message)
-        import httpx2
-
-        try:
-            # Redirects point at object stores: they are followed without the signature headers.
-            response = self.http.send(request, stream=stream, follow_redirects=False)
-        except httpx2.TransportError as e:
-            raise HubUnavailableError(self.url, f"cannot reach the hub: {e}") from None
-        if response.status_code >= 400 and response.status_code not in ok_statuses:
-            try:
-                _raise_for(self.url, response)
-            except HubError as e:
-                said = self._refused_token(e)
-                if said is None:
-                    raise
-                raise said from None
-            finally:
-                response.close()
-        return response
+        return request
 
     def json(self, method: str, path: str, *, session: bool = False, **kwargs: Any) -> Any:
         """A signed JSON request; signs in first if the hub does not know this client yet.
@@ -358,9 +432,18 @@ class HubClient:
 
     def _exchange(self, method: str, path: str, session: bool, kwargs: dict[str, Any]) -> Any:
         if session and self.keys is not None and self.url not in _injected and _constants.sessions_enabled():
-            answer = self._on_session(self.keys, method, path, kwargs)
-            if answer is not _NO_SESSION:
-                return answer
+            for delay in (*RETRY_DELAYS, None):
+                try:
+                    answer = self._on_session(self.keys, method, path, kwargs)
+                except _SessionBroke as e:
+                    # Sent again on a new session (or over HTTP) when that does what sending it once does.
+                    if delay is None or not idempotent(method, path, kwargs.get("json"), kwargs.get("content")):
+                        raise e.error from None
+                    time.sleep(delay)
+                    continue
+                if answer is not _NO_SESSION:
+                    return answer
+                break
         kwargs = {k: v for k, v in kwargs.items() if k != "on_part"}  # (HTTP answers come whole)
         return self.send(method, path, **kwargs).json()
 
@@ -382,9 +465,19 @@ class HubClient:
             params = kwargs.get("params")
             timeout = kwargs.get("timeout")
             seconds = 600.0 if timeout is None or timeout.read is None else float(timeout.read)
-            status, answer = found.request(method, path + ("?" + urlencode(params) if params else ""), body, seconds,
-                                           on_part=kwargs.get("on_part"))
+            try:
+                status, answer = found.request(method, path + ("?" + urlencode(params) if params else ""), body,
+                                               seconds, on_part=kwargs.get("on_part"))
+            except HubUnavailableError as e:
+                if found.alive:  # no answer in time, or no room: the hub is there
+                    raise
+                raise _SessionBroke(e) from None
             if status >= 400:
+                if status in TRANSIENT_STATUSES:
+                    try:
+                        _raise_error(self.url, status, answer)
+                    except HubError as e:
+                        raise _SessionBroke(e) from None
                 _raise_error(self.url, status, answer)
         except HubError as e:
             said = self._refused_token(e)
@@ -458,6 +551,14 @@ class HubClient:
 
 _NO_SESSION = object()
 _hosts: dict[str, str] = {}
+
+
+class _SessionBroke(Exception):
+    """A session request met a transient failure (``error``): the session broke, or the hub was busy."""
+
+    def __init__(self, error: HubError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _client_keys() -> tuple[ClientKeys, str]:

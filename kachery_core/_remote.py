@@ -2,7 +2,10 @@
 
 Storing uploads the bytes to the current project (:func:`get_project_id`)
 unless that project already holds them; the hub verifies the sha1 before the
-file becomes visible. Loading a URI that is not in the local store downloads
+file becomes visible. A big file on a hub with an S3 store goes as a multipart
+upload: part by part to presigned URLs, each part tried again on network errors,
+and a later call after an interruption sends only the parts the store lacks.
+Loading a URI that is not in the local store downloads
 it from any project this client may read, verifies its hash while streaming,
 and keeps it in the local store, so the next load is local. Transfers of big
 content show a progress bar (:mod:`._progress`).
@@ -14,6 +17,7 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,12 @@ from .errors import (
 )
 
 _CHUNK = 1024 * 1024
+#: A part of a multipart upload is tried this many times in all (transport errors, 5xx), waiting
+#: _PART_BACKOFF seconds after the first failure, twice as long after each next one.
+_PART_ATTEMPTS = 5
+_PART_BACKOFF = 0.5
+#: The hub reads a multipart upload back to verify it: its completion may take this long a byte (50 MiB/s).
+_VERIFY_SECONDS_PER_BYTE = 1 / (50 * 1024 * 1024)
 #: Bigger files are announced first (is it there already? may we write?); smaller ones are sent at once.
 _ASK_FIRST_BYTES = 1024 * 1024
 
@@ -92,6 +102,104 @@ def _upload_direct(client: _hub.HubClient, pid: str, sha1: str, size: int, conte
                 json={"label": label, "upload_id": target["upload_id"]})
 
 
+def _part_chunks(content: bytes | Path, offset: int, length: int) -> Iterator[bytes]:
+    """Bytes ``[offset, offset + length)`` of the content, a chunk at a time (a part may be big)."""
+    if not isinstance(content, Path):
+        view = memoryview(content)
+        for start in range(offset, offset + length, _CHUNK):
+            yield bytes(view[start:min(start + _CHUNK, offset + length)])
+        return
+    with open(content, "rb") as f:
+        f.seek(offset)
+        left = length
+        while left:
+            chunk = f.read(min(_CHUNK, left))
+            if not chunk:
+                raise FileChangedError(str(content))  # shorter than when it was hashed
+            left -= len(chunk)
+            yield chunk
+
+
+def _send_part(client: _hub.HubClient, url: str, content: bytes | Path, offset: int, length: int) -> bool:
+    """PUT one part to its presigned URL; False when the store refuses the URL (expired: ask for new ones).
+
+    Transport errors and 5xx answers are tried again, :data:`_PART_ATTEMPTS` times in all, with backoff.
+    """
+    import httpx2
+
+    delay = _PART_BACKOFF
+    for attempt in range(1, _PART_ATTEMPTS + 1):
+        try:
+            response = _hub.plain_client().put(url, content=_part_chunks(content, offset, length),
+                                               headers={"Content-Length": str(length)})
+        except httpx2.TransportError as e:
+            failure = f"{type(e).__name__}: {e}"
+        else:
+            if response.status_code < 300:
+                return True
+            if response.status_code == 403:
+                return False
+            if response.status_code < 500:
+                raise HubRequestError(client.url, f"the hub's object store refused a part: HTTP "
+                                                  f"{response.status_code} {response.text[:200]!r}")
+            failure = f"HTTP {response.status_code}"
+        if attempt == _PART_ATTEMPTS:
+            raise HubUnavailableError(client.url, f"the hub's object store took no part after {attempt} "
+                                                  f"attempts: {failure}")
+        time.sleep(delay)
+        delay *= 2
+    return False  # (not reached)
+
+
+def _upload_multipart(client: _hub.HubClient, pid: str, sha1: str, size: int, content: bytes | Path,
+                      label: str | None, state: dict[str, Any]) -> None:
+    """Send the parts the hub's multipart upload still lacks, a batch of URLs at a time, then complete.
+
+    Asking the hub again gives the same upload with the parts it holds: a call after an
+    interruption sends only the rest. One part's chunk in memory at a time.
+    """
+    name = label or (content.name if isinstance(content, Path) else "content")
+    refused = 0
+    with _progress.Progress(f"uploading {name}", size) as progress:
+        while True:
+            part = int(state["part_size"])
+            done = sum(min(part, size - (n - 1) * part) for n in state["done"])
+            progress(done)
+            urls = state["urls"]
+            if not urls:
+                break
+            for number, url in sorted(urls.items(), key=lambda item: int(item[0])):
+                offset = (int(number) - 1) * part
+                length = min(part, size - offset)
+                if not _send_part(client, url, content, offset, length):
+                    refused += 1
+                    if refused > 2:
+                        raise HubRequestError(client.url, "the hub's object store refuses its part URLs (HTTP 403)")
+                    break  # URLs expired: ask for new ones
+                done += length
+                progress(done)
+            answer = client.json("POST", f"/api/projects/{pid}/files/{sha1}/upload", json={"size": size})
+            if answer["present"]:
+                return  # completed meanwhile by another upload of the same bytes
+            if not answer["upload"].get("multipart"):
+                # A hub (replica) set with a higher threshold: one upload as it says.
+                progress.close()
+                _upload_direct(client, pid, sha1, size, content, label, answer["upload"])
+                return
+            state = answer["upload"]["multipart"]
+    import httpx2
+
+    seconds = max(600.0, size * _VERIFY_SECONDS_PER_BYTE)
+    try:
+        client.json("POST", f"/api/projects/{pid}/files/{sha1}/complete",
+                    json={"label": label, "upload_id": state["upload_id"], "size": size},
+                    timeout=httpx2.Timeout(connect=10.0, read=seconds, write=600.0, pool=60.0))
+    except HubRequestError as e:
+        if e.code == "hash_mismatch" and isinstance(content, Path):
+            raise FileChangedError(str(content)) from None
+        raise
+
+
 def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, project_id: str | None) -> None:
     client = _hub.connect_signed("storing a file on the hub")
     pid = quote(get_project_id(project_id), safe="")
@@ -100,6 +208,9 @@ def _upload(sha1: str, size: int, content: bytes | Path, label: str | None, proj
         # comes before any byte is sent. The answer names where the bytes go.
         answer = client.json("POST", f"/api/projects/{pid}/files/{sha1}/upload", json={"size": size})
         if answer["present"]:
+            return
+        if answer["upload"].get("multipart"):
+            _upload_multipart(client, pid, sha1, size, content, label, answer["upload"]["multipart"])
             return
         if not answer["upload"]["via_hub"]:
             _upload_direct(client, pid, sha1, size, content, label, answer["upload"])

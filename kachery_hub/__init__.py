@@ -51,7 +51,9 @@ skew in seconds, default 300; ``KACHERY_HUB_OIDC_ISSUER``, ``KACHERY_HUB_OIDC_CL
   a database from a release before Alembic is adopted), one at a time across replicas;
 - bytes: ``file://<data>/blobs`` (default; the hub streams and verifies them) or
   ``s3://bucket/prefix?endpoint_url=...`` (clients use presigned URLs; the store
-  checks the sha1; AWS credentials from the usual environment variables).
+  checks the sha1; AWS credentials from the usual environment variables); files over
+  ``KACHERY_HUB_S3_MULTIPART_THRESHOLD`` go as resumable multipart uploads in parts of
+  ``KACHERY_HUB_S3_PART_SIZE``, verified by the hub reading them back (see ``_s3store``).
 
 HTTP API (OpenAPI document at ``/openapi.json``, browsable at ``/docs``).
 Requests are signed by the client key (``kachery_core._signing``); unsigned
@@ -79,8 +81,12 @@ GET             /api/projects/{project_id}/members                members and ro
 PUT,DELETE      /api/projects/{project_id}/members/{email}        add, change (read/write/admin), remove
 GET             /api/projects/{project_id}/files                  files of a project (paged; ?q= label search)
 GET,PUT,DELETE  /api/projects/{project_id}/files/{sha1}           record; upload through the hub; remove
-POST            /api/projects/{project_id}/files/{sha1}/upload    where to upload (S3: presigned, an upload id)
-POST            /api/projects/{project_id}/files/{sha1}/complete  record a direct upload the store verified
+POST            /api/projects/{project_id}/files/{sha1}/upload    where to upload (S3: presigned, an upload id;
+                                                                  over KACHERY_HUB_S3_MULTIPART_THRESHOLD a multipart
+                                                                  upload: part size, parts stored, URLs of the next
+                                                                  missing parts; asked again, the same upload)
+POST            /api/projects/{project_id}/files/{sha1}/complete  record a direct upload the store verified (a
+                                                                  multipart one: read back and hashed by the hub)
 GET             /api/files/{sha1}                                 download from any readable project (ranges)
 GET             /api/files/{sha1}/info                            size and label
 GET             /api/projects/{project_id}/mutables               keys by ``prefix`` (paged)

@@ -20,6 +20,7 @@ presigned URL names its object and would tell whose upload it was.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from typing import Any
 
@@ -34,18 +35,22 @@ from starlette.requests import ClientDisconnect
 from kachery_core import _signing
 
 from . import _database as tables, _metrics
-from ._auth import Caller, SignedRequest, content_length, signed_request, signed_upload
+from ._auth import Caller, SignedRequest, content_length, in_thread, signed_request, signed_upload
 from ._bytestore import ByteStore, IncomingBlob
 from ._database import Database
 from ._projects import require_role
+from ._s3store import MAX_OBJECT_SIZE, S3ByteStore
 from ._text import Line
-from .errors import BadSignature, FileNotFound, InvalidInput, RangeNotSatisfiable, UploadNotFound
+from .errors import (BadSignature, FileNotFound, HashMismatch, InvalidInput, PayloadTooLarge, RangeNotSatisfiable,
+                     UploadNotFound)
 
 router = APIRouter(tags=["files"])
 
 _WRITE_BATCH = 4 * 1024 * 1024  # hand chunks to the writer thread in batches this big
 #: A direct upload not completed this long after its URL was handed out is removed (URLs last an hour).
 ABANDONED_UPLOAD_SECONDS = 2 * 3600.0
+#: The newest pending uploads of a file that asking for its upload again may resume.
+_RESUMABLE = 8
 
 
 class _BigChunkFileResponse(FileResponse):
@@ -94,6 +99,10 @@ _FILE_KEY = text("SELECT storage_key FROM files WHERE project_id = :pid AND sha1
 _PENDING = text("INSERT INTO pending_uploads (upload_id, project_id, sha1, created_at) VALUES (:id, :pid, :sha1, :now)")
 _PENDING_AGAIN = text(_PENDING.text + " ON CONFLICT (upload_id) DO NOTHING")
 _COMPLETED = text("DELETE FROM pending_uploads WHERE upload_id = :id AND project_id = :pid AND sha1 = :sha1")
+_IS_PENDING = text("SELECT 1 FROM pending_uploads WHERE upload_id = :id AND project_id = :pid AND sha1 = :sha1")
+_PENDING_OF = text("SELECT upload_id FROM pending_uploads WHERE project_id = :pid AND sha1 = :sha1 "
+                   "ORDER BY created_at DESC")
+_RESUMED = text("UPDATE pending_uploads SET created_at = :now WHERE upload_id = :id")
 _INSERT_FILE = text(
     "INSERT INTO files (project_id, sha1, size, label, created_by, created_at, storage_key) "
     "VALUES (:pid, :sha1, :size, :label, :user, :now, :key) ON CONFLICT (project_id, sha1) DO UPDATE "
@@ -265,12 +274,68 @@ class UploadRequest(BaseModel):
 class CompleteRequest(BaseModel):
     label: Line | None = Field(default=None, max_length=1000)
     upload_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="as handed out by .../upload")
+    size: int | None = Field(default=None, ge=0, description="the file's size: a multipart upload that lacks "
+                             "parts of it is refused and goes on, instead of failing its check and being removed")
 
 
 def _may_write(conn: Connection, who: Caller, project_id: str) -> Caller:
     who.require_user()
     require_role(conn, who, project_id, "write")
     return who
+
+
+def _may_complete(conn: Connection, who: Caller, project_id: str, sha1: str, upload_id: str) -> Caller:
+    # Before the store is asked anything: completing a multipart upload changes it.
+    _may_write(conn, who, project_id)
+    if conn.execute(_IS_PENDING, {"id": upload_id, "pid": project_id, "sha1": sha1}).first() is None:
+        raise UploadNotFound(f"upload {upload_id} of sha1://{sha1} was not handed out for project {project_id!r}, "
+                             "or is complete already", sha1=sha1)
+    return who
+
+
+def _pending_of(conn: Connection, who: Caller, project_id: str, sha1: str) -> list[str] | None:
+    """The project's pending uploads of ``sha1``, newest first; None when the project holds the file."""
+    _may_write(conn, who, project_id)
+    if conn.execute(_PROJECT_FILE, {"pid": project_id, "sha1": sha1}).first() is not None:
+        return None
+    return [str(r.upload_id) for r in conn.execute(_PENDING_OF, {"pid": project_id, "sha1": sha1})]
+
+
+def _multipart_answer(state: dict[str, Any]) -> dict[str, Any]:
+    return {"present": False, "upload": {"url": None, "method": "PUT", "headers": {}, "via_hub": False,
+                                         "upload_id": state["upload_id"], "multipart": state}}
+
+
+async def _multipart_target(req: SignedRequest, store: S3ByteStore, project_id: str, sha1: str,
+                            size: int) -> dict[str, Any]:
+    """A multipart upload of ``sha1`` into the project: the one in progress (resumed) or a new one.
+
+    Any writer of the project resumes its upload of these bytes: the parts are the same bytes
+    (the whole is checked against the sha1 on completion), and a client needs keep no state.
+    """
+    hub = req.hub
+    pending = await req.run(_pending_of, project_id, sha1)
+    if pending is None:
+        return {"present": True, "upload": None}
+    if size > MAX_OBJECT_SIZE:
+        raise PayloadTooLarge(f"{size} bytes is more than an object store holds in one object ({MAX_OBJECT_SIZE})")
+    part_size = hub.settings.s3_part_size
+    # Each looked up by its own key: nothing here depends on other projects' uploads of the same bytes.
+    for upload_id in pending[:_RESUMABLE]:
+        state = await in_thread(store.multipart_state, sha1, upload_id, size, part_size)
+        if state is not None:
+            # Still wanted: a sweep of abandoned uploads counts from the last time it was asked for.
+            await in_thread(hub.db.run, lambda c: c.execute(_RESUMED, {"id": upload_id, "now": time.time()}))
+            return _multipart_answer(state)
+    upload_id = secrets.token_hex(16)
+    # Recorded before it exists in the store, so that a sweep of abandoned uploads always finds it.
+    await in_thread(hub.db.run, lambda c: c.execute(
+        _PENDING, {"id": upload_id, "pid": project_id, "sha1": sha1, "now": time.time()}))
+    await in_thread(store.begin_multipart, sha1, upload_id)
+    state = await in_thread(store.multipart_state, sha1, upload_id, size, part_size)
+    if state is None:
+        raise UploadNotFound(f"the object store lost multipart upload {upload_id} as it began", sha1=sha1)
+    return _multipart_answer(state)
 
 
 def _upload_target(conn: Connection, who: Caller, store: ByteStore, project_id: str, sha1: str) -> dict[str, Any]:
@@ -299,10 +364,16 @@ def _record_upload(conn: Connection, who: Caller, store: ByteStore, project_id: 
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/upload",
-             summary="Where to send a file's bytes (a presigned URL when the hub uses an object store)")
+             summary="Where to send a file's bytes (a presigned URL when the hub uses an object store; for a "
+                     "big file a multipart upload: part size, parts stored, URLs of the next missing parts; "
+                     "asked again, the same upload)")
 async def post_upload(project_id: str, sha1: str, body: UploadRequest,
                       req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
-    return await req.run(_upload_target, req.hub.store, project_id, _check_sha1(sha1))
+    _check_sha1(sha1)
+    store = req.hub.store
+    if isinstance(store, S3ByteStore) and body.size > req.hub.settings.s3_multipart_threshold:
+        return await _multipart_target(req, store, project_id, sha1, body.size)
+    return await req.run(_upload_target, store, project_id, sha1)
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/complete",
@@ -310,9 +381,19 @@ async def post_upload(project_id: str, sha1: str, body: UploadRequest,
 async def post_complete(project_id: str, sha1: str, body: CompleteRequest, background: BackgroundTasks,
                         req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     _check_sha1(sha1)
-    who = await req.run(_may_write, project_id)
+    who = await req.run(_may_complete, project_id, sha1, body.upload_id)
     store = req.hub.store
-    size = await run_in_threadpool(store.staged_size, sha1, body.upload_id)  # outside any transaction
+    if isinstance(store, S3ByteStore) and body.size is not None and body.size > req.hub.settings.s3_multipart_threshold:
+        state = await in_thread(store.multipart_state, sha1, body.upload_id, body.size, req.hub.settings.s3_part_size)
+        if state is not None and state["urls"]:
+            raise InvalidInput(f"multipart upload {body.upload_id} of sha1://{sha1} is incomplete (parts missing: "
+                               f"{sorted(map(int, state['urls']))[:20]}); send them, then complete")
+    try:
+        size = await run_in_threadpool(store.staged_size, sha1, body.upload_id)  # outside any transaction
+    except HashMismatch:
+        await in_thread(req.hub.db.run, lambda c: c.execute(
+            _COMPLETED, {"id": body.upload_id, "pid": project_id, "sha1": sha1}))  # its object is gone
+        raise
     if size is None:
         raise UploadNotFound(f"no upload {body.upload_id} of sha1://{sha1} has arrived in the object store; "
                              "send the bytes to the URL that .../upload gave, then complete", sha1=sha1)

@@ -32,6 +32,11 @@ build ``Settings(data_dir=...)`` directly.
                                 with the request ID; see :mod:`kachery_hub._metrics`)
 ``KACHERY_HUB_GC_INTERVAL``     seconds between ``serve``'s garbage collections of file bytes no project
                                 references (default 0: off; ``kachery-hub gc`` runs one; see :mod:`kachery_hub._gc`)
+``KACHERY_HUB_S3_MULTIPART_THRESHOLD``  files bigger than this many bytes go to an S3 store as multipart
+                                uploads, resumable part by part (default 100 MiB; at most 5 GiB, AWS's
+                                single PUT; see :mod:`kachery_hub._s3store`)
+``KACHERY_HUB_S3_PART_SIZE``    bytes a part of a multipart upload holds (default 64 MiB; 5 MiB to 5 GiB);
+                                an upload uses ``ceil(size / 10000)`` when that is larger (10,000 parts at most)
 ==============================  ======================================================
 
 Limits against anonymous abuse (fields of :class:`Settings`): request bodies
@@ -103,6 +108,8 @@ ENV_TASK_LEASE = "KACHERY_HUB_TASK_LEASE"
 ENV_GC_INTERVAL = "KACHERY_HUB_GC_INTERVAL"
 ENV_METRICS = "KACHERY_HUB_METRICS"
 ENV_LOG_FORMAT = "KACHERY_HUB_LOG_FORMAT"
+ENV_S3_MULTIPART_THRESHOLD = "KACHERY_HUB_S3_MULTIPART_THRESHOLD"
+ENV_S3_PART_SIZE = "KACHERY_HUB_S3_PART_SIZE"
 METRICS_MODES = ("local", "public", "off")
 LOG_FORMATS = ("text", "json")
 
@@ -127,6 +134,12 @@ FEED_KEEPALIVE_SECONDS = 15.0
 MAX_STREAMS_PER_ADDRESS = 256
 #: A backend holds a job it claimed this long, renewed while it works; a lapsed job is run again.
 TASK_LEASE_SECONDS = 20.0
+# Multipart uploads to S3 (AWS: single PUT <= 5 GiB, parts 5 MiB..5 GiB). 100 MiB, as AWS advises: past it
+# an interrupted upload resumes part by part instead of from the start; the price is that the hub reads
+# the object back once to verify its sha1 (a single PUT is checked by the store itself).
+S3_MULTIPART_THRESHOLD = 100 * 1024 * 1024
+S3_PART_SIZE = 64 * 1024 * 1024
+_S3_MIN_PART, _S3_MAX_PUT = 5 * 1024 * 1024, 5 * 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,8 @@ class Settings:
     gc_interval_seconds: float = 0.0  # 0: serve collects no garbage by itself (see _gc)
     metrics: str = "local"  # who may read /metrics: local, public or off
     log_format: str = "text"  # serve's log records: text or json
+    s3_multipart_threshold: int = S3_MULTIPART_THRESHOLD  # bigger files: multipart uploads (S3 stores)
+    s3_part_size: int = S3_PART_SIZE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().absolute())
@@ -200,6 +215,13 @@ class Settings:
         if not 0 <= self.gc_interval_seconds < float("inf"):
             raise ConfigurationError(f"gc_interval_seconds ({ENV_GC_INTERVAL}) must be 0 (off) or more, "
                                      f"not {self.gc_interval_seconds!r}")
+        if not 0 <= self.s3_multipart_threshold <= _S3_MAX_PUT:
+            raise ConfigurationError(f"s3_multipart_threshold ({ENV_S3_MULTIPART_THRESHOLD}) must be from 0 to "
+                                     f"{_S3_MAX_PUT} (5 GiB, the largest single PUT), "
+                                     f"not {self.s3_multipart_threshold!r}")
+        if not _S3_MIN_PART <= self.s3_part_size <= _S3_MAX_PUT:
+            raise ConfigurationError(f"s3_part_size ({ENV_S3_PART_SIZE}) must be from {_S3_MIN_PART} (5 MiB) to "
+                                     f"{_S3_MAX_PUT} (5 GiB), not {self.s3_part_size!r}")
         if self.max_streams_per_address < 1:
             raise ConfigurationError(f"max_streams_per_address ({ENV_MAX_STREAMS}) must be 1 or more, "
                                      f"not {self.max_streams_per_address!r}")
@@ -241,6 +263,8 @@ class Settings:
         streams = _env_number(env, ENV_MAX_STREAMS, int, MAX_STREAMS_PER_ADDRESS)
         lease = _env_number(env, ENV_TASK_LEASE, float, TASK_LEASE_SECONDS)
         gc_interval = _env_number(env, ENV_GC_INTERVAL, float, 0.0)
+        threshold = _env_number(env, ENV_S3_MULTIPART_THRESHOLD, int, S3_MULTIPART_THRESHOLD)
+        part_size = _env_number(env, ENV_S3_PART_SIZE, int, S3_PART_SIZE)
         base = cls(
             data_dir=Path(env.get(ENV_DATA) or DEFAULT_DATA_DIR),
             database_url=env.get(ENV_DATABASE_URL) or None,
@@ -253,6 +277,8 @@ class Settings:
             max_streams_per_address=streams,
             task_lease_seconds=lease,
             gc_interval_seconds=gc_interval,
+            s3_multipart_threshold=threshold,
+            s3_part_size=part_size,
             metrics=(env.get(ENV_METRICS) or "local").strip().lower(),
             log_format=(env.get(ENV_LOG_FORMAT) or "text").strip().lower(),
             trusted_proxies=tuple((env.get(ENV_TRUSTED_PROXIES) or "").split(",")),
