@@ -67,6 +67,9 @@ def parser(prog: str, *required: str) -> tuple[argparse.ArgumentParser, Any, arg
 def run_command(command: Callable[[Any], None], args: Any,
                 describe: Callable[[BaseException], dict[str, Any]] = error_fields) -> int:
     """``command(args)``; a failure printed as an ``error`` event (``describe``d) and exit status 3."""
+    # Ctrl-C (SIGINT) raises KeyboardInterrupt, as in a terminal, even when the process that started this
+    # one ignored SIGINT (a child inherits an ignored signal, and Python then installs no handler for it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         command(args)
     except Exception as e:
