@@ -125,10 +125,10 @@ def _header(headers: Mapping[str, str], name: str, pattern: re.Pattern[str]) -> 
     return value
 
 
-def _path_and_query(request: Request) -> str:
-    raw = request.scope.get("raw_path") or request.scope["path"].encode()
-    path = raw.decode("latin-1")
-    query = request.scope.get("query_string", b"").decode("latin-1")
+def path_and_query(scope: Mapping[str, Any]) -> str:
+    """The raw path and query a request (HTTP or WebSocket) arrived with, as its client signed them."""
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
     return f"{path}?{query}" if query else path
 
 
@@ -147,7 +147,7 @@ def _verify_headers(hub: HubState, request: Request, body_sha1: str | None) -> _
 
     ``body_sha1`` is the hash of the body when it was read, None for an upload (checked as it streams).
     """
-    return verify_signed(hub, request.method, request.headers, _path_and_query(request), body_sha1)
+    return verify_signed(hub, request.method, request.headers, path_and_query(request.scope), body_sha1)
 
 
 def verify_signed(hub: HubState, method: str, headers: Mapping[str, str], path_and_query: str,

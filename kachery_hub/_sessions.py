@@ -38,7 +38,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
@@ -50,7 +50,7 @@ from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect
 
 from . import _feeds, _tasks
-from ._auth import Caller, SignedRequest, json_object_body, verify_signed
+from ._auth import Caller, SignedRequest, json_object_body, path_and_query, verify_signed
 from ._ratelimit import client_key
 from ._state import HubState
 from ._streams import PARTIAL, StreamSlot
@@ -177,12 +177,6 @@ async def _deny(ws: WebSocket, e: HubError) -> None:
         await ws.close(code=1008, reason=e.message[:120])
 
 
-def _path_and_query(scope: MutableMapping[str, Any]) -> str:
-    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-    query = scope.get("query_string", b"").decode("latin-1")
-    return f"{path}?{query}" if query else path
-
-
 @router.websocket("/api/session")
 async def session(ws: WebSocket) -> None:
     """One client's session: signed requests as frames, answered by id (see the module's docstring)."""
@@ -195,7 +189,7 @@ async def session(ws: WebSocket) -> None:
         return
     try:
         try:
-            signature = verify_signed(hub, "GET", ws.headers, _path_and_query(ws.scope), _EMPTY_SHA1)
+            signature = verify_signed(hub, "GET", ws.headers, path_and_query(ws.scope), _EMPTY_SHA1)
             if signature is None:
                 raise Unauthenticated("a session is opened by a signed request (GET /api/session signed by a "
                                       "registered client); anonymous clients use HTTP")
@@ -215,14 +209,13 @@ async def _serve(ws: WebSocket, hub: HubState, address: str, client_id: str) -> 
     sending = asyncio.Lock()
     working: set[asyncio.Task[None]] = set()
 
-    async def answer(ident: int, status: int, body: bytes) -> None:
+    async def answer(ident: int, status: int, body: bytes, more: bool = False) -> None:
+        head = b'{"id":%d,"status":%d,"more":true}\n' if more else b'{"id":%d,"status":%d}\n'
         async with sending:
-            await ws.send_bytes(b'{"id":%d,"status":%d}\n' % (ident, status) + body)
+            await ws.send_bytes(head % (ident, status) + body)
 
     async def part(ident: int, payload: Any) -> None:
-        async with sending:
-            await ws.send_bytes(b'{"id":%d,"status":200,"more":true}\n' % ident
-                                + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        await answer(ident, 200, json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(), more=True)
 
     async def work(ident: int, method: str, path: str, headers: dict[str, str], body: bytes, size: int) -> None:
         PARTIAL.set(functools.partial(part, ident))  # (this task's own context)
