@@ -346,7 +346,9 @@ def test_many_event_streams_dropped_at_once_leave_nothing_behind(feed_hub: FeedH
     before = _fds(pid)
     streams = [_open_stream(feed_hub, feed) for _ in range(100)]
     try:
-        assert _fds(pid) >= before + 100
+        # Each stream holds a descriptor in the hub; a few of earlier tests' keep-alive connections
+        # may close meanwhile, so the count is checked with that much room.
+        assert _fds(pid) >= before + 90
         assert feed_hub.append(feed, [{"while": "streaming"}]).status == 200
     finally:
         for s in streams:
