@@ -242,14 +242,17 @@ _IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT"})
 #: (idempotent when every task they ask for is a calculation: its job ID is the hash of its input).
 _WAIT_PATH = re.compile(r"/api/projects/[^/]+/tasks/jobs/wait")
 _REQUEST_PATH = re.compile(r"/api/projects/[^/]+/tasks/requests(/batch)?")
+#: Where to upload a file's bytes (asked again: the same multipart upload, or one more single upload the
+#: hub removes as abandoned), and its completion (sent again once done: the project's record of the file).
+_UPLOAD_PATH = re.compile(r"/api/projects/[^/]+/files/[0-9a-f]{40}/(upload|complete)")
 
 
 def idempotent(method: str, path: str, json: Any = None, content: bytes | Iterable[bytes] | None = None) -> bool:
     """Whether sending ``method path`` again after its answer was lost does no more than sending it once.
 
     GET, HEAD, OPTIONS and PUT are (a PUT stores a file's bytes by their hash, a mutable's value, a
-    backend's registration); so are a wait for jobs and a request of calculations (one job per input,
-    which a second request joins). Nothing else is: a feed append, an action, a DELETE (its answer
+    backend's registration); so are a wait for jobs, a request of calculations (one job per input,
+    which a second request joins), and a direct upload's target and completion. Nothing else is: a feed append, an action, a DELETE (its answer
     says whether it deleted), a backend's claim or completion (its own loop goes on after a lost
     answer, and a claimed job comes back when its lease lapses). A body that was a stream cannot be
     sent again.
@@ -260,7 +263,7 @@ def idempotent(method: str, path: str, json: Any = None, content: bytes | Iterab
         return True
     if method != "POST":
         return False
-    if _WAIT_PATH.fullmatch(path):
+    if _WAIT_PATH.fullmatch(path) or _UPLOAD_PATH.fullmatch(path):
         return True
     if not _REQUEST_PATH.fullmatch(path):
         return False

@@ -284,13 +284,19 @@ def _may_write(conn: Connection, who: Caller, project_id: str) -> Caller:
     return who
 
 
-def _may_complete(conn: Connection, who: Caller, project_id: str, sha1: str, upload_id: str) -> Caller:
+def _may_complete(conn: Connection, who: Caller, project_id: str, sha1: str,
+                  upload_id: str) -> tuple[Caller, dict[str, Any] | None]:
+    """The caller, and None when ``upload_id`` waits to be completed, else the project's record of the
+    file if the project holds it (a completion sent again after its answer was lost: that answer again)."""
     # Before the store is asked anything: completing a multipart upload changes it.
     _may_write(conn, who, project_id)
-    if conn.execute(_IS_PENDING, {"id": upload_id, "pid": project_id, "sha1": sha1}).first() is None:
-        raise UploadNotFound(f"upload {upload_id} of sha1://{sha1} was not handed out for project {project_id!r}, "
-                             "or is complete already", sha1=sha1)
-    return who
+    if conn.execute(_IS_PENDING, {"id": upload_id, "pid": project_id, "sha1": sha1}).first() is not None:
+        return who, None
+    row = conn.execute(_PROJECT_FILE, {"pid": project_id, "sha1": sha1}).first()
+    if row is not None:
+        return who, _file_json(row)
+    raise UploadNotFound(f"upload {upload_id} of sha1://{sha1} was not handed out for project {project_id!r}, "
+                         "or is complete already", sha1=sha1)
 
 
 def _pending_of(conn: Connection, who: Caller, project_id: str, sha1: str) -> list[str] | None:
@@ -381,7 +387,9 @@ async def post_upload(project_id: str, sha1: str, body: UploadRequest,
 async def post_complete(project_id: str, sha1: str, body: CompleteRequest, background: BackgroundTasks,
                         req: SignedRequest = Depends(signed_request)) -> dict[str, Any]:
     _check_sha1(sha1)
-    who = await req.run(_may_complete, project_id, sha1, body.upload_id)
+    who, done = await req.run(_may_complete, project_id, sha1, body.upload_id)
+    if done is not None:
+        return done
     store = req.hub.store
     if isinstance(store, S3ByteStore) and body.size is not None and body.size > req.hub.settings.s3_multipart_threshold:
         state = await in_thread(store.multipart_state, sha1, body.upload_id, body.size, req.hub.settings.s3_part_size)

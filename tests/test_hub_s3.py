@@ -135,8 +135,18 @@ def test_an_upload_id_completes_only_the_upload_it_was_handed_out_for(hub: Hub) 
     assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
     done = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
     assert done.status_code == 200
-    again = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
-    assert again.status_code == 404 and _objects(hub, sha1), "a second completion leaves the project's copy alone"
+    # Sent again (its answer was lost on the way): the same answer, and the project's copy left alone,
+    # even with another label.
+    objects = _objects(hub, sha1)
+    again = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/complete", {"label": "x", "upload_id": upload["upload_id"]})
+    assert again.status_code == 200 and again.json() == done.json(), again.text
+    assert _objects(hub, sha1) == objects and len(objects) == 1
+    # Only for the project that holds the file, and only for its writers.
+    r = _signed(hub, "POST", f"/api/projects/{other}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "upload_not_found"
+    hub.sign_in("B", "b@example.org")
+    r = _signed(hub, "POST", f"/api/projects/{pid_a}/files/{sha1}/complete", {"label": None, "upload_id": upload["upload_id"]})
+    assert r.status_code == 403 and sha1 not in r.text, r.text
 
 
 def test_a_changed_source_file_is_refused_by_the_store(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

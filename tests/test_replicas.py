@@ -366,6 +366,8 @@ SENT_AGAIN = [
     ("POST", "/api/projects/p1/tasks/requests/batch",
      b'{"task_name":"t.count","task_type":"calculation","task_inputs":[{"x":1},{"x":2}]}'),
     ("POST", "/api/projects/p1/tasks/jobs/wait", b'{"job_ids":["j"],"wait":1}'),
+    ("POST", "/api/projects/p1/files/" + "a" * 40 + "/upload", b'{"size":3}'),
+    ("POST", "/api/projects/p1/files/" + "a" * 40 + "/complete", b'{"label":null,"upload_id":"' + b"0" * 32 + b'"}'),
 ]
 SENT_ONCE = [
     ("POST", "/api/feeds/f1/messages", b'{"messages":[{"i":1}]}'),
@@ -373,7 +375,6 @@ SENT_ONCE = [
     ("POST", "/api/projects/p1/tasks/requests/batch", b'{"task_name":"t.act","task_type":"action","task_inputs":[{}]}'),
     ("POST", "/api/projects/p1/tasks/backends/b1/claim", b'{"wait":1}'),
     ("POST", "/api/projects/p1/tasks/jobs/j/complete", b'{"status":"finished"}'),
-    ("POST", "/api/projects/p1/files/" + "a" * 40 + "/complete", b'{"label":null}'),
     ("DELETE", "/api/projects/p1/mutables/k", None),
 ]
 
