@@ -9,6 +9,9 @@ Metrics (a registry per app, so many apps in one process do not clash)::
                                                                 client moved them with a presigned URL
     kachery_hub_live_followers                                  event streams open (feed and task-job followers)
     kachery_hub_task_jobs{status="pending"|"started"}           queued and running jobs (one COUNT per scrape)
+    kachery_hub_sessions                                        sessions open (``GET /api/session``)
+    kachery_hub_session_requests_total{method, route, status}   requests answered on sessions
+    kachery_hub_session_request_duration_seconds{method, route} until a session request's answer was sent
 
 ``route`` is the matched route's path template (``/api/feeds/{feed_id}/events``),
 ``unmatched`` for no route, never the requested path: labels stay few whatever
@@ -91,6 +94,12 @@ class Metrics:
                                   "clients with presigned URLs (via=store)", ["direction", "via"], registry=r)
         self.followers = Gauge("kachery_hub_live_followers", "Event streams open (feed and task-job followers)",
                                multiprocess_mode="livesum", registry=r)
+        self.sessions = Gauge("kachery_hub_sessions", "Sessions open (GET /api/session)",
+                              multiprocess_mode="livesum", registry=r)
+        self.session_requests = Counter("kachery_hub_session_requests", "Requests answered on sessions, by route "
+                                        "template and status", ["method", "route", "status"], registry=r)
+        self.session_latency = Histogram("kachery_hub_session_request_duration_seconds", "Time until a session "
+                                         "request was answered", ["method", "route"], buckets=_BUCKETS, registry=r)
         self.jobs = _JobCounts(hub)
         r.register(self.jobs)
         if not os.environ.get(MULTIPROC_ENV):
@@ -265,6 +274,22 @@ class KeepPeer:
         if scope["type"] == "http":
             scope[PEER_KEY] = scope.get("client")
         await self.app(scope, receive, send)
+
+
+def count_session(hub: HubState, delta: int) -> None:
+    """A session opened (+1) or ended (-1)."""
+    metrics: Metrics | None = getattr(hub, _HUB_ATTR, None)
+    if metrics is not None:
+        metrics.sessions.inc(delta)
+
+
+def count_session_request(hub: HubState, method: str, route: str, status: int, seconds: float) -> None:
+    """A request answered on a session: ``route`` is its route template (or ``unmatched``), as for HTTP."""
+    metrics: Metrics | None = getattr(hub, _HUB_ATTR, None)
+    if metrics is not None:
+        method = method if method in _METHODS else "other"
+        metrics.session_requests.labels(method, route, str(status)).inc()
+        metrics.session_latency.labels(method, route).observe(seconds)
 
 
 def count_upload(hub: HubState, size: int, *, direct: bool) -> None:

@@ -38,6 +38,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
@@ -49,7 +50,7 @@ from sqlalchemy import Connection
 from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect
 
-from . import _feeds, _tasks
+from . import _feeds, _metrics, _tasks
 from ._auth import Caller, SignedRequest, json_object_body, path_and_query, verify_signed
 from ._ratelimit import client_key
 from ._state import HubState
@@ -100,35 +101,46 @@ def _claim_body(raw: bytes) -> _tasks.Claim:
 
 
 Handler = Callable[[SignedRequest, dict[str, str], dict[str, str], bytes], Awaitable[Any]]
-_TASKS = r"/api/projects/(?P<project_id>[^/]+)/tasks"
+_TASKS = "/api/projects/{project_id}/tasks"
 
-#: (method, path pattern, handler): the endpoints a session serves, each by its HTTP endpoint's code.
-ROUTES: tuple[tuple[str, re.Pattern[str], Handler], ...] = (
-    ("POST", re.compile(_TASKS + "/requests"),
-     lambda req, p, q, body: _tasks.request_job(req, p["project_id"], body, _number(q, "wait", _tasks.MAX_CLAIM_WAIT))),
-    ("POST", re.compile(_TASKS + "/requests/batch"),
-     lambda req, p, q, body: _tasks.request_jobs(req, p["project_id"], body)),
-    ("POST", re.compile(_TASKS + "/jobs/wait"),
-     lambda req, p, q, body: _tasks.wait_jobs(req, p["project_id"], body)),
-    ("GET", re.compile(_TASKS + "/jobs/(?P<job_id>[^/]+)"),
-     lambda req, p, q, body: _tasks.read_job(req, p["project_id"], p["job_id"], _number(q, "wait", _tasks.MAX_CLAIM_WAIT))),
-    ("POST", re.compile(_TASKS + "/backends/(?P<backend_id>[^/]+)/claim"),
-     lambda req, p, q, body: _tasks.claim_jobs(req, p["project_id"], p["backend_id"], _claim_body(body))),
-    ("POST", re.compile(_TASKS + "/jobs/(?P<job_id>[^/]+)/complete"),
-     lambda req, p, q, body: _tasks.complete_job(req, p["project_id"], p["job_id"], body)),
-    ("POST", re.compile(r"/api/feeds/(?P<feed_id>[^/]+)/messages"),
-     lambda req, p, q, body: _feeds.append_messages(req, p["feed_id"], body)),
+
+def _served(method: str, template: str, handler: Handler) -> tuple[str, str, re.Pattern[str], Handler]:
+    """A route: ``template`` as HTTP routes spell it (the metrics' label), matched by a pattern made from it."""
+    return method, template, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)), handler
+
+
+#: (method, template, path pattern, handler): the endpoints a session serves, each by its HTTP endpoint's code.
+ROUTES: tuple[tuple[str, str, re.Pattern[str], Handler], ...] = (
+    _served("POST", _TASKS + "/requests",
+            lambda req, p, q, body: _tasks.request_job(req, p["project_id"], body,
+                                                       _number(q, "wait", _tasks.MAX_CLAIM_WAIT))),
+    _served("POST", _TASKS + "/requests/batch",
+            lambda req, p, q, body: _tasks.request_jobs(req, p["project_id"], body)),
+    _served("POST", _TASKS + "/jobs/wait",
+            lambda req, p, q, body: _tasks.wait_jobs(req, p["project_id"], body)),
+    _served("GET", _TASKS + "/jobs/{job_id}",
+            lambda req, p, q, body: _tasks.read_job(req, p["project_id"], p["job_id"],
+                                                    _number(q, "wait", _tasks.MAX_CLAIM_WAIT))),
+    _served("POST", _TASKS + "/backends/{backend_id}/claim",
+            lambda req, p, q, body: _tasks.claim_jobs(req, p["project_id"], p["backend_id"], _claim_body(body))),
+    _served("POST", _TASKS + "/jobs/{job_id}/complete",
+            lambda req, p, q, body: _tasks.complete_job(req, p["project_id"], p["job_id"], body)),
+    _served("POST", "/api/feeds/{feed_id}/messages",
+            lambda req, p, q, body: _feeds.append_messages(req, p["feed_id"], body)),
 )
+#: The metrics' route label of a frame no route matched.
+UNMATCHED = "unmatched"
 
 
-def _route(method: str, path: str) -> tuple[Handler, dict[str, str]]:
+def _route(method: str, path: str) -> tuple[Handler, dict[str, str], str]:
+    """The handler, path parameters and route template of a frame's ``method path``."""
     allowed = False
-    for m, pattern, handler in ROUTES:
+    for m, template, pattern, handler in ROUTES:
         match = pattern.fullmatch(path)
         if match is not None:
             if m == method:
                 # Percent-decoded as Starlette decodes HTTP path parameters; strict UTF-8 (see _text).
-                return handler, {k: unquote(v, errors="strict") for k, v in match.groupdict().items()}
+                return handler, {k: unquote(v, errors="strict") for k, v in match.groupdict().items()}, template
             allowed = True
     if allowed:
         raise _MethodNotAllowed(f"{method} is not served on {path} on a session")
@@ -198,7 +210,11 @@ async def session(ws: WebSocket) -> None:
             await _deny(ws, e)
             return
         await ws.accept()
-        await _serve(ws, hub, address, str(who.client_id))
+        _metrics.count_session(hub, 1)
+        try:
+            await _serve(ws, hub, address, str(who.client_id))
+        finally:
+            _metrics.count_session(hub, -1)
     finally:
         slot.release()
 
@@ -219,8 +235,11 @@ async def _serve(ws: WebSocket, hub: HubState, address: str, client_id: str) -> 
 
     async def work(ident: int, method: str, path: str, headers: dict[str, str], body: bytes, size: int) -> None:
         PARTIAL.set(functools.partial(part, ident))  # (this task's own context)
+        start = time.perf_counter()
+        route = [UNMATCHED]
+        status = 499  # what it stays if the work is cancelled: the client went away (as nginx logs it)
         try:
-            status, payload = 200, await _handle(hub, client_id, method, path, headers, body)
+            status, payload = 200, await _handle(hub, client_id, method, path, headers, body, route)
         except HubError as e:
             status, payload = e.status, error_body(e.code, e.message, **e.extra)
         except UnicodeError:
@@ -231,6 +250,7 @@ async def _serve(ws: WebSocket, hub: HubState, address: str, client_id: str) -> 
         finally:
             budget.give(address, size)
             room.release()
+            _metrics.count_session_request(hub, method, route[0], status, time.perf_counter() - start)
         try:
             await answer(ident, status, payload)
         except (WebSocketDisconnect, RuntimeError):
@@ -273,12 +293,13 @@ async def _serve(ws: WebSocket, hub: HubState, address: str, client_id: str) -> 
 
 
 async def _handle(hub: HubState, client_id: str, method: str, path: str, headers: dict[str, str],
-                  body: bytes) -> bytes:
+                  body: bytes, route: list[str]) -> bytes:
+    """The answer's body; ``route[0]`` is set to the route template once the path matched one (metrics)."""
     if not _PATH_TEXT.fullmatch(path):
         raise InvalidInput("a request path on a session must be printable ASCII starting with '/' "
                            "(percent-encode the rest), at most 2048 characters")
     bare, _, query_text = path.partition("?")
-    handler, params = _route(method, bare)
+    handler, params, route[0] = _route(method, bare)
     signature = verify_signed(hub, method, Headers(headers), path, hashlib.sha1(body).hexdigest())
     if signature is None:
         raise Unauthenticated("every request on a session must be signed")

@@ -476,3 +476,49 @@ def test_body_hash_of_frames_is_checked(hub: HubProcess, people: tuple[Client, C
     finally:
         raw.close()
     assert feed.get_num_messages() == 0
+
+
+def _metric(hub: HubProcess, name: str) -> dict[str, float]:
+    """``{labels: value}`` of metric ``name`` at the hub's /metrics (labels as written, '' for none)."""
+    import re
+
+    import httpx2
+
+    text = httpx2.get(f"{hub.url}/metrics", timeout=30).text
+    found = {}
+    for line in text.splitlines():
+        m = re.fullmatch(re.escape(name) + r"(\{.*\})? (\S+)", line)
+        if m:
+            found[m.group(1) or ""] = float(m.group(2))
+    return found
+
+
+def test_sessions_and_their_requests_are_in_the_metrics(hub: HubProcess, people: tuple[Client, Client]) -> None:
+    alice, _ = people
+    feed = _feed(alice)
+    append = '{method="POST",route="/api/feeds/{feed_id}/messages",status="200"}'
+    refused = '{method="GET",route="unmatched",status="404"}'
+    before = _metric(hub, "kachery_hub_session_requests_total")
+    open_before = _metric(hub, "kachery_hub_sessions")[""]
+    raw = Raw(hub, alice.keys)
+    try:
+        assert _metric(hub, "kachery_hub_sessions")[""] == open_before + 1
+        for i in range(3):
+            assert raw.call("POST", f"/api/feeds/{feed.feed_id}/messages", {"messages": [{"i": i}]})[0] == 200
+        assert raw.call("GET", f"/api/{alice.project}/nothing-here")[0] == 404
+    finally:
+        raw.close()
+    after = _metric(hub, "kachery_hub_session_requests_total")
+    assert after[append] - before.get(append, 0) == 3
+    assert after[refused] - before.get(refused, 0) == 1
+    durations = _metric(hub, "kachery_hub_session_request_duration_seconds_count")
+    assert durations['{method="POST",route="/api/feeds/{feed_id}/messages"}'] >= 3
+    # Route templates only: no feed, project or path of a request appears.
+    import httpx2
+
+    text = httpx2.get(f"{hub.url}/metrics", timeout=30).text
+    assert feed.feed_id not in text and alice.project not in text and "nothing-here" not in text
+    deadline = time.monotonic() + 10
+    while _metric(hub, "kachery_hub_sessions")[""] != open_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _metric(hub, "kachery_hub_sessions")[""] == open_before
