@@ -9,7 +9,8 @@
 #   bash dev.sh quickstart  set up .venv and run notebooks/quickstart.ipynb headless against a
 #                           throwaway hub (and kachery directory), printing it
 #   bash dev.sh test        set up .venv, then run the whole test suite (extra args go to pytest)
-#   bash dev.sh setup       only set up (also PostgreSQL, redis-server and haproxy, for bench/ and the replica tests)
+#   bash dev.sh setup       only set up (also PostgreSQL, redis-server, haproxy and nginx, for bench/ and the replica
+#                           and reverse-proxy tests)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -102,6 +103,18 @@ setup_haproxy() {
         echo "==> installing haproxy (the load balancer of the replica tests)"
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; } >/dev/null ||
             echo "==> could not install haproxy: the replica tests will be skipped" >&2
+    fi
+}
+
+# tests/test_reverse_proxy.py puts Debian's nginx (TLS, a path prefix) in front of a hub (started and stopped by the tests).
+setup_nginx() {
+    if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] &&
+        command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing nginx (the reverse proxy of the reverse-proxy tests)"
+        # nginx-light where Debian still has it (bookworm), else nginx.
+        { apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light ||
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }; } >/dev/null 2>&1 ||
+            echo "==> could not install nginx: the reverse-proxy tests will be skipped" >&2
     fi
 }
 
@@ -201,6 +214,7 @@ setup)
     setup_postgres
     setup_redis
     setup_haproxy
+    setup_nginx
     ;;
 start)
     setup
@@ -218,6 +232,7 @@ test)
     setup_e2e
     setup_postgres
     setup_haproxy
+    setup_nginx
     setup_kachery_cloud
     echo "==> Python tests (pytest)"
     exec "$VENV/bin/python" -m pytest tests "$@"

@@ -14,6 +14,12 @@ in as that user (each with a sign-out button) and how to connect a notebook.
 The queries and the HTML are here; the routes that need the browser's session
 and its CSRF-checked forms are in :mod:`._signin`.
 
+Under a path prefix (``https://lab.example.org/kachery/``, a reverse proxy
+stripping ``/kachery`` before the hub) every link, form action and redirect
+carries the prefix: :func:`site_root` finds it in the public URL whose host
+the request names (``Settings.public_urls``), so the same hub reached at its
+own address (no such public URL) has none.
+
 ``/docs`` is Swagger UI with its script, stylesheet and icon served by the hub
 from the ``fastapi-offline`` package (``/static/docs/...``): it works where the
 hub has no Internet access, and the page names no other host (Swagger UI's
@@ -43,6 +49,7 @@ from . import _database as tables
 from . import _files, _projects
 from ._auth import Caller
 from ._database import Database
+from ._state import state_of
 from .errors import Forbidden, NotFound
 
 STYLESHEET = Path(__file__).parent / "static" / "hub.css"
@@ -69,8 +76,42 @@ def _asset(path: Path) -> _Asset:
     return _Asset(body, '"' + hashlib.sha1(body).hexdigest()[:20] + '"')
 
 
-def _stylesheet_url() -> str:
-    return f"/static/hub.css?v={_asset(STYLESHEET).etag.strip(chr(34))[:12]}"
+def _public_base(request: Request) -> tuple[str, str] | None:
+    """(host, path prefix) of the first public URL whose host (and port) is the request's Host, if one is."""
+    host = request.headers.get("host", "").strip().lower()
+    default_port = {"http": ":80", "https": ":443"}.get(request.url.scheme)
+    if default_port and host.endswith(default_port):
+        host = host.removesuffix(default_port)  # public URLs are normalized without it
+    for public_host, prefix in state_of(request).settings.signing_bases:
+        if public_host == host:
+            return public_host, prefix
+    return None
+
+
+def site_root(request: Request) -> str:
+    """The path prefix of this hub's pages as the browser sees them: "" or, behind a proxy, "/kachery".
+
+    A proxy that serves the hub under a prefix strips it, so the request path does not say it: the
+    prefix is that of the public URL whose host is the request's Host (a proxy passes the browser's on),
+    and the hub reached at an address of its own has none. An ASGI ``root_path`` set by the server
+    comes first. A Host naming a public URL only ever gives that URL's prefix, never another place.
+    """
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    if root:
+        return root
+    public = _public_base(request)
+    return public[1] if public is not None else ""
+
+
+def site_url(request: Request) -> str:
+    """This hub's URL as the browser reached it: its scheme (https from a trusted proxy only), host and prefix."""
+    public = _public_base(request)
+    host = public[0] if public is not None else request.url.netloc  # "host:443" as the public URL writes it
+    return f"{request.url.scheme}://{host}{site_root(request)}"
+
+
+def _stylesheet_url(root: str) -> str:
+    return f"{root}/static/hub.css?v={_asset(STYLESHEET).etag.strip(chr(34))[:12]}"
 
 
 def _serve(request: Request, asset: _Asset, media_type: str) -> Response:
@@ -81,15 +122,16 @@ def _serve(request: Request, asset: _Asset, media_type: str) -> Response:
     return Response(asset.body, media_type=media_type, headers=headers)
 
 
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    """A page of the hub: ``body`` is HTML whose values the caller escaped."""
+def page(title: str, body: str, status: int = 200, *, root: str = "") -> HTMLResponse:
+    """A page of the hub: ``body`` is HTML whose values the caller escaped; ``root`` is :func:`site_root`."""
+    r = html.escape(root)
     full_title = title if title == "kachery hub" else f"{title} · kachery hub"
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(full_title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="color-scheme" content="light dark">
-<link rel="stylesheet" href="{_stylesheet_url()}"></head>
-<body><header><nav><a class="brand" href="/">kachery hub</a> <a href="/docs">API</a></nav></header>
+<link rel="stylesheet" href="{html.escape(_stylesheet_url(root))}"></head>
+<body><header><nav><a class="brand" href="{r}/">kachery hub</a> <a href="{r}/docs">API</a></nav></header>
 <main><h1>{html.escape(title)}</h1>
 {body}
 </main></body></html>"""
@@ -98,8 +140,9 @@ def page(title: str, body: str, status: int = 200) -> HTMLResponse:
         "Content-Security-Policy": "default-src 'self'; style-src 'self'; frame-ancestors 'none'"})
 
 
-def error_page(title: str, message: str, status: int) -> HTMLResponse:
-    return page(title, f'<p class="error">{html.escape(message)}</p><p><a href="/">Back to the hub</a></p>', status)
+def error_page(title: str, message: str, status: int, *, root: str = "") -> HTMLResponse:
+    back = f'<p><a href="{html.escape(root)}/">Back to the hub</a></p>'
+    return page(title, f'<p class="error">{html.escape(message)}</p>{back}', status, root=root)
 
 
 @router.get("/static/hub.css")
@@ -124,10 +167,11 @@ async def docs_asset(name: str, request: Request) -> Response:
 
 @router.get("/docs")
 async def docs(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
+    root = site_root(request)
     if _docs_folder() is None:
         return page("API", "<p>Swagger UI's files are not installed here (<code>pip install fastapi-offline</code>). "
-                    f'The API is described at <a href="{html.escape(root)}/openapi.json">/openapi.json</a>.</p>')
+                    f'The API is described at <a href="{html.escape(root)}/openapi.json">/openapi.json</a>.</p>',
+                    root=root)
     return get_swagger_ui_html(
         openapi_url=f"{root}/openapi.json", title="kachery hub - API",
         swagger_js_url=f"{root}{_DOCS_PREFIX}swagger-ui-bundle.js",
@@ -156,8 +200,8 @@ def _size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
-def _project_link(project_id: str, after: str | None = None) -> str:
-    link = f"/projects/{quote(project_id, safe='')}"
+def _project_link(root: str, project_id: str, after: str | None = None) -> str:
+    link = f"{root}/projects/{quote(project_id, safe='')}"
     return link + (f"?after={after}" if after else "")
 
 
@@ -206,10 +250,10 @@ def connect_notebook(base: str) -> str:
 kc.init(hub_url="{b}")</pre>"""
 
 
-def home_sections(projects: list[Any], computers: list[Any], csrf_field: str) -> str:
+def home_sections(projects: list[Any], computers: list[Any], csrf_field: str, root: str = "") -> str:
     """The signed-in home's lists: projects, and computers each with a sign-out form."""
     rows = "".join(
-        f'<tr><td><a href="{html.escape(_project_link(p.id))}">{html.escape(p.name)}</a></td>'
+        f'<tr><td><a href="{html.escape(_project_link(root, p.id))}">{html.escape(p.name)}</a></td>'
         f"<td>{html.escape(p.role)}</td><td>{'public' if p.public_read else 'private'}</td>"
         f"<td>{html.escape(p.owner_email or '')}</td></tr>" for p in projects)
     out = ["<h2>Your projects</h2>"]
@@ -226,7 +270,7 @@ def home_sections(projects: list[Any], computers: list[Any], csrf_field: str) ->
             label = f"<bdi>{html.escape(c.label)}</bdi>" if c.label else '<span class="muted">(no label)</span>'
             rows += (f"<tr><td>{label}</td><td><code>{html.escape(c.client_id[:16])}…</code></td>"
                      f"<td>{_when(c.created_at)}</td><td>"
-                     f'<form class="inline" method="post" action="/computers/sign-out">{csrf_field}'
+                     f'<form class="inline" method="post" action="{html.escape(root)}/computers/sign-out">{csrf_field}'
                      f'<input type="hidden" name="client_id" value="{html.escape(c.client_id)}">'
                      "<button>Sign out</button></form></td></tr>")
         out.append("<table><thead><tr><th>Computer</th><th>Client</th><th>Signed in</th><th></th></tr></thead>"
@@ -236,7 +280,7 @@ def home_sections(projects: list[Any], computers: list[Any], csrf_field: str) ->
     return "".join(out)
 
 
-def project_page(db: Database, who: Caller, project_id: str, after: str | None) -> tuple[str, str]:
+def project_page(db: Database, who: Caller, project_id: str, after: str | None, root: str = "") -> tuple[str, str]:
     """The title and body of a project's read-only page: members (to members), a page of files.
 
     Raises :class:`~.errors.ProjectNotFound`, :class:`~.errors.Forbidden`, or
@@ -273,6 +317,6 @@ def project_page(db: Database, who: Caller, project_id: str, after: str | None) 
         out.append("<table><thead><tr><th>Label</th><th>Size</th><th>Stored</th><th>URI</th></tr></thead>"
                    f"<tbody>{rows}</tbody></table>")
     if more:
-        out.append(f'<p><a href="{html.escape(_project_link(project_id, files[-1]["sha1"]))}">Next files</a></p>')
-    out.append('<p><a href="/">Back to your projects</a></p>')
+        out.append(f'<p><a href="{html.escape(_project_link(root, project_id, files[-1]["sha1"]))}">Next files</a></p>')
+    out.append(f'<p><a href="{html.escape(root)}/">Back to your projects</a></p>')
     return f"Project {project.name}", "".join(out)

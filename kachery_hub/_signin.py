@@ -32,6 +32,14 @@ without a session is sent there first (``/auth/login``), and comes back to
 id_token verified (:mod:`._oidc`); the user is found by issuer + subject, or by
 the verified email, so a token user and a Google user with the same email are
 one account.
+
+Under a path prefix (a reverse proxy serving the hub at
+``https://lab.example.org/kachery/``) every form action, link, redirect, cookie
+path and the callback URL carry the prefix (:func:`._pages.site_root`); a
+``next`` place to return to is a path of the hub below it, so no redirect
+leaves it. Cookies are ``Secure`` when the browser's scheme is https: the
+hub's own, or ``X-Forwarded-Proto`` from a trusted proxy only (``serve
+--trusted-proxies``), as is the scheme of the callback URL.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -56,7 +64,7 @@ from ._auth import Caller, caller, read_body
 from ._database import Database
 from ._state import HubState, hub_state, state_of
 from ._pages import (connect_notebook, error_page, home_sections, page, project_page, sign_out_computer,
-                     user_computers, user_projects)
+                     site_root, site_url, user_computers, user_projects)
 from ._text import Line
 from ._oidc import LOGIN_SECONDS, LoginAttempt, OidcProvider, VerifiedIdentity
 from ._settings import GOOGLE_ISSUER
@@ -136,8 +144,19 @@ def _token_user(db: Database, token: str, *, use: bool = False) -> tuple[TokenUs
 
 def _set_cookie(response: HTMLResponse | RedirectResponse, request: Request, name: str, value: str,
                 max_age: int) -> None:
+    # The scheme is https only as the browser's own, or from a trusted proxy's X-Forwarded-Proto (serve).
     response.set_cookie(name, value, max_age=max_age, httponly=True, samesite="lax",
-                        secure=request.url.scheme == "https", path="/")
+                        secure=request.url.scheme == "https", path=_cookie_path(request))
+
+
+def _cookie_path(request: Request) -> str:
+    """Cookies belong to the hub's pages only: under a prefix, not to the other sites on its host."""
+    return site_root(request) or "/"
+
+
+def _redirect(request: Request, path: str) -> RedirectResponse:
+    """A 303 to ``path`` (a path of the hub, checked by :func:`_safe_next` where it came from outside)."""
+    return RedirectResponse(site_root(request) + path, status_code=303)
 
 
 def _set_session(response: HTMLResponse | RedirectResponse, request: Request, secret: str) -> None:
@@ -185,8 +204,8 @@ def _field(form: dict[str, list[str]], name: str) -> str:
     return form.get(name, [""])[0]
 
 
-def _form_error(title: str, e: HubError) -> HTMLResponse:
-    return error_page(title, e.message, e.status)
+def _form_error(title: str, e: HubError, request: Request) -> HTMLResponse:
+    return error_page(title, e.message, e.status, root=site_root(request))
 
 
 # ---------------------------------------------------------------- sign-in requests
@@ -245,7 +264,7 @@ async def post_sign_in_request(request: Request, body: SignInRequestBody | None 
                                hub: HubState = Depends(hub_state)) -> dict[str, Any]:
     label = body.label if body is not None else None
     rid, expires_at = await run_in_threadpool(_create_request, hub.db, who.require_client(), label)
-    return {"id": rid, "url": f"{str(request.base_url).rstrip('/')}/sign-in/{rid}", "expires_at": expires_at}
+    return {"id": rid, "url": f"{site_url(request)}/sign-in/{rid}", "expires_at": expires_at}
 
 
 @router.get("/api/sign-in-requests/{rid}", summary="Status of a sign-in request: pending, confirmed, refused or expired")
@@ -270,13 +289,14 @@ kc.init(hub_url="{b}", token="{t}")</pre>
 The API is described at <a href="{b}/docs">{b}/docs</a>.</p>"""
 
 
-def _token_form(csrf_field: str, hub: HubState) -> str:
+def _token_form(csrf_field: str, hub: HubState, root: str) -> str:
     """The signed-out home's way in: a token typed here (posted to "/", like a confirmed link), or the provider."""
+    r = html.escape(root)
     other = ""
     if hub.oidc is not None:
-        other = f'<p>Or <a href="/auth/login?next=/">sign in with {html.escape(_provider_name(hub.oidc))}</a>.</p>'
+        other = f'<p>Or <a href="{r}/auth/login?next=/">sign in with {html.escape(_provider_name(hub.oidc))}</a>.</p>'
     return f"""<p>This browser is not signed in.</p>
-<form method="post" action="/">{csrf_field}<label for="token">Sign-in token</label>
+<form method="post" action="{r}/">{csrf_field}<label for="token">Sign-in token</label>
 <input id="token" name="token" type="password" size="50" autocomplete="off">
 <p class="muted">From <code>kachery-hub token create</code>, whoever runs this hub, or the link
 <code>kachery-hub serve</code> printed.</p>
@@ -285,25 +305,27 @@ def _token_form(csrf_field: str, hub: HubState) -> str:
 
 @router.get("/", include_in_schema=False)
 async def home(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
-    base = str(request.base_url).rstrip("/")
+    base, root = site_url(request), site_root(request)
     token = request.query_params.get("token", "").strip()
     session = await run_in_threadpool(_session_user, hub.db, request)
     csrf, csrf_field = _csrf_field(request)
     if not token:
         if session is None:
-            body = _token_form(csrf_field, hub) + connect_notebook(base) + _instructions(base, "")
+            body = _token_form(csrf_field, hub, root) + connect_notebook(base) + _instructions(base, "")
         else:
             projects = await run_in_threadpool(user_projects, hub.db, session.user_id)
             computers = await run_in_threadpool(user_computers, hub.db, session.user_id)
             body = (f"<p>This browser is signed in as <b>{html.escape(session.email)}</b>.</p>"
-                    + _sign_out_form(csrf_field, "/", "Sign out")
-                    + home_sections(projects, computers, csrf_field) + connect_notebook(base) + _instructions(base, ""))
-        response = _page("kachery hub", body)
+                    + _sign_out_form(csrf_field, root, "/", "Sign out")
+                    + home_sections(projects, computers, csrf_field, root) + connect_notebook(base)
+                    + _instructions(base, ""))
+        response = _page("kachery hub", body, root=root)
     else:
         try:
             _, email = await run_in_threadpool(_token_user, hub.db, token)
         except InvalidToken as e:
-            return _page("kachery hub", f'<p class="error">{html.escape(e.message)}</p>' + _instructions(base, ""), e.status)
+            return _page("kachery hub", f'<p class="error">{html.escape(e.message)}</p>' + _instructions(base, ""), e.status,
+                         root=root)
         # Opening a link must not sign a browser in: someone else's link would make this browser
         # act as them (login CSRF). The person confirms with a same-origin form; the token goes in
         # its body, to "/", so that it is not written into one more URL.
@@ -312,9 +334,9 @@ async def home(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResp
         confirm = f"""<p>Sign in to this hub as <b>{html.escape(email)}</b>?</p>{now}
 <p>Only continue if you opened this link yourself, from the hub's own output or from someone you trust:
 a link from anyone else would make this browser act as them.</p>
-<form method="post" action="/">{csrf_field}<input type="hidden" name="token" value="{html.escape(token)}">
-<button class="primary" name="action" value="confirm">Sign in</button> <a href="/">Cancel</a></form>"""
-        response = _page("kachery hub", confirm + _instructions(base, token))
+<form method="post" action="{html.escape(root)}/">{csrf_field}<input type="hidden" name="token" value="{html.escape(token)}">
+<button class="primary" name="action" value="confirm">Sign in</button> <a href="{html.escape(root)}/">Cancel</a></form>"""
+        response = _page("kachery hub", confirm + _instructions(base, token), root=root)
     _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
     return response
 
@@ -328,8 +350,8 @@ async def home_sign_in(request: Request, hub: HubState = Depends(hub_state)) -> 
         found, _ = await run_in_threadpool(lambda: _token_user(hub.db, _field(form, "token").strip(), use=True))
         secret = await run_in_threadpool(_new_session, hub.db, found.user_id, found, request.cookies.get(SESSION_COOKIE))
     except HubError as e:
-        return _form_error("kachery hub", e)
-    response = RedirectResponse("/", status_code=303)  # the address bar and history keep no token
+        return _form_error("kachery hub", e, request)
+    response = _redirect(request, "/")  # the address bar and history keep no token
     _set_session(response, request, secret)
     return response
 
@@ -340,31 +362,33 @@ async def sign_out(request: Request, hub: HubState = Depends(hub_state)) -> HTML
     try:
         form = await _read_form(request)
     except HubError as e:
-        return _form_error("Sign out", e)
+        return _form_error("Sign out", e, request)
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
         await run_in_threadpool(_end_session, hub.db, secret)
     target = _safe_next(_field(form, "next") or "/")
     if target.startswith("/sign-in/"):
         target = target.split("?", 1)[0] + "?with=token"  # show the choices, not the provider straight away
-    response = RedirectResponse(target, status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response = _redirect(request, target)
+    response.delete_cookie(SESSION_COOKIE, path=_cookie_path(request))
     return response
 
 
 @router.get("/projects/{project_id}", include_in_schema=False)
 async def project(project_id: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
     """A project's members and a page of its files, read-only, for this browser's user."""
+    root = site_root(request)
     session = await run_in_threadpool(_session_user, hub.db, request)
     if session is None:
-        return error_page("Project", "Sign this browser in first (on the hub's home page) to see projects.", 401)
+        return error_page("Project", "Sign this browser in first (on the hub's home page) to see projects.", 401,
+                          root=root)
     who = Caller(user_id=session.user_id, email=session.email)
     after = request.query_params.get("after")
     try:
-        title, body = await run_in_threadpool(project_page, hub.db, who, project_id, after)
+        title, body = await run_in_threadpool(project_page, hub.db, who, project_id, after, root)
     except HubError as e:
-        return error_page("Project", e.message, e.status)
-    return _page(title, body)
+        return error_page("Project", e.message, e.status, root=root)
+    return _page(title, body, root=root)
 
 
 @router.post("/computers/sign-out", include_in_schema=False, response_model=None)
@@ -374,11 +398,12 @@ async def computer_sign_out(request: Request, hub: HubState = Depends(hub_state)
         form = await _read_form(request)
         session = await run_in_threadpool(_session_user, hub.db, request)
         if session is None:
-            return error_page("Sign out a computer", "This browser is not signed in; sign in first.", 401)
+            return error_page("Sign out a computer", "This browser is not signed in; sign in first.", 401,
+                              root=site_root(request))
         await run_in_threadpool(sign_out_computer, hub.db, session.user_id, _field(form, "client_id"))
     except HubError as e:
-        return _form_error("Sign out a computer", e)
-    return RedirectResponse("/", status_code=303)
+        return _form_error("Sign out a computer", e, request)
+    return _redirect(request, "/")
 
 
 _STATUS_TEXT = {
@@ -396,8 +421,9 @@ def _who_asks(row: Any) -> str:
     return f"a notebook (client <code>{client}…</code>)"
 
 
-def _sign_out_form(csrf_field: str, next_path: str, button: str, before: str = "") -> str:
-    return (f'<form method="post" action="/sign-out">{csrf_field}'
+def _sign_out_form(csrf_field: str, root: str, next_path: str, button: str, before: str = "") -> str:
+    """Sign out, then back to ``next_path`` (a path of the hub, below ``root``)."""
+    return (f'<form method="post" action="{html.escape(root)}/sign-out">{csrf_field}'
             f'<input type="hidden" name="next" value="{html.escape(next_path)}">'
             f"<p>{before}<button>{html.escape(button)}</button></p></form>")
 
@@ -419,17 +445,18 @@ async def get_sign_in_methods(hub: HubState = Depends(hub_state)) -> dict[str, A
 
 @router.get("/sign-in/{rid}", include_in_schema=False, response_model=None)
 async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
+    root = site_root(request)
     try:
         row = await run_in_threadpool(_load_request, hub.db, rid)
     except NotFound:
-        return _page("Sign in", '<p class="error">This sign-in link is not valid.</p>', 404)
+        return _page("Sign in", '<p class="error">This sign-in link is not valid.</p>', 404, root=root)
     status = _status(row)
     if status != "pending":
-        return _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>", 200 if status == "confirmed" else 410)
-    here = f"/sign-in/{quote(rid, safe='')}"
+        return _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>", 200 if status == "confirmed" else 410, root=root)
+    here = f"/sign-in/{quote(rid, safe='')}"  # a path of the hub: links and forms put it below root
     session = await run_in_threadpool(_session_user, hub.db, request)
     if session is None and hub.oidc is not None and request.query_params.get("with") != "token":
-        return RedirectResponse(f"/auth/login?next={here}", status_code=303)
+        return _redirect(request, f"/auth/login?next={here}")
     who = _who_asks(row)
     csrf, csrf_field = _csrf_field(request)
     other = ""
@@ -439,7 +466,7 @@ async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_s
         fields = ""
         # The browser may be signed in as someone else than the person at it (an admin's browser):
         # they sign it out and come back here to sign in with their own token or account.
-        other = _sign_out_form(csrf_field, here, "Use another token or account", f"Not {email}? ")
+        other = _sign_out_form(csrf_field, root, here, "Use another token or account", f"Not {email}? ")
     else:
         ask = (f"<p>{who[0].upper() + who[1:]} asks to sign in. "
                "Enter a sign-in token (from <code>kachery-hub token create</code> or whoever runs this hub):</p>")
@@ -447,25 +474,26 @@ async def sign_in_page(rid: str, request: Request, hub: HubState = Depends(hub_s
                   '<input id="token" name="token" type="password" size="50" autocomplete="off" autofocus>')
         if hub.oidc is not None:
             # account=choose: the provider asks which account, rather than reusing the one it knows.
-            other = (f'<p>Or <a href="/auth/login?next={html.escape(here)}&amp;account=choose">sign in with '
+            other = (f'<p>Or <a href="{html.escape(root)}/auth/login?next={html.escape(here)}&amp;account=choose">sign in with '
                      f"{html.escape(_provider_name(hub.oidc))}</a>.</p>")
-    form = f"""<form method="post" action="{html.escape(here)}">{csrf_field}{fields}
+    form = f"""<form method="post" action="{html.escape(root + here)}">{csrf_field}{fields}
 <p>Only confirm if you started this sign-in yourself.</p>
 <button class="primary" name="action" value="confirm">Confirm</button> <button name="action" value="refuse">Refuse</button></form>"""
-    response = _page("Sign in", ask + form + other)
+    response = _page("Sign in", ask + form + other, root=root)
     _set_cookie(response, request, CSRF_COOKIE, csrf, REQUEST_SECONDS)
     return response
 
 
 @router.post("/sign-in/{rid}", include_in_schema=False)
 async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse:
+    root = site_root(request)
     new_session = None
     try:
         form = await _read_form(request)
         action = _field(form, "action")
         token = _field(form, "token").strip()
         if action not in ("confirm", "refuse"):
-            return _page("Sign in", '<p class="error">Choose Confirm or Refuse.</p>', 400)
+            return _page("Sign in", '<p class="error">Choose Confirm or Refuse.</p>', 400, root=root)
         token_id: str | None
         if token:
             found, _ = await run_in_threadpool(lambda: _token_user(hub.db, token, use=True))
@@ -475,12 +503,12 @@ async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(h
         else:
             session = await run_in_threadpool(_session_user, hub.db, request)
             if session is None:
-                return _page("Sign in", '<p class="error">Enter a sign-in token first.</p>', 401)
+                return _page("Sign in", '<p class="error">Enter a sign-in token first.</p>', 401, root=root)
             user_id, token_id = session.user_id, session.token_id
         status = await run_in_threadpool(_decide, hub.db, rid, user_id, action == "confirm", token_id)
     except HubError as e:
-        return _form_error("Sign in", e)
-    response = _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>")
+        return _form_error("Sign in", e, request)
+    response = _page("Sign in", f"<p>{_STATUS_TEXT[status]}</p>", root=root)
     if new_session is not None:
         _set_session(response, request, new_session)
     return response
@@ -490,8 +518,11 @@ async def sign_in_decision(rid: str, request: Request, hub: HubState = Depends(h
 
 
 def _safe_next(path: str) -> str:
-    """Only this hub's own pages are places to return to (no open redirect)."""
-    if path.startswith("/") and not path.startswith("//") and "\\" not in path:
+    """Only this hub's own pages are places to return to (no open redirect): a path of the hub, which
+    redirects put below its prefix. No ``//host``, backslash or control character, and no dot segment,
+    percent-encoded or not: a browser resolves ``/kachery/%2e%2e/x`` to ``/x``, out of the prefix."""
+    if (path.startswith("/") and not path.startswith("//") and "\\" not in path and path.isprintable()
+            and not any(segment in (".", "..") for segment in unquote(urlsplit(path).path).split("/"))):
         return path
     return "/"
 
@@ -543,7 +574,8 @@ def _refuse_sign_in_request(db: Database, next_path: str) -> None:
 
 
 def _callback_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/") + "/auth/callback"
+    """Where the provider sends the browser back: https only as the browser's scheme (see :func:`_set_cookie`)."""
+    return site_url(request) + "/auth/callback"
 
 
 def _provider(hub: HubState) -> OidcProvider:
@@ -568,25 +600,28 @@ async def oidc_login(request: Request, hub: HubState = Depends(hub_state)) -> Re
 @router.get("/auth/callback", include_in_schema=False, response_model=None)
 async def oidc_callback(request: Request, hub: HubState = Depends(hub_state)) -> HTMLResponse | RedirectResponse:
     provider = _provider(hub)
+    root = site_root(request)
     params = request.query_params
     login = await run_in_threadpool(_take_login, hub.db, params.get("state", ""))
     if login is None:
         return _page("Sign-in failed", "<p class=\"error\">This sign-in attempt is unknown, was already used, or has expired "
-                     "(its <code>state</code> does not match). Start again from your notebook.</p>", 400)
+                     "(its <code>state</code> does not match). Start again from your notebook.</p>", 400, root=root)
     if not secrets.compare_digest(login.browser_hash, _hash(request.cookies.get(LOGIN_COOKIE, ""))):
-        return _page("Sign-in failed", '<p class="error">This sign-in was started in another browser.</p>', 400)
+        return _page("Sign-in failed", '<p class="error">This sign-in was started in another browser.</p>', 400,
+                     root=root)
     if "error" in params:
         await run_in_threadpool(_refuse_sign_in_request, hub.db, login.next_path)
         reason = params.get("error_description") or params["error"]
-        return _page("Sign-in refused", f"<p class=\"error\">The identity provider did not sign you in: {html.escape(reason)}.</p>", 403)
+        return _page("Sign-in refused", f"<p class=\"error\">The identity provider did not sign you in: {html.escape(reason)}.</p>", 403,
+                     root=root)
     attempt = LoginAttempt(state=params["state"], nonce=login.nonce, code_verifier=login.code_verifier)
     try:
         identity = await run_in_threadpool(provider.finish, params.get("code", ""), attempt, _callback_url(request))
         user_id = await run_in_threadpool(_user_of_identity, hub.db, identity, hub.settings.admin_emails)
     except HubError as e:
-        return error_page("Sign-in failed", e.message, e.status)
-    response = RedirectResponse(login.next_path, status_code=303)
+        return error_page("Sign-in failed", e.message, e.status, root=root)
+    response = _redirect(request, _safe_next(login.next_path))
     _set_session(response, request, await run_in_threadpool(
         _new_session, hub.db, user_id, None, request.cookies.get(SESSION_COOKIE)))
-    response.delete_cookie(LOGIN_COOKIE, path="/")
+    response.delete_cookie(LOGIN_COOKIE, path=_cookie_path(request))
     return response
