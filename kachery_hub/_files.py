@@ -362,6 +362,11 @@ def _record_upload(conn: Connection, who: Caller, store: ByteStore, project_id: 
                    label: str | None, upload_id: str) -> tuple[dict[str, Any], bool]:
     """Record a proved direct upload; also says whether its object is the project's copy (else it is redundant)."""
     if not conn.execute(_COMPLETED, {"id": upload_id, "pid": project_id, "sha1": sha1}).rowcount:
+        row = conn.execute(_PROJECT_FILE, {"pid": project_id, "sha1": sha1}).first()
+        if row is not None:
+            # Completed meanwhile by another completion of it (sent again while a long check ran): that one's
+            # answer, and its object left alone.
+            return _file_json(row), True
         raise UploadNotFound(f"upload {upload_id} of sha1://{sha1} was not handed out for project {project_id!r}, "
                              "or is complete already", sha1=sha1)
     key = store.adopt(sha1, upload_id)

@@ -149,6 +149,46 @@ def test_an_upload_id_completes_only_the_upload_it_was_handed_out_for(hub: Hub) 
     assert r.status_code == 403 and sha1 not in r.text, r.text
 
 
+def test_two_completions_of_one_upload_at_once_both_answer_its_record(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A completion sent again while the first one's check of the object still runs (a proxy timed it out)."""
+    import threading
+
+    import httpx2
+
+    pid = hub.sign_in("A", "a@example.org")
+    data = b"completed twice at once"
+    sha1 = hashlib.sha1(data).hexdigest()
+    path = f"/api/projects/{pid}/files/{sha1}"
+    upload = _signed(hub, "POST", path + "/upload", {"size": len(data)}).json()["upload"]
+    assert httpx2.put(upload["url"], content=data, headers=upload["headers"]).status_code == 200
+    store = hub.state.store
+    checking = threading.Barrier(2, timeout=30)
+    staged_size = store.staged_size
+
+    def both_checking(*args: object) -> int | None:
+        checking.wait()  # neither records the file before both have checked the object
+        return staged_size(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "staged_size", both_checking)
+    answers: list[object] = []
+
+    def complete() -> None:
+        r = _signed(hub, "POST", path + "/complete", {"label": "twice.txt", "upload_id": upload["upload_id"]})
+        answers.append((r.status_code, r.json()))
+
+    threads = [threading.Thread(target=complete) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == 2 and answers[0] == answers[1], answers
+    status, record = answers[0]  # type: ignore[misc]
+    assert status == 200 and record["sha1"] == sha1 and record["label"] == "twice.txt"
+    assert len(_objects(hub, sha1)) == 1  # the project's copy was not discarded as redundant
+    monkeypatch.setattr(store, "staged_size", staged_size)
+    assert kc.load_text(f"sha1://{sha1}") == data.decode()
+
+
 def test_a_changed_source_file_is_refused_by_the_store(hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kachery_core import _remote
 
