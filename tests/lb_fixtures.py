@@ -130,15 +130,19 @@ def haproxy_path() -> str:
 
 
 @contextmanager
-def run_cluster(postgres_url: str, s3_endpoint: str, root: Path, replicas: int = 2) -> Iterator[Cluster]:
-    """A new database and bucket, ``replicas`` hubs on them and HAProxy in front, all stopped at the end."""
+def run_cluster(postgres_url: str, s3_endpoint: str, root: Path, replicas: int = 2, *, port: int | None = None,
+                env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A new database and bucket, ``replicas`` hubs on them and HAProxy in front, all stopped at the end.
+
+    ``port``: the balancer's (when a test must know its URL first, e.g. for a sign-in provider's
+    callback); ``env``: more settings for every replica."""
     haproxy = haproxy_path()
     database = _fresh_postgres_database(postgres_url)
     bucket = "lb-" + secrets.token_hex(6)
     _s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     args = ["--database", database, "--storage", f"s3://{bucket}/blobs?endpoint_url={s3_endpoint}"]
-    env = {**S3_KEYS, "AWS_EC2_METADATA_DISABLED": "true", "KACHERY_HUB_TASK_LEASE": str(LEASE)}
-    port = free_port()
+    env = {**S3_KEYS, "AWS_EC2_METADATA_DISABLED": "true", "KACHERY_HUB_TASK_LEASE": str(LEASE), **(env or {})}
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     hubs = [Replica(root / f"replica-{i + 1}", free_port(), url, *args) for i in range(replicas)]
     config = root / "haproxy.cfg"
