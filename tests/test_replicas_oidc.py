@@ -22,7 +22,7 @@ pytest.importorskip("fastapi")
 import httpx2  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
-from e2e.servers import OIDC_DIR, OidcProvider, start_oidc_provider  # noqa: E402
+from e2e.servers import OIDC_DIR, OidcProvider, provider_form, start_oidc_provider  # noqa: E402
 from hub_fixtures import postgres_server, s3_server  # noqa: E402,F401
 from hub_process import forget_hubs, free_port  # noqa: E402
 from lb_fixtures import Cluster, run_cluster  # noqa: E402
@@ -61,16 +61,6 @@ def _next_lands_elsewhere(c: Cluster, than: str) -> None:
     raise AssertionError(f"no request landed on {than}")
 
 
-def _input_fields(form: str) -> dict[str, str]:
-    fields = {}
-    for tag in re.findall(r"<input\b[^>]*>", form):
-        name = re.search(r'\bname="([^"]*)"', tag)
-        value = re.search(r'\bvalue="([^"]*)"', tag)
-        if name:
-            fields[html.unescape(name.group(1))] = html.unescape(value.group(1)) if value else ""
-    return fields
-
-
 def _through_the_provider(browser: httpx2.Client, authorize: str, provider: OidcProvider, email: str) -> str:
     """Log in and consent at the provider's forms, as a person would; the URL it sends the browser back to."""
     response = browser.get(authorize)
@@ -81,13 +71,8 @@ def _through_the_provider(browser: httpx2.Client, authorize: str, provider: Oidc
                 return target
             response = browser.get(target)
             continue
-        form = re.search(r'<form\b[^>]*action="([^"]+)"[^>]*>(.*?)</form>', response.text, re.S)
-        assert form, response.text[:3000]
-        fields = _input_fields(form.group(2))
-        if fields.get("prompt") == "login":
-            fields.update(login=email, password="any password")
-        response = browser.post(urljoin(str(response.url), html.unescape(form.group(1))), data=fields,
-                                headers={"Origin": provider.issuer})
+        action, fields = provider_form(response.text, email)
+        response = browser.post(urljoin(str(response.url), action), data=fields, headers={"Origin": provider.issuer})
     raise AssertionError(f"still at the provider: {response.url}\n{response.text[:2000]}")
 
 

@@ -35,7 +35,7 @@ pytest.importorskip("fastapi")
 import httpx2  # noqa: E402
 
 import kachery_core as kc  # noqa: E402
-from e2e.servers import OIDC_DIR, OidcProvider, start_oidc_provider  # noqa: E402
+from e2e.servers import OIDC_DIR, OidcProvider, provider_form, start_oidc_provider  # noqa: E402
 from feed_worker import Worker as FeedWorker  # noqa: E402
 from hub_fixtures import signed_headers  # noqa: E402
 from hub_process import HubProcess, forget_hubs, free_port, running  # noqa: E402
@@ -265,28 +265,14 @@ def test_a_sign_out_back_to_a_sign_in_page_stays_under_the_prefix(trusting: Site
 # ---------------------------------------------------------------- OpenID Connect through nginx
 
 
-def _input_fields(form: str) -> dict[str, str]:
-    fields = {}
-    for tag in re.findall(r"<input\b[^>]*>", form):
-        name = re.search(r'\bname="([^"]*)"', tag)
-        value = re.search(r'\bvalue="([^"]*)"', tag)
-        if name:
-            fields[html.unescape(name.group(1))] = html.unescape(value.group(1)) if value else ""
-    return fields
-
-
 def _at_the_provider(browser: httpx2.Client, response: httpx2.Response, provider: OidcProvider,
                      email: str) -> httpx2.Response:
     """Log in and consent at the provider's forms, as a person would; the response the browser ends on."""
     for _ in range(4):
         if not str(response.url).startswith(provider.issuer + "/"):
             return response
-        form = re.search(r'<form\b[^>]*action="([^"]+)"[^>]*>(.*?)</form>', response.text, re.S)
-        assert form, response.text[:3000]
-        fields = _input_fields(form.group(2))
-        if fields.get("prompt") == "login":
-            fields.update(login=email, password="any password")
-        response = browser.post(urljoin(str(response.url), html.unescape(form.group(1))), data=fields,
+        action, fields = provider_form(response.text, email)
+        response = browser.post(urljoin(str(response.url), action), data=fields,
                                 headers={"Origin": provider.issuer}, follow_redirects=True)
     raise AssertionError(f"still at the provider: {response.url}\n{response.text[:2000]}")
 

@@ -412,6 +412,25 @@ class OidcProvider:
         )
 
 
+def provider_form(page: str, email: str) -> tuple[str, dict[str, str]]:
+    """The action and fields of the provider's login or consent form on ``page``, filled in as a person
+    would (``email``, any password): what a browser without scripts posts back."""
+    import html
+    import re
+
+    form = re.search(r'<form\b[^>]*action="([^"]+)"[^>]*>(.*?)</form>', page, re.S)
+    assert form, page[:3000]
+    fields = {}
+    for tag in re.findall(r"<input\b[^>]*>", form.group(2)):
+        name = re.search(r'\bname="([^"]*)"', tag)
+        value = re.search(r'\bvalue="([^"]*)"', tag)
+        if name:
+            fields[html.unescape(name.group(1))] = html.unescape(value.group(1)) if value else ""
+    if fields.get("prompt") == "login":
+        fields.update(login=email, password="any password")
+    return html.unescape(form.group(1)), fields
+
+
 def require_oidc_provider() -> None:
     if shutil.which("node") is None:
         pytest.skip("node is not on PATH; the OpenID provider for sign-in tests runs on Node")
