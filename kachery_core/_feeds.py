@@ -8,7 +8,8 @@ and :meth:`Feed.follow` streams new messages as they are appended, resuming
 after a dropped connection or a hub restart from the last number it saw.
 
 Messages are numbered from 0 without gaps; a batch is atomic and gets
-consecutive numbers. A feed's *position* is the number of the next message
+consecutive numbers. Each append carries a random append ID, so one whose answer was lost (a
+hub replica died under it) is sent again and still stored once. A feed's *position* is the number of the next message
 :meth:`Feed.get_next_messages` returns. Waiting is pushed by the hub (a
 Server-Sent Events stream), never a sleep loop.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import secrets
 import socket
 import threading
 import time
@@ -106,7 +108,10 @@ def _append_body(messages: Any, one: bool = False) -> tuple[bytes, int]:
         raise FeedLimitError(f"an append of {len(messages)} messages is over the limit of "
                              f"{_constants.MAX_FEED_BATCH_MESSAGES} messages per append; split it")
     texts = [encode_message(m, "message" if one else f"messages[{i}]") for i, m in enumerate(messages)]
-    body = ('{"messages":[' + ",".join(texts) + "]}").encode("ascii")
+    # A new append ID per call, the same on each try of it: the hub stores the messages once
+    # however often they are sent, so a lost answer is sent again (see _hub.idempotent).
+    append_id = secrets.token_hex(16)
+    body = ('{"append_id":"' + append_id + '","messages":[' + ",".join(texts) + "]}").encode("ascii")
     if len(body) > _constants.MAX_FEED_BATCH_BYTES:
         raise FeedLimitError(f"an append of {len(body)} bytes is over the limit of "
                              f"{_constants.MAX_FEED_BATCH_BYTES} bytes per append; split it")

@@ -245,6 +245,8 @@ _REQUEST_PATH = re.compile(r"/api/projects/[^/]+/tasks/requests(/batch)?")
 #: Where to upload a file's bytes (asked again: the same multipart upload, or one more single upload the
 #: hub removes as abandoned), and its completion (sent again once done: the project's record of the file).
 _UPLOAD_PATH = re.compile(r"/api/projects/[^/]+/files/[0-9a-f]{40}/(upload|complete)")
+#: A feed append carrying an append ID: the hub stores it once however often it comes (see kachery_hub._feeds).
+_APPEND_PATH = re.compile(r"/api/feeds/[^/]+/messages")
 
 
 def idempotent(method: str, path: str, json: Any = None, content: bytes | Iterable[bytes] | None = None) -> bool:
@@ -252,7 +254,8 @@ def idempotent(method: str, path: str, json: Any = None, content: bytes | Iterab
 
     GET, HEAD, OPTIONS and PUT are (a PUT stores a file's bytes by their hash, a mutable's value, a
     backend's registration); so are a wait for jobs, a request of calculations (one job per input,
-    which a second request joins), and a direct upload's target and completion. Nothing else is: a feed append, an action, a DELETE (its answer
+    which a second request joins), a direct upload's target and completion, and a feed append that
+    carries an append ID (stored once per ID). Nothing else is: a feed append without one, an action, a DELETE (its answer
     says whether it deleted), a backend's claim or completion (its own loop goes on after a lost
     answer, and a claimed job comes back when its lease lapses). A body that was a stream cannot be
     sent again.
@@ -265,12 +268,15 @@ def idempotent(method: str, path: str, json: Any = None, content: bytes | Iterab
         return False
     if _WAIT_PATH.fullmatch(path) or _UPLOAD_PATH.fullmatch(path):
         return True
-    if not _REQUEST_PATH.fullmatch(path):
+    appends = _APPEND_PATH.fullmatch(path) is not None
+    if not appends and not _REQUEST_PATH.fullmatch(path):
         return False
     try:
         body = json if content is None else _json.loads(content)
     except ValueError:
         return False
+    if appends:
+        return isinstance(body, dict) and isinstance(body.get("append_id"), str)
     return isinstance(body, dict) and body.get("task_type") == "calculation"
 
 

@@ -144,6 +144,16 @@ feed_batches = Table(
     Column("appended_at", Float, nullable=False),
     Column("appended_by", Text, nullable=False),
 )
+feed_appends = Table(  # appends sent with an append ID, for as long as a retry may come (see _feeds)
+    "feed_appends", metadata,
+    Column("feed_id", Text, primary_key=True),
+    Column("client_id", Text, primary_key=True),
+    Column("append_id", Text, primary_key=True),
+    Column("first_number", BigInteger, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("digest", Text, nullable=False),  # sha1 of the messages' JSON texts joined by ","
+    Column("appended_at", Float, nullable=False),
+)
 task_backends = Table(
     "task_backends", metadata,
     Column("project_id", Text, primary_key=True),

@@ -15,6 +15,20 @@ Followers use the event stream (Server-Sent Events): it sends what is there
 from a number on, in batches, then waits for a wake-up (:mod:`._wakeup`) and
 reads again by number. A lost wake-up costs at most one keep-alive period.
 
+An append may carry an *append ID* (``"append_id"`` in its body, 16 to 64 letters, digits,
+``_`` or ``-``; clients send 32 random hex digits, new for each append and the same on each try
+of it), which makes it safe to send again after its answer was lost. The hub records
+(feed, signing client, append ID) -> (first number, count, digest of the messages, time) in the
+transaction that stores the messages, under that key's uniqueness: of two sends of one ID (a retry
+landing on one replica while the original still runs on another) one commits, the other's
+transaction rolls back on the key and it answers what the first got. An ID already recorded
+answers its recorded result and stores nothing; with other messages it is refused (409
+``append_id_reused``). Keyed by client, an ID another client sends is simply another append and
+its answer says nothing of anyone else's. Records are kept :data:`APPEND_ID_SECONDS` (a day,
+far beyond a client's few seconds of retries) and removed by ``kachery-hub gc``
+(:mod:`._gc`, also its periodic run), so an append stays one statement; a hub never collected keeps
+about 150 bytes per identified append. An append without an ID is stored each time it is sent.
+
 Limits: ``MAX_FEED_BATCH_MESSAGES`` (10,000) messages per append, each at most
 ``MAX_FEED_MESSAGE_BYTES`` (1 MiB of canonical JSON), in a body of at most the
 hub's JSON body limit (4 MiB); a page of messages holds at most 10,000.
@@ -23,6 +37,7 @@ hub's JSON body limit (4 MiB); a page of messages holds at most 10,000.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import re
@@ -47,7 +62,15 @@ from ._state import HubState
 from ._streams import StreamSlot, event, event_stream
 from ._text import Line
 from ._wakeup import PG_CHANNEL
-from .errors import FeedNotFound, Forbidden, HubError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    Conflict,
+    FeedNotFound,
+    Forbidden,
+    HubError,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 router = APIRouter(tags=["feeds"])
 
@@ -57,6 +80,17 @@ MAX_PAGE = 10_000
 EVENT_BATCH = 1_000
 #: Numbers beyond this are refused (and cannot be reached: BIGINT).
 MAX_NUMBER = 2**62
+APPEND_ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+#: How long an append ID is remembered (``kachery-hub gc`` removes older ones).
+APPEND_ID_SECONDS = 86400.0
+
+
+class InvalidAppendId(InvalidInput):
+    status = 422  # as the hub answers a malformed field of other JSON bodies
+
+
+class AppendIdReused(Conflict):
+    code = "append_id_reused"
 
 
 def _check_id(feed_id: str) -> str:
@@ -124,8 +158,19 @@ def require_json(request: Request) -> None:
 
 def parse_messages(raw: bytes) -> list[str]:
     """The canonical JSON text of each message of an append body ``{"messages": [...]}``."""
-    shape = 'a JSON object {"messages": [...]} holding a list of messages'
-    messages = json_object_body(raw, shape).get("messages")
+    return parse_append(raw)[0]
+
+
+def parse_append(raw: bytes) -> tuple[list[str], str | None]:
+    """The messages' canonical JSON texts, and the append ID (None: none sent), of an append body."""
+    shape = 'a JSON object {"messages": [...], "append_id": "..."} holding a list of messages'
+    body = json_object_body(raw, shape)
+    append_id = body.get("append_id")
+    if append_id is not None and not (isinstance(append_id, str) and APPEND_ID_RE.fullmatch(append_id)):
+        shown = repr(append_id)[:80] if isinstance(append_id, str) else f"a JSON {_json_kind(append_id)}"
+        raise InvalidAppendId(f"append_id must be 16 to 64 letters, digits, '_' or '-' (e.g. 32 random hex digits), "
+                              f"not {shown}")
+    messages = body.get("messages")
     if not isinstance(messages, list):
         raise InvalidInput(f"the body must be {shape}")
     if not messages:
@@ -146,7 +191,7 @@ def parse_messages(raw: bytes) -> list[str]:
             raise PayloadTooLarge(f"messages[{i}] is {len(encoded)} bytes of JSON, over the limit of "
                                   f"{_constants.MAX_FEED_MESSAGE_BYTES} bytes per message", index=i)
         texts.append(encoded)
-    return texts
+    return texts, append_id
 
 
 def _json_kind(value: Any) -> str:
@@ -193,6 +238,22 @@ _APPEND_PG = (
     f"SELECT message_count, pg_notify('{PG_CHANNEL}', CAST(:wake AS text) || CAST(message_count - 1 AS text)) "
     "FROM numbers"
 )
+# With an append ID: its record too. A second record of one key fails on the key (IntegrityError), which
+# rolls the whole append back; the caller then answers the recorded one (see append_messages).
+_RECORD = ("INSERT INTO feed_appends (feed_id, client_id, append_id, first_number, count, digest, appended_at) "
+           "VALUES (:feed_id, :client, :append_id, :first, :n, :digest, :now)")
+_APPEND_ID_PG = (
+    "WITH numbers AS (UPDATE feeds SET message_count = message_count + :n, last_append_at = :now "
+    "WHERE feed_id = :feed_id RETURNING message_count), "
+    "batch AS (INSERT INTO feed_batches (feed_id, first_number, count, bodies, lengths, appended_at, appended_by) "
+    "SELECT :feed_id, message_count - :n, :n, :bodies, :lengths, :now, :by FROM numbers), "
+    "record AS (INSERT INTO feed_appends (feed_id, client_id, append_id, first_number, count, digest, appended_at) "
+    "SELECT :feed_id, :client, :append_id, message_count - :n, :n, :digest, :now FROM numbers) "
+    f"SELECT message_count, pg_notify('{PG_CHANNEL}', CAST(:wake AS text) || CAST(message_count - 1 AS text)) "
+    "FROM numbers"
+)
+_RECORDED = ("SELECT first_number, count, digest, appended_at FROM feed_appends "
+             "WHERE feed_id = :feed_id AND client_id = :client AND append_id = :append_id")
 _BATCHES_PER_QUERY = 32
 
 
@@ -291,21 +352,30 @@ class LivePage:
         return event("messages", page, self.first + self.count - 1)
 
 
+def _digest(joined: str) -> str:
+    return hashlib.sha1(joined.encode("ascii")).hexdigest()
+
+
 def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: bytes) -> dict[str, Any]:
     require_feed(conn, who, feed_id, "write")
     user_id = who.require_user()
-    texts = parse_messages(raw)
+    texts, append_id = parse_append(raw)
     now = time.time()
     joined = ",".join(texts)
     batch = {"feed_id": feed_id, "n": len(texts), "bodies": joined, "lengths": ",".join([str(len(t)) for t in texts]),
              "now": now, "by": user_id}
+    if append_id is not None:
+        batch.update(client=who.client_id, append_id=append_id, digest=_digest(joined))
     if conn.dialect.name == "postgresql":
-        # One statement, one round trip: the numbers, the batch, and the other hub processes' wake-up
-        # (sent when the transaction commits) with the feed's new last number.
-        count = int(tables.fetch_one(conn, _APPEND_PG, {**batch, "wake": channel(feed_id) + " "})[0])
+        # One statement, one round trip: the numbers, the batch (and its append ID), and the other hub
+        # processes' wake-up (sent when the transaction commits) with the feed's new last number.
+        sql = _APPEND_PG if append_id is None else _APPEND_ID_PG
+        count = int(tables.fetch_one(conn, sql, {**batch, "wake": channel(feed_id) + " "})[0])
     else:
         count = int(tables.fetch_one(conn, _TAKE_NUMBERS, batch)[0])
         tables.run_sql(conn, _INSERT_BATCH, {**batch, "first": count - len(texts)})
+        if append_id is not None:
+            tables.run_sql(conn, _RECORD, {**batch, "first": count - len(texts)})
     first = count - len(texts)
     live = LivePage(first, len(texts), now, who.email, joined) if len(texts) <= EVENT_BATCH else None
     return {"first_number": first, "count": len(texts), "message_count": count, "time": now, "live": live}
@@ -359,10 +429,43 @@ async def post_messages(feed_id: str, request: Request, req: SignedRequest = Dep
 async def append_messages(req: SignedRequest, feed_id: str, raw: bytes) -> dict[str, Any]:
     """``POST /api/feeds/{feed_id}/messages``, over HTTP or a session."""
     feed_id = _check_id(feed_id)
-    result: dict[str, Any] = await req.run(_append, req.hub, feed_id, raw)
+    try:
+        result: dict[str, Any] = await req.run(_append, req.hub, feed_id, raw)
+    except Exception as e:
+        if not _duplicate(e):
+            raise
+        # Its append ID was recorded first (an earlier try, or one still in flight that committed
+        # while this one waited for the feed's lock): rolled back, this try answers that one's result.
+        # The caller's write access was checked in the transaction just rolled back.
+        recorded = await in_thread(_recorded, req, feed_id, raw)
+        if recorded is None:
+            raise
+        return recorded
     # After the commit: followers here get the page itself (a large one they read back).
     req.hub.wakeups.notify(channel(feed_id), result["message_count"] - 1, result.pop("live"))
     return result
+
+
+def _duplicate(e: Exception) -> bool:
+    """A unique key violated: the driver's own IntegrityError (appends run below SQLAlchemy) or SQLAlchemy's."""
+    return any(c.__name__ == "IntegrityError" for c in type(e).__mro__)
+
+
+def _recorded(req: SignedRequest, feed_id: str, raw: bytes) -> dict[str, Any] | None:
+    """What the append of ``raw``'s append ID got when it was stored, or None if it has no record."""
+    texts, append_id = parse_append(raw)
+    if append_id is None or req.signature is None:
+        return None
+    with req.hub.db.read() as conn:
+        row = tables.fetch_one(conn, _RECORDED, {"feed_id": feed_id, "client": req.signature.client_id,
+                                                 "append_id": append_id})
+    if row is None:
+        return None
+    if row.digest != _digest(",".join(texts)):
+        raise AppendIdReused(f"append_id {append_id!r} was already used on feed {feed_id!r} for other messages; "
+                             "each append needs an ID of its own", feed_id=feed_id)
+    return {"first_number": int(row.first_number), "count": int(row.count),
+            "message_count": int(row.first_number) + int(row.count), "time": float(row.appended_at)}
 
 
 @router.get("/api/feeds/{feed_id}/messages", summary="A page of a feed's messages from number `start`")

@@ -14,7 +14,9 @@ There is no HTTP endpoint: it is an operator's command. What it removes:
   row names and no pending upload holds, written before the grace period (a hub stopped
   before removing the copy of a file deleted from its project);
 - direct uploads handed out and never completed, and temp files of processes that are
-  gone (``_files.remove_abandoned_uploads``, the store's ``cleanup()``).
+  gone (``_files.remove_abandoned_uploads``, the store's ``cleanup()``);
+- feed append IDs recorded more than ``_feeds.APPEND_ID_SECONDS`` ago (a day): no client
+  retries an append that long after, and the append path stays one statement without them.
 
 Why a concurrent upload never loses its bytes. Recording a file first writes its
 blob's row (``INSERT ... ON CONFLICT DO UPDATE``), which takes that row's lock, and
@@ -78,6 +80,9 @@ _COPY_IN_USE = text(
 _ADOPT = text("INSERT INTO blobs (sha1, size, created_at) VALUES (:sha1, :size, :at) ON CONFLICT (sha1) DO NOTHING")
 _PENDING_SHA1 = text("SELECT 1 FROM pending_uploads WHERE sha1 = :sha1 AND created_at >= :live")
 _ABANDONED = text("SELECT count(*) FROM pending_uploads WHERE created_at < :before")
+# Rows appenders never touch again (they insert new ones): no lock is shared with an append.
+_OLD_APPEND_IDS = text("DELETE FROM feed_appends WHERE appended_at < :before")
+_COUNT_OLD_APPEND_IDS = text("SELECT count(*) FROM feed_appends WHERE appended_at < :before")
 
 
 class Hub(Protocol):
@@ -98,12 +103,14 @@ class GcReport:
     kept_protected: int = 0  #: unreferenced, but within the grace period, or an upload in progress wants them
     abandoned_uploads: int = 0
     temp_files: int = 0
+    append_ids: int = 0  #: feed append IDs past their retention
 
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
         return (f"gc: {self.considered} blobs considered, {verb} {self.removed} ({self.bytes_freed / _MiB:.1f} MiB), "
                 f"kept {self.kept_protected} unreferenced (grace period or upload in progress); "
-                f"{verb} {self.abandoned_uploads} abandoned uploads, {self.temp_files} temp files")
+                f"{verb} {self.abandoned_uploads} abandoned uploads, {self.temp_files} temp files"
+                + (f", {self.append_ids} expired feed append IDs" if self.append_ids else ""))
 
 
 class _Keep(Exception):
@@ -113,6 +120,7 @@ class _Keep(Exception):
 def collect_garbage(state: Hub, *, grace_seconds: float, dry_run: bool = False,
                     stop: threading.Event | None = None) -> GcReport:
     """Remove the bytes no project references (see the module docstring); ``stop`` ends a run early."""
+    from ._feeds import APPEND_ID_SECONDS
     from ._files import ABANDONED_UPLOAD_SECONDS, remove_abandoned_uploads  # _files needs the web stack
 
     db, store = state.db, state.store
@@ -120,6 +128,13 @@ def collect_garbage(state: Hub, *, grace_seconds: float, dry_run: bool = False,
     cutoff = now - grace_seconds
     report = GcReport(dry_run=dry_run)
     abandoned = now - ABANDONED_UPLOAD_SECONDS
+    expired = {"before": now - APPEND_ID_SECONDS}
+    if dry_run:
+        with db.read() as conn:
+            report.append_ids = int(conn.execute(_COUNT_OLD_APPEND_IDS, expired).scalar_one())
+    else:
+        with db.begin() as conn:
+            report.append_ids = int(conn.execute(_OLD_APPEND_IDS, expired).rowcount)
     if dry_run:
         # Counted as gone, as the run would first remove them; a run removes them, and then every
         # pending upload protects, even one that grows old while it runs.
@@ -299,7 +314,7 @@ class PeriodicCollector:
             except Exception:  # a store or database that is away for a while: try again next time
                 log.exception("garbage collection failed")
                 continue
-            if report.removed or report.abandoned_uploads or report.temp_files:
+            if report.removed or report.abandoned_uploads or report.temp_files or report.append_ids:
                 log.info("%s", report.summary())
 
     def stop(self) -> None:
