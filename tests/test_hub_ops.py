@@ -379,3 +379,19 @@ def _state(pid: int) -> str:
     except OSError:
         return "gone"
 
+
+
+def test_a_served_hub_keeps_what_start_up_made_out_of_full_collections(tmp_path: Path) -> None:
+    """``serve`` freezes the objects start-up made (gc.freeze): full collections walk only what came after."""
+    import gc
+
+    from kachery_hub._serve import HubConfig
+
+    gc.unfreeze()
+    try:
+        app = HubConfig(Settings(data_dir=tmp_path / "hub")).load_app()
+        assert gc.get_freeze_count() > 0
+        with TestClient(app) as http:
+            assert http.get("/api/health").status_code == 200
+    finally:
+        gc.unfreeze()  # this test process goes on collecting as before
