@@ -370,7 +370,7 @@ def _append(conn: Connection, who: Caller, hub: HubState, feed_id: str, raw: byt
         # One statement, one round trip: the numbers, the batch (and its append ID), and the other hub
         # processes' wake-up (sent when the transaction commits) with the feed's new last number.
         sql = _APPEND_PG if append_id is None else _APPEND_ID_PG
-        count = int(tables.fetch_one(conn, sql, {**batch, "wake": channel(feed_id) + " "})[0])
+        count = int(tables.fetch_one(conn, sql, {**batch, "wake": hub.wakeups.prefix(channel(feed_id))})[0])
     else:
         count = int(tables.fetch_one(conn, _TAKE_NUMBERS, batch)[0])
         tables.run_sql(conn, _INSERT_BATCH, {**batch, "first": count - len(texts)})

@@ -9,17 +9,29 @@ ends, woken or not.
 - In this process: :meth:`WakeUps.notify` (from any thread, after the
   transaction that wrote has committed) wakes the subscribers here.
 - Across processes on one PostgreSQL: :meth:`WakeUps.publish` in the writing
-  transaction sends ``NOTIFY kachery_hub, '<channel> <number>'``, delivered at
+  transaction sends ``NOTIFY kachery_hub, '@<origin> <channel> <number>'``, delivered at
   commit to every hub listening; each hub keeps one listening connection
   (started with the first subscription) and wakes its own subscribers. When
   that connection drops it reconnects and wakes everyone, who then re-read.
   On SQLite (one hub process) there is nothing to send.
+
+A hub hears its own NOTIFYs too; it has woken its subscribers already (with
+the page, for feeds), and a second, bare wake-up would make the ones not yet
+served read the page from the database. So each process sends its origin, a
+random token of its own (made again in a forked child), and ignores the
+notes that carry it. A note without one (``<channel> <number>``, from an
+older hub) wakes as before; an older hub hears the new form as a channel no
+one follows, so during a rolling upgrade its followers see the newer hubs'
+writes at their keep-alive re-reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +43,7 @@ log = logging.getLogger("kachery_hub.wakeup")
 
 PG_CHANNEL = "kachery_hub"
 _NOTIFY = f"SELECT pg_notify('{PG_CHANNEL}', :payload)"
+_ORIGIN = re.compile(r"@([0-9a-f]{16}) ")  # a payload's origin prefix
 
 
 class Subscription:
@@ -89,6 +102,18 @@ class WakeUps:
         self._lock = threading.Lock()
         self._listener: asyncio.Task[None] | None = None
         self._listening = False
+        self._origin, self._origin_pid = secrets.token_hex(8), os.getpid()
+
+    @property
+    def origin(self) -> str:
+        """This process's token in the wake-ups it sends (a forked child makes its own)."""
+        if self._origin_pid != os.getpid():
+            self._origin, self._origin_pid = secrets.token_hex(8), os.getpid()
+        return self._origin
+
+    def prefix(self, channel: str) -> str:
+        """What a wake-up of ``channel`` from this process says before its number."""
+        return f"@{self.origin} {channel} "
 
     @property
     def crosses_processes(self) -> bool:
@@ -150,7 +175,7 @@ class WakeUps:
         if self._conninfo is not None:
             from ._database import run_sql
 
-            run_sql(conn, _NOTIFY, {"payload": f"{channel} {number}"})
+            run_sql(conn, _NOTIFY, {"payload": f"{self.prefix(channel)}{number}"})
 
     # ------------------------------------------------------------ PostgreSQL listener
 
@@ -191,6 +216,11 @@ class WakeUps:
             self._wake_all()
 
     def _on_payload(self, payload: str) -> None:
+        origin = _ORIGIN.match(payload)
+        if origin is not None:
+            if origin.group(1) == self.origin:
+                return  # sent by this process, which woke its subscribers after the commit
+            payload = payload[origin.end():]
         channel, _, number = payload.rpartition(" ")
         try:
             n = int(number)
