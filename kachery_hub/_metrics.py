@@ -106,6 +106,7 @@ class Metrics:
             ProcessCollector(registry=r)
         # (method, route, status) -> the two children to update: labels() costs a lock and a dict per call.
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._session_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float | None) -> None:
         key = (method, route, status)
@@ -116,6 +117,15 @@ class Metrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(seconds)
+
+    def observe_session(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._session_children.get(key)
+        if children is None:
+            children = self._session_children[key] = (self.session_requests.labels(method, route, str(status)),
+                                                       self.session_latency.labels(method, route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (call it from a worker thread: job counts query the database)."""
@@ -287,9 +297,7 @@ def count_session_request(hub: HubState, method: str, route: str, status: int, s
     """A request answered on a session: ``route`` is its route template (or ``unmatched``), as for HTTP."""
     metrics: Metrics | None = getattr(hub, _HUB_ATTR, None)
     if metrics is not None:
-        method = method if method in _METHODS else "other"
-        metrics.session_requests.labels(method, route, str(status)).inc()
-        metrics.session_latency.labels(method, route).observe(seconds)
+        metrics.observe_session(method if method in _METHODS else "other", route, status, seconds)
 
 
 def count_upload(hub: HubState, size: int, *, direct: bool) -> None:
