@@ -106,7 +106,9 @@ _RESUMED = text("UPDATE pending_uploads SET created_at = :now WHERE upload_id = 
 _INSERT_FILE = text(
     "INSERT INTO files (project_id, sha1, size, label, created_by, created_at, storage_key) "
     "VALUES (:pid, :sha1, :size, :label, :user, :now, :key) ON CONFLICT (project_id, sha1) DO UPDATE "
-    "SET label = COALESCE(excluded.label, files.label), storage_key = COALESCE(files.storage_key, excluded.storage_key)"
+    "SET label = COALESCE(excluded.label, files.label), storage_key = COALESCE(files.storage_key, excluded.storage_key) "
+    # The project's row as it now is (inserted, or the one it had): no second query for the answer.
+    "RETURNING project_id, sha1, size, label, created_at, storage_key"
 )
 _IN_A_PROJECT = (
     select(tables.files).join(tables.projects, tables.projects.c.id == tables.files.c.project_id)
@@ -148,13 +150,18 @@ def _list_files(conn: Connection, who: Caller, project_id: str, limit: int, afte
 def _record(conn: Connection, who: Caller, project_id: str, sha1: str, size: int, label: str | None,
             storage_key: str | None = None) -> dict[str, Any]:
     """Record bytes the caller proved it holds; ``storage_key`` names where a direct upload put them."""
+    return _file_json(_record_row(conn, who, project_id, sha1, size, label, storage_key))
+
+
+def _record_row(conn: Connection, who: Caller, project_id: str, sha1: str, size: int, label: str | None,
+                storage_key: str | None) -> Any:
+    """:func:`_record`'s work: the project's row of the file (its storage key too)."""
     user_id = who.require_user()
     now = time.time()
     require_role(conn, who, project_id, "write")
     conn.execute(_INSERT_BLOB, {"sha1": sha1, "size": size, "now": now})
-    conn.execute(_INSERT_FILE, {"pid": project_id, "sha1": sha1, "size": size, "label": label, "user": user_id,
-                                "now": now, "key": storage_key})
-    return _project_file(conn, who, project_id, sha1)
+    return conn.execute(_INSERT_FILE, {"pid": project_id, "sha1": sha1, "size": size, "label": label,
+                                       "user": user_id, "now": now, "key": storage_key}).one()
 
 
 def find_readable(conn: Connection, who: Caller, sha1: str) -> Any:
@@ -370,8 +377,8 @@ def _record_upload(conn: Connection, who: Caller, store: ByteStore, project_id: 
         raise UploadNotFound(f"upload {upload_id} of sha1://{sha1} was not handed out for project {project_id!r}, "
                              "or is complete already", sha1=sha1)
     key = store.adopt(sha1, upload_id)
-    record = _record(conn, who, project_id, sha1, size, label, key)
-    return record, conn.execute(_FILE_KEY, {"pid": project_id, "sha1": sha1}).scalar() == key
+    row = _record_row(conn, who, project_id, sha1, size, label, key)
+    return _file_json(row), row.storage_key == key
 
 
 @router.post("/api/projects/{project_id}/files/{sha1}/upload",
