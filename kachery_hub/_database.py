@@ -255,6 +255,14 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.connection.driver_connection.execute(begin)  # type: ignore[union-attr]  # (sqlite3, below SQLAlchemy)
 
 
+#: Connections a hub process keeps open to a server database (PostgreSQL), and how many more it may open
+#: for a burst (closed once returned). SQLAlchemy's default of 5 kept is below the threads that run
+#: database work (:data:`._auth._THREADS`): under load, connections were opened and closed all the time,
+#: each a new server process.
+POOL_SIZE = 20
+POOL_OVERFLOW = 10
+
+
 class Database:
     """The engine plus the few operations every module needs."""
 
@@ -268,6 +276,8 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:
+            kwargs.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
         self.url = url
         self.engine: Engine = create_engine(url, **kwargs)
         if parsed.get_backend_name() == "sqlite":
