@@ -390,13 +390,17 @@ def test_a_served_hub_keeps_what_start_up_made_out_of_full_collections(tmp_path:
     """``serve`` freezes the objects start-up made (gc.freeze): full collections walk only what came after."""
     import gc
 
-    from kachery_hub._serve import HubConfig
+    from kachery_hub._serve import GC_YOUNG_THRESHOLD, HubConfig
 
     gc.unfreeze()
+    threshold = gc.get_threshold()
     try:
         app = HubConfig(Settings(data_dir=tmp_path / "hub")).load_app()
         assert gc.get_freeze_count() > 0
+        # ... and collects young objects less often, so short-lived ones are not promoted.
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:]) and GC_YOUNG_THRESHOLD > threshold[0]
         with TestClient(app) as http:
             assert http.get("/api/health").status_code == 200
     finally:
         gc.unfreeze()  # this test process goes on collecting as before
+        gc.set_threshold(*threshold)
