@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from _report import fmt, format_table, load_line, save_results
-from bench_hub_common import (HERE, HUB_CLI, PY_SPY, BareApp, Hub, Runner, _printed_token, free_port, hotspots,
-                              latency_summary, percentile, postgres_server, sampled, signed_in_env, stop, wait_http)
+from bench_hub_common import (HERE, PY_SPY, BareApp, Hub, Runner, free_port, hotspots, latency_summary, percentile,
+                              postgres_server, sampled, signed_in_env, stop)
 
 CHILD = str(HERE / "_feed_child.py")
 
@@ -99,22 +99,8 @@ class DbHub(Hub):
     database: str = ""
     log_name: str = field(default="hub")
 
-    def _db_args(self) -> list[str]:
+    def cli_args(self) -> list[str]:
         return ["--data", str(self.data), "--database", self.database]
-
-    def start(self) -> None:
-        cmd = [HUB_CLI, "serve", *self._db_args(), "--port", str(self.port)]
-        with open(self.data.parent / f"{self.data.name}.log", "w+") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-            self.admin_token = _printed_token(log)
-        if not self.admin_token:
-            stop(self.proc)
-            raise RuntimeError(f"kachery-hub serve printed no sign-in token; see {self.data}.log")
-        wait_http(self.url + "/api/health", self.proc)
-
-    def token(self, email: str) -> str:
-        cmd = [HUB_CLI, "token", "create", *self._db_args(), "--user", email]
-        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
 @contextmanager

@@ -97,8 +97,13 @@ class Hub:
         assert self.proc is not None
         return self.proc.pid
 
+    def cli_args(self) -> list[str]:
+        """Where its data is (subclasses add a database): for ``serve`` and ``token create``."""
+        return ["--data", str(self.data)]
+
     def start(self) -> None:
-        cmd = [HUB_CLI, "serve", "--data", str(self.data), "--port", str(self.port)]
+        cmd = [HUB_CLI, "serve", *self.cli_args(), "--port", str(self.port)]
+        self.data.parent.mkdir(parents=True, exist_ok=True)
         # Its output goes to a file: an unread pipe would block a chatty server.
         with open(self.data.parent / f"{self.data.name}.log", "w+") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
@@ -106,12 +111,12 @@ class Hub:
             self.admin_token = _printed_token(log)
         if not self.admin_token:
             stop(self.proc)
-            raise RuntimeError("kachery-hub serve printed no sign-in token")
+            raise RuntimeError(f"kachery-hub serve printed no sign-in token; see {self.data}.log")
         wait_http(self.url + "/api/health", self.proc)
 
     def token(self, email: str) -> str:
         """A sign-in token for ``email`` from ``kachery-hub token create`` (the headless way)."""
-        cmd = [HUB_CLI, "token", "create", "--data", str(self.data), "--user", email]
+        cmd = [HUB_CLI, "token", "create", *self.cli_args(), "--user", email]
         return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
     def stop(self) -> None:

@@ -39,8 +39,7 @@ from typing import Any
 
 from _load_http import cpu_seconds, pg_transactions
 from _report import fmt, format_table, load_line, save_results
-from bench_hub_common import (HUB_CLI, BareApp, Hub, _printed_token, latency_summary, postgres_server,
-                              proc_status_kib, signed_in_env, stop, wait_http)
+from bench_hub_common import BareApp, Hub, latency_summary, postgres_server, proc_status_kib, signed_in_env, stop
 
 HERE = Path(__file__).resolve().parent
 CHILD = str(HERE / "_load_follow_child.py")
@@ -72,24 +71,8 @@ class LoadHub(Hub):
     database: str = ""
     extra: list[str] = field(default_factory=list)
 
-    def _args(self) -> list[str]:
+    def cli_args(self) -> list[str]:
         return ["--data", str(self.data), *(["--database", self.database] if self.database else [])]
-
-    def start(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
-        cmd = [HUB_CLI, "serve", *self._args(), "--port", str(self.port)]
-        with open(self.data.parent / f"{self.data.name}.log", "w+") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                         env={**os.environ, **self.env})
-            self.admin_token = _printed_token(log)
-        if not self.admin_token:
-            stop(self.proc)
-            raise RuntimeError(f"kachery-hub serve printed no sign-in token; see {self.data}.log")
-        wait_http(self.url + "/api/health", self.proc)
-
-    def token(self, email: str) -> str:
-        cmd = [HUB_CLI, "token", "create", *self._args(), "--user", email]
-        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
 def read_line(proc: subprocess.Popen[str], deadline: float) -> str | None:
