@@ -147,6 +147,21 @@ def _sse(response: httpx2.Response) -> Iterator[tuple[str, str, str | None]]:
         del buf[:start]
 
 
+def require_event_stream(hub_url: str, response: httpx2.Response) -> None:
+    """Refuse an answer that is not an event stream (a proxy's page in the hub's place), closing it.
+
+    Read as a stream, such an answer ends at once with no event: a follower would ask again at once,
+    without end. As a :class:`HubServerError`, it is retried with backoff like any failure of the hub.
+    """
+    kind = response.headers.get("content-type", "")
+    if not kind.startswith("text/event-stream"):
+        response.close()
+        raise HubServerError(hub_url, f"the hub answered HTTP {response.status_code} with "
+                                      f"{kind or 'no content type'} where an event stream was expected "
+                                      "(a proxy in between that does not pass the hub's answers on?)",
+                             status=response.status_code)
+
+
 def _messages(page: dict[str, Any]) -> list[FeedMessage]:
     """The messages of a page ``{"first": n, "runs": [[count, time, user], ...], "messages": [...]}``."""
     number, messages, out = page["first"], page["messages"], []
@@ -201,6 +216,7 @@ class FeedFollower:
                 client = _hub.connect_for("following a feed")
                 response = client.send("GET", path, params=params, stream=True,
                                        timeout=httpx2.Timeout(connect=10.0, read=read, write=30.0, pool=30.0))
+                require_event_stream(client.url, response)
             except HubNotFoundError as e:
                 raise _not_found(_hub.connect("following a feed"), self.feed.feed_id, e) from None
             except (HubUnavailableError, HubServerError) as e:
@@ -417,6 +433,7 @@ class Feed:
                     stream=True, timeout=httpx2.Timeout(connect=10.0, read=wait + 30.0, write=30.0, pool=30.0))
             except HubNotFoundError as e:
                 raise _not_found(client, self.feed_id, e) from None
+            require_event_stream(client.url, response)
             try:
                 for event, data, _ in _sse(response):
                     if event == "messages":

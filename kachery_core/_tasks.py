@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from . import _constants, _hub
-from ._feeds import _sse
+from ._feeds import _sse, require_event_stream
 from ._hashing import sha1_of_dict
 from ._projects import get_project_id
 from ._serializers import canonical_json, find_json_problem
@@ -262,6 +262,7 @@ class TaskHandle:
                 response = self._client.send(
                     "GET", self._path + "/events", params={"wait": round(max(wait, 0.001), 3)}, stream=True,
                     timeout=httpx2.Timeout(connect=10.0, read=min(wait, 60.0) + 30.0, write=30.0, pool=30.0))
+                require_event_stream(self._client.url, response)
             except (HubUnavailableError, HubServerError):
                 time.sleep(0.2)
                 continue
