@@ -46,7 +46,7 @@ from typing import Any
 
 from _report import fmt, format_table, load_line, save_results
 from bench_hub_common import (HERE, PY_SPY, BareApp, Hub, Runner, free_port, hotspots, latency_summary, percentile,
-                              postgres_server, sampled, signed_in_env, stop)
+                              postgres_server, print_log_tails, sampled, signed_in_env, stop)
 
 CHILD = str(HERE / "_feed_child.py")
 
@@ -314,8 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             "aims": aim_lines, "profiles": profiles,
         })
     except BaseException:
-        for log in sorted(work.glob("*.log")):  # the hubs' logs say why a request failed
-            print(f"\n--- end of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        print_log_tails(work)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

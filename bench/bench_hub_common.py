@@ -124,6 +124,12 @@ class Hub:
         self.proc = None
 
 
+def print_log_tails(folder: Path, lines: int = 40) -> None:
+    """The end of every ``*.log`` under ``folder``: the servers' logs say why a benchmark failed."""
+    for log in sorted(folder.rglob("*.log")):
+        print(f"\n--- end of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+
+
 def _printed_token(log: IO[str]) -> str:
     """The admin token ``kachery-hub serve`` prints once it is up ("" if it does not in time)."""
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -39,7 +39,8 @@ from typing import Any
 
 from _load_http import cpu_seconds, pg_transactions
 from _report import fmt, format_table, load_line, save_results
-from bench_hub_common import BareApp, Hub, latency_summary, postgres_server, proc_status_kib, signed_in_env, stop
+from bench_hub_common import (BareApp, Hub, latency_summary, postgres_server, print_log_tails, proc_status_kib,
+                              signed_in_env, stop)
 
 HERE = Path(__file__).resolve().parent
 CHILD = str(HERE / "_load_follow_child.py")
@@ -252,8 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         save_results("load-followers", {"args": vars(args), "max_streams_per_address": limit, "results": results,
                                         "aims": aim_lines})
     except BaseException:
-        for log in sorted(work.glob("*.log")):
-            print(f"\n--- end of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        print_log_tails(work)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -59,8 +59,8 @@ from urllib.parse import quote, urlsplit
 from _load_http import (Connection, HttpError, cpu_seconds, find_pid, new_keys, pg_transactions, request_bytes,
                         self_cpu_seconds, signed_headers, tree_cpu_seconds)
 from _report import fmt, format_table, load_line, save_results
-from bench_hub_common import (KIB, PY_SPY, Hub, Runner, free_port, hotspots, latency_summary, sampled, start_uvicorn,
-                              stop)
+from bench_hub_common import (KIB, PY_SPY, Hub, Runner, free_port, hotspots, latency_summary, print_log_tails, sampled,
+                              start_uvicorn, stop)
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -460,8 +460,7 @@ def main(argv: list[str] | None = None) -> None:
             print("\n".join(profile))
         save_results("load-store", {"args": vars(args), "results": results, "aims": lines, "profiles": profiles})
     except BaseException:
-        for log in sorted(work.rglob("*.log")):
-            print(f"\n--- end of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+        print_log_tails(work, 30)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -53,7 +53,7 @@ from typing import Any
 
 from _report import format_table, load_line, save_results
 from bench_hub_common import (CHILD_TIMEOUT_S, HERE, PY_SPY, BareApp, Hub, Runner, hotspots, latency_summary, sampled,
-                              signed_in_env, stop, wait_line)
+                              print_log_tails, signed_in_env, stop, wait_line)
 
 CHILD = str(HERE / "_task_child.py")
 
@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> None:
             "hub_peak_rss_mib": hub_rss_mib, "aims": aim_lines, "profiles": profiles,
         })
     except BaseException:
-        for log in sorted(work.glob("*.log")):  # the hubs' logs say why a request failed
-            print(f"\n--- end of {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-40:]))
+        print_log_tails(work)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
